@@ -1,0 +1,129 @@
+"""The encoder contract and the registry every encoder joins.
+
+An encoder is split in two so ingest can overlap decoding and encoding:
+``preprocess`` is cheap, CPU-only, picklable work that runs in decode worker processes
+(it must never load a model), and ``encode_images`` / ``encode_text`` run batched on the
+device in the main process, loading their model lazily on first use.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UnknownEncoder, UnsupportedModality
+
+IMAGE = "image"
+TEXT = "text"
+METRICS = ("ip", "l2")
+
+_REGISTRY: dict[str, type["Encoder"]] = {}
+
+
+class Encoder:
+    """Base class. Subclasses set the class attributes and implement ``preprocess`` and ``encode_images``.
+
+    - ``dim``: length of one embedding.
+    - ``metric``: ``"ip"`` (inner product on L2-normalised vectors, higher is closer) or ``"l2"``.
+    - ``modalities``: which queries it embeds (``IMAGE``, ``TEXT``).
+    - ``draft_size``: the smallest image side ``preprocess`` needs; decoders may decode a JPEG
+      at reduced size (PIL draft mode) down to this.
+    """
+
+    name: str = ""
+    dim: int = 0
+    metric: str = "ip"
+    modalities: frozenset[str] = frozenset({IMAGE})
+    draft_size: int = 256
+
+    def __init__(self, device: str = "auto", **config):
+        self.device_request = device
+        self.config = dict(config)
+
+    # -- identity -------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """JSON-serialisable description stored in ``collection.json`` (enough to recreate it)."""
+        return {"name": self.name, "dim": self.dim, "metric": self.metric,
+                "modalities": sorted(self.modalities), "config": self.config}
+
+    @property
+    def device(self) -> str:
+        """The torch device in use: ``auto`` resolves to CUDA when present, else CPU."""
+        if not hasattr(self, "_device"):
+            self._device = resolve_device(self.device_request)
+        return self._device
+
+    # -- work -----------------------------------------------------------------------------
+    def preprocess(self, image) -> np.ndarray:
+        """PIL RGB image -> one array of fixed shape and dtype, ready to be stacked. CPU only."""
+        raise NotImplementedError
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        """Stacked ``preprocess`` outputs (n, ...) -> (n, dim) float32 embeddings."""
+        raise NotImplementedError
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, dim) float32 embeddings, for encoders with a text tower."""
+        takes_text = [n for n in list_encoders() if TEXT in _REGISTRY[n].modalities]
+        raise UnsupportedModality(
+            f"encoder {self.name!r} has no text tower; encoders that take text: {', '.join(takes_text) or 'none'}")
+
+    def embed_images(self, images) -> np.ndarray:
+        """Convenience for queries: PIL images -> (n, dim) float32."""
+        return self.encode_images(np.stack([self.preprocess(im) for im in images]))
+
+
+def resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero. (n, d) float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
+    """Class decorator: ``@register_encoder("gist")``."""
+    def add(cls: type[Encoder]) -> type[Encoder]:
+        if cls.metric not in METRICS:
+            raise ValueError(f"encoder {name!r} has metric {cls.metric!r}; use one of {METRICS}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return add
+
+
+def list_encoders() -> list[str]:
+    """Names of all registered encoders, sorted."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def encoder_class(name: str) -> type[Encoder]:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownEncoder(f"unknown encoder {name!r}; valid names: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create_encoder(name: str, device: str = "auto", **config) -> Encoder:
+    """A new encoder by registered name. Cheap: models load on first encode."""
+    return encoder_class(name)(device=device, **config)
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers them; done lazily so `import nearsight` stays light.
+    from . import builtin  # noqa: F401

@@ -1,0 +1,2 @@
+"""Imports every built-in encoder module so each registers itself."""
+from . import tiny  # noqa: F401

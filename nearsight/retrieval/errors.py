@@ -1,0 +1,37 @@
+"""The one error hierarchy of nearsight. Validate at the edge; raise with the bad value in the message."""
+
+
+class NearsightError(Exception):
+    """Base of every error nearsight raises on purpose."""
+
+
+class NotACollection(NearsightError):
+    """A directory that does not hold a nearsight collection."""
+
+
+class UnknownEncoder(NearsightError):
+    """An encoder name that is not registered, or not part of a collection."""
+
+
+class UnsupportedModality(NearsightError):
+    """A query of a kind the encoder cannot embed (text on an image-only encoder)."""
+
+
+class ImageError(NearsightError):
+    """A file or upload that cannot be used as an image (corrupt, empty, not an image)."""
+
+
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (decompression-bomb guard)."""
+
+
+class UnknownItem(NearsightError):
+    """An item id that the collection does not hold."""
+
+
+class InvalidQuery(NearsightError):
+    """A malformed or impossible query (wrong shape, no terms, bad k)."""
+
+
+class WeightsUnavailable(NearsightError):
+    """Model weights that cannot be loaded (offline with no local checkpoint)."""
