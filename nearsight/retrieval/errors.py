@@ -9,6 +9,10 @@ class NotACollection(NearsightError):
     """A directory that does not hold a nearsight collection."""
 
 
+class SourceError(NearsightError):
+    """A PATH to index that does not exist or cannot be read as a folder, file list, image or tar shard."""
+
+
 class UnknownEncoder(NearsightError):
     """An encoder name that is not registered, or not part of a collection."""
 

@@ -1,0 +1,112 @@
+"""Decode workers: bytes -> hash, upright RGB at reduced size, thumbnail, each encoder's preprocessed array.
+
+Runs in worker processes (one ``DecodeTask`` configures them) so that decoding overlaps with encoding and
+LMDB writes in the main process. Every failure comes back as a ``Failed`` with its reason; nothing raises.
+"""
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..retrieval.encoders import create_encoder
+from ..retrieval.errors import ImageError
+from ..retrieval.images import decode_image, thumbnail_jpeg
+from ..retrieval.tar_members import is_member_key, read_member
+from .sources import Source
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """What workers compute: encoder specs (name, config) to preprocess for, and whether to make thumbnails."""
+    encoders: tuple[tuple[str, tuple], ...]
+    max_pixels: int
+    thumbnail_side: int = 256
+    thumbnails: bool = True
+
+
+@dataclass
+class Decoded:
+    source: Source
+    sha256: str
+    width: int
+    height: int
+    thumbnail: bytes | None
+    arrays: dict[str, np.ndarray]
+    item_id: int = -1  # set for backfills of existing items
+
+
+@dataclass
+class Failed:
+    source: Source
+    reason: str
+    item_id: int = -1
+
+
+_worker: "Decoder | None" = None
+
+
+class Decoder:
+    def __init__(self, task: DecodeTask):
+        self.task = task
+        self.encoders = [create_encoder(name, device="cpu", **dict(cfg)) for name, cfg in task.encoders]
+        sides = [e.draft_size for e in self.encoders] + ([task.thumbnail_side] if task.thumbnails else [])
+        self.min_side = max(sides)
+
+    def __call__(self, job: tuple[Source, int]) -> Decoded | Failed:
+        source, item_id = job
+        try:
+            data = read_source(source)
+            decoded = decode_image(data, min_side=self.min_side, max_pixels=self.task.max_pixels)
+            arrays = {e.name: e.preprocess(decoded.image) for e in self.encoders}
+            thumb = thumbnail_jpeg(decoded.image, self.task.thumbnail_side) if self.task.thumbnails else None
+        except ImageError as exc:
+            return Failed(source, str(exc), item_id)
+        except MemoryError:
+            return Failed(source, "out of memory while decoding", item_id)
+        except Exception as exc:  # one bad image must never stop a run; keep the reason
+            return Failed(source, f"{type(exc).__name__}: {exc}", item_id)
+        return Decoded(source, hashlib.sha256(data).hexdigest(), decoded.width, decoded.height, thumb, arrays, item_id)
+
+
+def read_source(source: Source) -> bytes:
+    """The file bytes of a source (one seek for a tar member). ImageError when unreadable."""
+    if source.size < 0:
+        raise ImageError(f"no such file: {source.key}")
+    if source.offset < 0 and is_member_key(source.key):  # a tar member known by name only (backfill)
+        try:
+            return read_member(source.key)
+        except (KeyError, OSError, tarfile.TarError) as exc:
+            raise ImageError(f"cannot read {source.key}: {exc}") from None
+    try:
+        with open(source.file, "rb") as f:
+            if source.offset >= 0:
+                f.seek(source.offset)
+                data = f.read(source.size)
+                if len(data) != source.size:
+                    raise ImageError("tar member is truncated")
+                return data
+            return f.read()
+    except FileNotFoundError:
+        raise ImageError(f"no such file: {source.file}") from None
+    except IsADirectoryError:
+        raise ImageError(f"is a directory: {source.file}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {source.file}: {exc}") from None
+
+
+def init_worker(task: DecodeTask) -> None:
+    global _worker
+    # Decode workers share the cores with the encoder; one thread each avoids oversubscription.
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    _worker = Decoder(task)
+
+
+def decode_job(job: tuple[Source, int]) -> Decoded | Failed:
+    return _worker(job)

@@ -1,0 +1,293 @@
+"""The ingest pipeline: sources -> decode workers -> dedupe -> encode -> shards + one LMDB commit per flush.
+
+Resumable and crash-safe by ordering: a flush writes and fsyncs every encoder's shard for its new items
+first, then records items, thumbnails, paths, hashes and shards in one LMDB transaction. A kill at any
+moment leaves either the whole flush or none of it; re-running the same command skips what is recorded
+(path, size and mtime) and redoes the rest.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..retrieval.collection import Collection
+from ..retrieval.embeddings import load_ids, write_part
+from ..retrieval.encoders import Encoder, create_encoder
+from ..retrieval.errors import ImageError, NearsightError
+from ..retrieval.images import DEFAULT_MAX_PIXELS, decode_image
+from ..retrieval.store import Item, StoreWriter
+from .decode import DecodeTask, Decoded, Decoder, Failed, decode_job, init_worker
+from .sources import Source, iter_sources
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    encoders: tuple[str, ...] = ("tiny",)
+    encoder_options: tuple[tuple[str, tuple], ...] = ()  # ((encoder, ((key, value), ...)), ...)
+    workers: int = max(1, (os.cpu_count() or 1))
+    batch_size: int = 64
+    flush_every: int = 1024
+    device: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    thumbnail_side: int = 256
+    progress: bool = True
+
+
+@dataclass
+class IngestSummary:
+    added: int = 0
+    duplicates: int = 0
+    already_present: int = 0
+    failed: int = 0
+    backfilled: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        extra = "".join(f", {n} embedded for {enc}" for enc, n in self.backfilled.items() if n)
+        rate = self.added / self.seconds if self.seconds else 0.0
+        return (f"added {self.added}, duplicates {self.duplicates}, already present {self.already_present}, "
+                f"failed {self.failed}{extra} in {self.seconds:.1f}s ({rate:.1f} images/s)")
+
+
+def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig()) -> IngestSummary:
+    """Index PATHs into the collection at ``collection_dir`` (created if missing). See the module docstring."""
+    start = time.perf_counter()
+    options = dict(config.encoder_options)
+    # Validate everything a user typed before touching the disk.
+    requested = [create_encoder(name, device=config.device, **dict(options.get(name, ()))) for name in config.encoders]
+    sources = iter_sources(paths)
+    coll = Collection.create_or_open(collection_dir, device=config.device)
+    try:
+        with _write_lock(collection_dir):
+            for encoder in requested:
+                coll.add_encoder(encoder)
+            encoders = [coll.encoder(name) for name in coll.encoder_names]
+            run = _Run(coll, encoders, config)
+            summary = IngestSummary()
+            summary.backfilled = run.backfill()
+            todo = []
+            for source in sources:
+                entry = coll.store.path_entry(source.key)
+                if entry is not None and entry[1:] == (source.size, source.mtime_ns):
+                    summary.already_present += 1
+                else:
+                    todo.append((source, -1))
+            run.ingest(todo, summary)
+    finally:
+        coll.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+class _Run:
+    def __init__(self, coll: Collection, encoders: list[Encoder], config: IngestConfig):
+        self.coll, self.store, self.encoders, self.config = coll, coll.store, encoders, config
+
+    # -- decoding ---------------------------------------------------------------------------
+    def _decoded(self, jobs, encoders: list[Encoder], thumbnails: bool):
+        """Yield decode results in order; worker processes decode ahead of the consumer, bounded."""
+        task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in encoders),
+                          self.config.max_pixels, self.config.thumbnail_side, thumbnails)
+        if self.config.workers <= 0 or len(jobs) < 8:
+            decoder = Decoder(task)
+            yield from (decoder(job) for job in jobs)
+            return
+        # forkserver: workers start from a clean process, never from one holding torch threads.
+        ctx = multiprocessing.get_context("forkserver")
+        window = threading.BoundedSemaphore(max(64, 16 * self.config.workers))
+
+        def throttled():
+            for job in jobs:
+                window.acquire()  # back-pressure: never more than the window decoded and waiting
+                yield job
+
+        with ctx.Pool(self.config.workers, initializer=init_worker, initargs=(task,)) as pool:
+            for result in pool.imap(decode_job, throttled(), chunksize=4):
+                window.release()
+                yield result
+
+    def _progress(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img", disable=not self.config.progress or total == 0,
+                    dynamic_ncols=True, smoothing=0.1)
+
+    # -- new items --------------------------------------------------------------------------
+    def ingest(self, jobs: list[tuple[Source, int]], summary: IngestSummary) -> None:
+        batch = _Flush()
+        with self._progress(len(jobs), "indexing") as bar:
+            for result in self._decoded(jobs, self.encoders, thumbnails=True):
+                bar.update(1)
+                if isinstance(result, Failed):
+                    batch.failures.append(result)
+                    summary.failed += 1
+                elif result.sha256 in batch.by_hash or self.store.id_for_hash(result.sha256) is not None:
+                    batch.aliases.append(result)
+                    summary.duplicates += 1
+                else:
+                    batch.by_hash[result.sha256] = result
+                    summary.added += 1
+                if len(batch.by_hash) >= self.config.flush_every or len(batch) >= 8 * self.config.flush_every:
+                    self._flush(batch)
+                    batch = _Flush()
+                    bar.set_postfix(items=self.coll.count, refresh=False)
+            self._flush(batch)
+
+    def _flush(self, batch: "_Flush") -> None:
+        if not len(batch):
+            return
+        new = list(batch.by_hash.values())
+        first_id = self.store.next_id()
+        ids = np.arange(first_id, first_id + len(new), dtype=np.int64)
+        parts = self._write_shards(new, ids, self.encoders)
+        now = time.time()
+        with self.store.write() as w:
+            for item_id, d in zip(ids, new):
+                s = d.source
+                _detach(w, s.key, int(item_id))
+                w.put_item(Item(int(item_id), s.key, d.sha256, d.width, d.height, s.size, s.mtime_ns, s.caption), d.thumbnail)
+                w.put_path(s.key, int(item_id), s.size, s.mtime_ns)
+                w.put_hash(d.sha256, int(item_id))
+            w.put_meta("next_id", first_id + len(new))
+            for name, record in parts.items():
+                w.add_part(name, record)
+            for d in batch.aliases:
+                target = w.get_hash(d.sha256)
+                s = d.source
+                if w.get_path(s.key) is not None and w.get_path(s.key)[0] == target:
+                    w.put_path(s.key, target, s.size, s.mtime_ns)  # touched, same content
+                    continue
+                _detach(w, s.key, target)
+                item = w.get_item(target)
+                if s.key != item.path and s.key not in item.aliases:
+                    item.aliases.append(s.key)
+                    w.put_item(item)
+                w.put_path(s.key, target, s.size, s.mtime_ns)
+            for f in batch.failures:
+                w.put_failure(f.source.key, f.reason, now)
+
+    def _write_shards(self, decoded: list[Decoded], ids: np.ndarray, encoders: list[Encoder]) -> dict[str, dict]:
+        parts = {}
+        if not len(ids):
+            return parts
+        for encoder in encoders:
+            vectors = self._encode(encoder, [d.arrays[encoder.name] for d in decoded])
+            directory = os.path.join(self.coll.dir, "embeddings", encoder.name)
+            parts[encoder.name] = write_part(directory, len(self.store.parts(encoder.name)), vectors, ids)
+        return parts
+
+    def _encode(self, encoder: Encoder, arrays: list[np.ndarray]) -> np.ndarray:
+        bs = self.config.batch_size
+        out = [encoder.encode_images(np.stack(arrays[i:i + bs])) for i in range(0, len(arrays), bs)]
+        vectors = np.concatenate(out).astype(np.float32)
+        if vectors.shape != (len(arrays), encoder.dim) or not np.isfinite(vectors).all():
+            raise NearsightError(f"encoder {encoder.name!r} returned {vectors.shape} (or non-finite values), "
+                                 f"expected ({len(arrays)}, {encoder.dim})")
+        return vectors
+
+    # -- new encoders on existing items -------------------------------------------------------
+    def backfill(self) -> dict[str, int]:
+        """Embed existing items for encoders that lack them (an encoder added to the collection later)."""
+        total = self.store.count("items")
+        lacking = [e for e in self.encoders if sum(p["count"] for p in self.store.parts(e.name)) < total]
+        live = [item for item in self.store.iter_items() if not item.deleted] if lacking else []
+        done = {}
+        for encoder in lacking:
+            have = load_ids(os.path.join(self.coll.dir, "embeddings", encoder.name), self.store.parts(encoder.name))
+            missing = [item for item in live if item.id not in have]
+            done[encoder.name] = len(missing)
+            if missing:
+                self._backfill(encoder, missing)
+        return done
+
+    def _backfill(self, encoder: Encoder, items: list[Item]) -> None:
+        jobs = [(Source(item.path, item.size, item.mtime_ns, item.caption), item.id) for item in items]
+        pending: list[Decoded] = []
+        with self._progress(len(jobs), f"embedding {encoder.name}") as bar:
+            for result in self._decoded(jobs, [encoder], thumbnails=False):
+                bar.update(1)
+                if isinstance(result, Failed):  # the source is gone: embed what we kept, the thumbnail
+                    result = self._from_thumbnail(encoder, result)
+                pending.append(result)
+                if len(pending) >= self.config.flush_every:
+                    self._commit_backfill(encoder, pending)
+                    pending = []
+            self._commit_backfill(encoder, pending)
+
+    def _from_thumbnail(self, encoder: Encoder, failed: Failed) -> Decoded:
+        LOG.warning("%s: %s; embedding its stored thumbnail for %s", failed.source.key, failed.reason, encoder.name)
+        image = decode_image(self.store.thumbnail(failed.item_id)).image
+        return Decoded(failed.source, "", image.width, image.height, None,
+                       {encoder.name: encoder.preprocess(image)}, failed.item_id)
+
+    def _commit_backfill(self, encoder: Encoder, decoded: list[Decoded]) -> None:
+        if not decoded:
+            return
+        ids = np.array([d.item_id for d in decoded], dtype=np.int64)
+        parts = self._write_shards(decoded, ids, [encoder])
+        with self.store.write() as w:
+            w.add_part(encoder.name, parts[encoder.name])
+        self.coll.refresh()
+
+
+class _Flush:
+    """What one flush commits: new items by content hash, duplicate sources, failures."""
+
+    def __init__(self):
+        self.by_hash: dict[str, Decoded] = {}
+        self.aliases: list[Decoded] = []
+        self.failures: list[Failed] = []
+
+    def __len__(self) -> int:
+        return len(self.by_hash) + len(self.aliases) + len(self.failures)
+
+
+def _detach(w: StoreWriter, key: str, new_id: int) -> None:
+    """A source whose content changed leaves its old item; an item left with no source is deleted."""
+    entry = w.get_path(key)
+    if entry is None or entry[0] == new_id:
+        return
+    old = w.get_item(entry[0])
+    if old is None:
+        return
+    if old.path == key:
+        if not old.aliases:
+            w.mark_deleted(old.id, replaced_by=new_id)
+            return
+        old.path = old.aliases.pop(0)
+    elif key in old.aliases:
+        old.aliases.remove(key)
+    w.put_item(old)
+
+
+class CollectionLocked(NearsightError):
+    """Another process is writing to the collection."""
+
+
+class _write_lock:
+    """One writer per collection: an exclusive flock on DIR/.write.lock, held for the whole run."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, ".write.lock")
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise CollectionLocked(f"another nearsight process is writing to {os.path.dirname(self.path)}") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)

@@ -1,0 +1,115 @@
+"""Safe image decoding: every odd file a photo folder holds becomes an upright 8-bit RGB image or an ImageError.
+
+Handles zero-byte, truncated and corrupt files, non-images, decompression bombs (checked from the header,
+before any pixel is decoded), 1x1 images, CMYK, 16-bit, palette and alpha images, animated GIFs (first
+frame) and EXIF orientation. JPEGs are decoded at reduced size (PIL draft mode) when the caller needs
+fewer pixels, which is most of what makes ingest fast.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError, ImageTooLarge
+
+DEFAULT_MAX_PIXELS = 100_000_000
+THUMBNAIL_SIDE = 256
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+# We check the pixel count ourselves, with a clear message and a configurable limit.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An upright RGB image and the size of the original (before any draft reduction)."""
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """Image file bytes -> upright RGB ``Decoded``.
+
+    ``min_side``: the smallest side the caller needs; a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as
+    long as both sides stay at least this large. ``None`` decodes at full size.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ImageError("not a recognised image format") from None
+    except Exception as exc:  # PIL raises many types for corrupt headers
+        raise ImageError(f"unreadable image header: {exc}") from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"invalid image size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels is over the limit of {max_pixels:,}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF/ICC warnings from odd cameras are not our users' problem
+            if min_side and image.format == "JPEG":
+                # draft() keeps both sides >= the requested size; orientation may swap sides, so ask for a square.
+                image.draft("RGB", (min_side, min_side))
+            image.seek(0)  # first frame of animations
+            orientation = image.getexif().get(0x0112, 1)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = to_rgb(image)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"corrupt or truncated image data: {exc}") from None
+    if orientation in (5, 6, 7, 8):  # transposed or rotated by 90 degrees: report the upright size
+        width, height = height, width
+    return Decoded(rgb, width, height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16/32-bit ranges are rescaled."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        hi = a.max() if a.size else 0.0
+        scale = 255.0 / 65535.0 if hi > 255 else 1.0
+        a = np.clip(a * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A file path -> upright RGB PIL image (see ``decode_image``)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ImageError(f"is a directory, not an image: {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc}") from None
+    return decode_image(data, min_side=min_side, max_pixels=max_pixels).image
+
+
+def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int = 85) -> bytes:
+    """RGB image -> JPEG bytes with the longer side at most ``side`` px."""
+    thumb = image.copy()
+    thumb.thumbnail((side, side), Image.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    thumb.save(out, format="JPEG", quality=quality, optimize=False)
+    return out.getvalue()

@@ -1,0 +1,164 @@
+"""The ``nearsight`` command line. Every command is a thin layer over the Python API."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from ..retrieval.errors import NearsightError
+
+COLLECTION = click.option("-c", "--collection", "collection", required=True, type=click.Path(file_okay=False),
+                          help="Collection directory.")
+
+
+class _Group(click.Group):
+    """Turns nearsight's own errors into one-line messages and exit status 1 (no tracebacks)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NearsightError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; re-run the same command to finish", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="nearsight")
+def main(verbose: int) -> None:
+    """nearsight: index photos, search them by image, text, id or vector."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def parse_options(pairs) -> dict[str, dict[str, object]]:
+    """``-o clip.pretrained=/ckpt.pt`` -> {"clip": {"pretrained": "/ckpt.pt"}} (JSON values where they parse)."""
+    out: dict[str, dict[str, object]] = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and name and key):
+            raise click.BadParameter(f"{pair!r}; expected ENCODER.KEY=VALUE, e.g. clip.model=ViT-B-32")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(name, {})[key] = parsed
+    return out
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@COLLECTION
+@click.option("--encoders", default="tiny", show_default=True, help="Comma-separated encoder names.")
+@click.option("-o", "--option", "options", multiple=True, help="Encoder setting ENCODER.KEY=VALUE (repeatable).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decode processes (default: all cores; 0 = none).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--flush-every", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Items per durable commit.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+              help="Decompression-bomb guard: larger images are recorded as failures.")
+@click.option("--no-index", is_flag=True, help="Do not build or update the ANN indexes afterwards.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def index(paths, collection, encoders, options, workers, batch_size, flush_every, device, max_pixels, no_index, quiet):
+    """Index PATHS (folders, image files, lists of image paths, webdataset .tar shards) into a collection."""
+    from ..indexer.ingest import IngestConfig, index_paths
+
+    names = tuple(n.strip() for n in encoders.split(",") if n.strip())
+    opts = parse_options(options)
+    config = IngestConfig(encoders=names, encoder_options=tuple((k, tuple(v.items())) for k, v in opts.items()),
+                          batch_size=batch_size, flush_every=flush_every, device=device, max_pixels=max_pixels,
+                          progress=not quiet, **({"workers": workers} if workers is not None else {}))
+    summary = index_paths(collection, list(paths), config)
+    click.echo(summary.line())
+
+
+@main.command()
+@COLLECTION
+@click.option("--image", type=click.Path(dir_okay=False), help="Query image file.")
+@click.option("--text", help="Query text (encoders with a text tower).")
+@click.option("--id", "item_id", type=int, help="Query by the embedding of an item already in the collection.")
+@click.option("--vector", type=click.Path(dir_okay=False), help="Query vector, a .npy file of shape (d,).")
+@click.option("--encoder", help="Encoder to search with (default: the collection's first that fits the query).")
+@click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def search(collection, image, text, item_id, vector, encoder, k, as_json):
+    """Search a collection; exactly one of --image, --text, --id, --vector."""
+    import numpy as np
+
+    from ..retrieval.collection import Collection
+
+    given = [name for name, v in (("--image", image), ("--text", text), ("--id", item_id), ("--vector", vector)) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError(f"give exactly one of --image, --text, --id, --vector (got {', '.join(given) or 'none'})")
+    query = {}
+    if vector is not None:
+        try:
+            query["vector"] = np.load(vector, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"cannot read {vector} as a .npy array: {exc}", param_hint="--vector")
+    coll = Collection.open(collection)
+    results = coll.search(image=image, text=text, id=item_id, encoder=encoder, k=k, **query)
+    if as_json:
+        click.echo(json.dumps({"results": [r.to_dict() for r in results]}, indent=1))
+        return
+    for rank, r in enumerate(results, 1):
+        caption = f"  {r.caption}" if r.caption else ""
+        click.echo(f"{rank:3d}  {r.id:8d}  {r.score:9.4f}  {r.path}{caption}")
+
+
+@main.command()
+@COLLECTION
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--failures", is_flag=True, help="List the sources that could not be indexed, with the reason.")
+def info(collection, as_json, failures):
+    """Item count, encoders with dims, sizes on disk, failures."""
+    from ..retrieval.collection import Collection
+
+    coll = Collection.open(collection)
+    data = coll.info()
+    if failures:
+        data["failure_list"] = [{"source": s, "reason": r} for s, r in coll.store.failures()]
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+        return
+    b = data["bytes"]
+    click.echo(f"collection {data['path']}")
+    click.echo(f"  items {data['items']}  sources {data['sources']}  failures {data['failures']}")
+    click.echo(f"  on disk: store {_size(b['store'])}, embeddings {_size(b['embeddings'])}, indexes {_size(b['indexes'])}")
+    for e in data["encoders"]:
+        line = f"  encoder {e['name']:10s} dim {e['dim']:5d}  {e['metric']}  {'+'.join(e['modalities'])}  embedded {e['embedded']}"
+        index = e.get("index")
+        if index:
+            line += f"  index {index.get('factory')} recall@{index.get('k', 10)} {index.get('recall', float('nan')):.3f}"
+        click.echo(line)
+    for f in data.get("failure_list", []):
+        click.echo(f"  FAILED {f['source']}: {f['reason']}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@main.command("encoders")
+def list_encoders_command():
+    """List the registered encoders."""
+    from ..retrieval.encoders import encoder_class, list_encoders
+
+    for name in list_encoders():
+        cls = encoder_class(name)
+        click.echo(f"{name:10s} {cls.metric}  {'+'.join(sorted(cls.modalities))}")
+
+
+if __name__ == "__main__":
+    main()
