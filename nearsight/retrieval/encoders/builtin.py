@@ -1,2 +1,3 @@
 """Imports every built-in encoder module so each registers itself."""
 from . import tiny  # noqa: F401
+from . import cnn, clip  # noqa: F401

