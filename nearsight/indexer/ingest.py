@@ -20,7 +20,7 @@ import numpy as np
 from ..retrieval.collection import Collection
 from ..retrieval.embeddings import load_ids, write_part
 from ..retrieval.encoders import Encoder, create_encoder
-from ..retrieval.errors import ImageError, NearsightError
+from ..retrieval.errors import CollectionBusy, NearsightError
 from ..retrieval.images import DEFAULT_MAX_PIXELS, decode_image
 from ..retrieval.store import Item, StoreWriter
 from .decode import DecodeTask, Decoded, Decoder, Failed, decode_job, init_worker
@@ -269,10 +269,6 @@ def _detach(w: StoreWriter, key: str, new_id: int) -> None:
     w.put_item(old)
 
 
-class CollectionLocked(NearsightError):
-    """Another process is writing to the collection."""
-
-
 class _write_lock:
     """One writer per collection: an exclusive flock on DIR/.write.lock, held for the whole run."""
 
@@ -285,7 +281,7 @@ class _write_lock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise CollectionLocked(f"another nearsight process is writing to {os.path.dirname(self.path)}") from None
+            raise CollectionBusy(f"another nearsight process is writing to {os.path.dirname(self.path)}") from None
         return self
 
     def __exit__(self, *exc):

@@ -68,11 +68,14 @@ class Collection:
     def create_or_open(cls, directory, device: str = "auto") -> "Collection":
         """Open for writing, creating an empty collection first if ``directory`` holds none."""
         directory = os.fspath(directory)
-        path = os.path.join(directory, MANIFEST)
-        if not os.path.exists(path):
-            if os.path.isdir(directory) and os.listdir(directory):
+        if not os.path.exists(os.path.join(directory, MANIFEST)):
+            # Only an empty folder, or one a killed creation left (store but no manifest yet), is taken.
+            leftovers = set(os.listdir(directory)) - {"store.lmdb", ".write.lock"} if os.path.isdir(directory) else set()
+            if leftovers:
                 raise NotACollection(f"{directory} is not empty and holds no {MANIFEST}; refusing to write there")
             os.makedirs(directory, exist_ok=True)
+            ItemStore(os.path.join(directory, "store.lmdb")).close()
+            # The manifest is written last: its presence means the collection is whole.
             write_manifest(directory, {"format": FORMAT_VERSION, "encoders": []})
         return cls.open(directory, device=device, readonly=False)
 
@@ -199,10 +202,7 @@ class Collection:
     # -- queries --------------------------------------------------------------------------
     def query_vector(self, encoder: str, image=None, text=None, id=None, vector=None, query=None) -> np.ndarray:
         """Exactly one query -> (d,) float32 in the encoder's space (unit norm for "ip" encoders)."""
-        given = {k: v for k, v in dict(image=image, text=text, id=id, vector=vector, query=query).items() if v is not None}
-        if len(given) != 1:
-            raise InvalidQuery(f"give exactly one of {', '.join(QUERY_KINDS)}; got {', '.join(given) or 'none'}")
-        kind, value = next(iter(given.items()))
+        kind, value = _one_query(image=image, text=text, id=id, vector=vector, query=query)
         spec = self.encoder_spec(encoder)
         if kind == "query":
             v = self._combine(encoder, value)
@@ -251,6 +251,7 @@ class Collection:
             raise InvalidQuery(f"k must be an integer from 1 to 10000, got {k!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidQuery(f"offset must be a non-negative integer, got {offset!r}")
+        _one_query(image=image, text=text, id=id, vector=vector, query=query)
         if encoder is None:
             encoder = self.default_encoder(TEXT if text is not None else IMAGE)
         q = self.query_vector(encoder, image=image, text=text, id=id, vector=vector, query=query)
@@ -324,6 +325,13 @@ def _as_image(value):
     if isinstance(value, io.IOBase):
         return decode_image(value.read()).image
     raise InvalidQuery(f"image must be a PIL image, bytes or a file path, got {type(value).__name__}")
+
+
+def _one_query(**kinds) -> tuple[str, object]:
+    given = {k: v for k, v in kinds.items() if v is not None}
+    if len(given) != 1:
+        raise InvalidQuery(f"give exactly one of {', '.join(QUERY_KINDS)}; got {', '.join(given) or 'none'}")
+    return next(iter(given.items()))
 
 
 def _term_kwargs(term: dict) -> dict:

@@ -39,3 +39,7 @@ class InvalidQuery(NearsightError):
 
 class WeightsUnavailable(NearsightError):
     """Model weights that cannot be loaded (offline with no local checkpoint)."""
+
+
+class CollectionBusy(NearsightError):
+    """A collection another writer holds, or one open read-only in this process when a write is asked."""

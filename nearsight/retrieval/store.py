@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 
 import lmdb
 
-from .errors import UnknownItem
+from .errors import CollectionBusy, UnknownItem
 
 DB_NAMES = ("items", "thumbs", "paths", "hashes", "failures", "meta")
 # A sparse upper bound, not an allocation: LMDB maps this much address space and grows the file as needed.
@@ -62,20 +63,56 @@ class Item:
         return cls(**json.loads(data))
 
 
+# LMDB allows one environment per file per process: stores opened twice in a process share it (refcounted).
+_ENVS: dict[str, list] = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _open_env(path: str, readonly: bool):
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        if key in _ENVS:
+            entry = _ENVS[key]
+            if entry[1] and not readonly:
+                raise CollectionBusy(f"{path} is open read-only in this process; close it before writing")
+            entry[3] += 1
+            return entry[0], entry[2]
+        if not readonly:
+            os.makedirs(path, exist_ok=True)
+        env = lmdb.open(path, max_dbs=len(DB_NAMES), map_size=MAP_SIZE, subdir=True,
+                        readonly=readonly, lock=True, create=not readonly)
+        if readonly:
+            dbs = {name: env.open_db(name.encode(), create=False) for name in DB_NAMES}
+        else:
+            with env.begin(write=True) as txn:  # all databases in one commit: never half-created
+                dbs = {name: env.open_db(name.encode(), txn=txn, create=True) for name in DB_NAMES}
+        _ENVS[key] = [env, readonly, dbs, 1]
+        return env, dbs
+
+
+def _release_env(path: str) -> None:
+    key = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS[key]
+        entry[3] -= 1
+        if entry[3] == 0:
+            entry[0].close()
+            del _ENVS[key]
+
+
 class ItemStore:
     """An LMDB environment with the named databases above. Open read-only for serving."""
 
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         self.readonly = readonly
-        if not readonly:
-            os.makedirs(path, exist_ok=True)
-        self.env = lmdb.open(path, max_dbs=len(DB_NAMES), map_size=MAP_SIZE, subdir=True,
-                             readonly=readonly, lock=True, create=not readonly)
-        self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in DB_NAMES}
+        self._closed = False
+        self.env, self.db = _open_env(path, readonly)
 
     def close(self) -> None:
-        self.env.close()
+        if not self._closed:
+            self._closed = True
+            _release_env(self.path)
 
     # -- reads ----------------------------------------------------------------------------
     def _get(self, db: str, key: bytes) -> bytes | None:

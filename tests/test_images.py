@@ -1,0 +1,88 @@
+"""Decoding every odd file a photo folder holds: an upright RGB image or a clear ImageError."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nearsight.retrieval.errors import ImageError, ImageTooLarge
+from nearsight.retrieval.images import decode_image, thumbnail_jpeg, to_rgb
+from tests.conftest import make_photo
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kw)
+    return out.getvalue()
+
+
+def test_zero_byte_and_non_image():
+    with pytest.raises(ImageError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(ImageError, match="not a recognised image"):
+        decode_image(b"GIF89 this is text, not pixels" * 10)
+
+
+def test_truncated_jpeg_is_an_error():
+    data = encode(make_photo(1, (256, 192)), "JPEG")
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    data = encode(Image.new("L", (2000, 2000)), "PNG")
+    with pytest.raises(ImageTooLarge, match="4,000,000 pixels"):
+        decode_image(data, max_pixels=1_000_000)
+    assert decode_image(data, max_pixels=4_000_000).width == 2000
+
+
+def test_one_pixel_image():
+    d = decode_image(encode(Image.new("RGB", (1, 1), (10, 20, 30)), "PNG"))
+    assert d.image.size == (1, 1) and d.image.getpixel((0, 0)) == (10, 20, 30)
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "L", "P", "RGBA", "LA", "I;16", "1"])
+def test_odd_modes_become_rgb(mode):
+    src = make_photo(2, (40, 30))
+    if mode == "I;16":
+        arr = (np.asarray(src.convert("L"), dtype=np.uint16) * 257)
+        img, fmt = Image.fromarray(arr), "PNG"  # uint16 -> mode I;16
+    else:
+        img = src.convert(mode)
+        fmt = "JPEG" if mode == "CMYK" else "PNG"
+    d = decode_image(encode(img, fmt))
+    assert d.image.mode == "RGB" and d.image.size == (40, 30)
+    if mode == "I;16":  # 16-bit range rescaled, not clipped to white
+        assert 20 < np.asarray(d.image).mean() < 235
+
+
+def test_alpha_composited_on_white():
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert to_rgb(img).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_rotated_jpeg_is_stored_upright():
+    img = make_photo(3, (80, 40))  # landscape pixels ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... that the camera says to rotate 90 degrees clockwise
+    d = decode_image(encode(img, "JPEG", exif=exif.tobytes()))
+    assert d.image.size == (40, 80) and (d.width, d.height) == (40, 80)
+
+
+def test_gif_first_frame():
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    r, g, b = decode_image(data).image.getpixel((4, 4))
+    assert r > 200 and b < 50
+
+
+def test_draft_mode_decodes_jpeg_at_reduced_size_but_reports_the_original():
+    data = encode(make_photo(4, (1600, 1200)), "JPEG")
+    d = decode_image(data, min_side=256)
+    assert (d.width, d.height) == (1600, 1200)
+    assert min(d.image.size) >= 256 and d.image.size[0] <= 800
+
+
+def test_thumbnail_longer_side():
+    thumb = Image.open(io.BytesIO(thumbnail_jpeg(make_photo(5, (600, 300)), 256)))
+    assert thumb.size == (256, 128) and thumb.format == "JPEG"
