@@ -160,5 +160,42 @@ def list_encoders_command():
         click.echo(f"{name:10s} {cls.metric}  {'+'.join(sorted(cls.modalities))}")
 
 
+@main.command()
+@COLLECTION
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 opens the server to the network (set a token then).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Request threads.")
+@click.option("--token", envvar="NEARSIGHT_TOKEN", help="Bearer token required on the API [env NEARSIGHT_TOKEN].")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
+              help="Largest uploaded image file.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
+              help="Decompression-bomb guard for uploaded images.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, device):
+    """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
+    from waitress import create_server
+
+    from .app import ServerConfig, create_app, install_reload_signal
+
+    config = ServerConfig(collection, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                          max_pixels=max_pixels, device=device)
+    app = create_app(config)
+    install_reload_signal(app)
+    server = create_server(app, host=host, port=port, threads=threads, ident="nearsight",
+                           max_request_body_size=config.max_request_bytes)
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host} with no token; anyone who can reach it can search", err=True)
+    url_host = f"[{server.effective_host}]" if ":" in str(server.effective_host) else server.effective_host
+    count = app.extensions["nearsight"].holder.collection.count
+    click.echo(f"serving {count} items of {collection} at http://{url_host}:{server.effective_port}/ (Ctrl-C stops)")
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,350 @@
+"""The JSON API blueprint (``/api``): search, items, thumbnails, originals, stats, health.
+
+Only item ids from a request ever reach storage: images arrive as bytes (base64 in JSON, or a
+multipart file) and are decoded in memory with the decompression-bomb guard; strings are never
+taken as file paths or URLs. Requests are validated here, at the edge, with the bad value in the
+message; the collection validates again what only it can (vector dimension, known ids).
+
+A new image endpoint (scene completion, colorization) reads its input with ``read_image_request``
+and answers with ``image_response``.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import io
+import mimetypes
+import os
+import time
+
+from flask import Blueprint, jsonify, make_response, request, send_file, url_for
+
+from ..retrieval.encoders import IMAGE, TEXT
+from ..retrieval.errors import ImageTooLarge, InvalidQuery, NearsightError, UnknownItem
+from ..retrieval.images import decode_image
+from ..retrieval.tar_members import is_member_key, read_member
+from .app import error_response, state
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_K = 1000
+MAX_OFFSET = 10_000
+MAX_TERMS = 32
+MAX_TEXT = 1000
+MAX_ID = 2 ** 63 - 1  # item ids are int64
+KINDS = ("text", "image", "id", "vector")
+SEARCH_FIELDS = frozenset(KINDS) | {"query", "k", "offset", "encoder"}
+FORM_FIELDS = frozenset({"k", "offset", "encoder"})
+PUBLIC_ENDPOINTS = frozenset({"api.health"})  # open even when a token is configured: says only "ok"
+THUMB_MAX_AGE = 24 * 3600  # an id's thumbnail never changes: ids are never reused
+
+
+@bp.before_request
+def require_token():
+    token = state().config.token
+    if token is None or request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return error_response(401, "unauthorized", "this server needs an 'Authorization: Bearer <token>' header")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return error_response(401, "unauthorized", "the bearer token is not valid")
+    return None
+
+
+# -- search -------------------------------------------------------------------------------------
+
+@bp.post("/search")
+def search():
+    start = time.perf_counter()
+    coll = state().holder.fresh()
+    body, image_file = _search_body()
+    k = _int_field(body, "k", 10, 1, MAX_K)
+    offset = _int_field(body, "offset", 0, 0, MAX_OFFSET)
+    query = {"image": image_file} if image_file is not None else _query_terms(body)
+    encoder = body.get("encoder")
+    if encoder is not None and (not isinstance(encoder, str) or not encoder):
+        raise InvalidQuery(f"encoder must be a non-empty string, got {encoder!r}")
+    if encoder is None:
+        encoder = coll.default_encoder(TEXT if _uses_text(query) else IMAGE)
+    coll.encoder_spec(encoder)  # UnknownEncoder (422) before any image is decoded
+    query = _decode_images(query, coll.encoder(encoder).draft_size)
+    results = coll.search(**query, encoder=encoder, k=k, offset=offset)
+    return jsonify({
+        "results": [{"id": r.id, "score": r.score, "caption": r.caption, "width": r.width, "height": r.height,
+                     "thumbnail_url": url_for("api.thumbnail", item_id=r.id)} for r in results],
+        "took_ms": round((time.perf_counter() - start) * 1000, 3),
+        "encoder": encoder,
+    })
+
+
+def _search_body() -> tuple[dict, bytes | None]:
+    """(JSON fields, uploaded image bytes or None) from a JSON body or a multipart form."""
+    if request.mimetype == "multipart/form-data":
+        unknown = set(request.form) - FORM_FIELDS
+        if unknown:
+            raise InvalidQuery(f"unknown form field(s) {sorted(unknown)}; a multipart search takes an 'image' file "
+                               f"and optionally {', '.join(sorted(FORM_FIELDS))}")
+        upload = request.files.get("image")
+        if upload is None or set(request.files) != {"image"}:
+            raise InvalidQuery(f"a multipart search needs exactly one file field, 'image' (got {sorted(request.files)})")
+        body = {name: _form_value(name, request.form[name]) for name in request.form}
+        return body, upload.read()
+    if request.mimetype != "application/json":
+        from werkzeug.exceptions import UnsupportedMediaType
+
+        raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {request.mimetype or 'no content type'!r}")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise InvalidQuery("the request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise InvalidQuery(f"the request body must be a JSON object, got {type(body).__name__}")
+    unknown = set(body) - SEARCH_FIELDS
+    if unknown:
+        raise InvalidQuery(f"unknown field(s) {sorted(unknown)}; use one of {', '.join(KINDS)}, query, plus k, offset, encoder")
+    return body, None
+
+
+def _form_value(name: str, value: str):
+    if name == "encoder":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidQuery(f"{name} must be an integer, got {value!r}") from None
+
+
+def _int_field(body: dict, name: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidQuery(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _query_terms(body: dict) -> dict:
+    """The one query of the body, checked term by term: {"text": ...} or {"query": [terms]}..."""
+    given = [kind for kind in (*KINDS, "query") if kind in body and body[kind] is not None]
+    if len(given) != 1:
+        raise InvalidQuery(f"give exactly one of {', '.join(KINDS)}, query; got {', '.join(given) or 'none'}")
+    kind = given[0]
+    if kind != "query":
+        return {kind: _check_term_value(kind, body[kind])}
+    terms = body["query"]
+    if not isinstance(terms, list) or not 1 <= len(terms) <= MAX_TERMS:
+        raise InvalidQuery(f"query must be a list of 1 to {MAX_TERMS} terms like {{\"text\": \"beach\", \"weight\": 1}}")
+    checked = []
+    for term in terms:
+        if not isinstance(term, dict):
+            raise InvalidQuery(f"each query term must be an object, got {term!r:.100}")
+        unknown = set(term) - set(KINDS) - {"weight"}
+        kinds = [k for k in KINDS if k in term]
+        if unknown or len(kinds) != 1:
+            raise InvalidQuery(f"each query term needs exactly one of {', '.join(KINDS)} and optionally weight; "
+                               f"got fields {sorted(term)}")
+        weight = term.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or abs(weight) > 1e6:
+            raise InvalidQuery(f"term weight must be a number from -1e6 to 1e6, got {weight!r}")
+        checked.append({kinds[0]: _check_term_value(kinds[0], term[kinds[0]]), "weight": float(weight)})
+    return {"query": checked}
+
+
+def _check_term_value(kind: str, value):
+    if kind == "text":
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
+            raise InvalidQuery(f"text must be a non-empty string of at most {MAX_TEXT} characters, got {value!r:.100}")
+        return value
+    if kind == "id":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidQuery(f"id must be an integer, got {value!r:.100}")
+        if not 0 <= value <= MAX_ID:
+            raise UnknownItem(f"no item with id {value}")
+        return value
+    if kind == "vector":
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+            raise InvalidQuery(f"vector must be a non-empty list of numbers, got {value!r:.100}")
+        return value
+    return _b64_image(value)
+
+
+def _b64_image(value) -> bytes:
+    """A base64 string (optionally a data: URL) -> image file bytes, size-checked. Never a path, never a URL."""
+    if not isinstance(value, str) or not value:
+        raise InvalidQuery(f"image must be a base64 string of the image file's bytes, got {value!r:.100}")
+    if value.startswith("data:"):
+        head, comma, value = value.partition(",")
+        if not comma or not head.endswith(";base64"):
+            raise InvalidQuery("an image data: URL must be base64 encoded (data:image/jpeg;base64,...)")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidQuery("image is not valid base64 (send the image file's bytes, base64 encoded)") from None
+    return _sized(data)
+
+
+def _sized(data: bytes) -> bytes:
+    limit = state().config.max_upload_bytes
+    if len(data) > limit:
+        raise ImageTooLarge(f"the image file is {len(data):,} bytes, over the limit of {limit:,}")
+    return data
+
+
+def _uses_text(query: dict) -> bool:
+    return "text" in query or any("text" in t for t in query.get("query", []))
+
+
+def _decode_images(query: dict, min_side: int) -> dict:
+    """Image bytes -> PIL images, decoded in memory under the pixel limit (ImageError 415, ImageTooLarge 413)."""
+    def image(data: bytes):
+        return decode_image(_sized(data), min_side=min_side, max_pixels=state().config.max_pixels).image
+
+    if "image" in query:
+        return {"image": image(query["image"])}
+    if "query" in query:
+        return {"query": [{**t, "image": image(t["image"])} if "image" in t else t for t in query["query"]]}
+    return query
+
+
+# -- image input for the image endpoints (complete, colorize, recolor) -------------------------
+
+def read_image_request(fields: frozenset[str] = frozenset()) -> tuple:
+    """(PIL RGB image, other fields) from multipart (file 'image') or JSON ({"image": base64, "id": n}).
+
+    JSON may name a collection item by ``id`` instead of sending the image. ``fields`` are the other
+    fields the endpoint accepts; anything else is a 400.
+    """
+    if request.mimetype == "multipart/form-data":
+        unknown = set(request.form) - fields
+        upload = request.files.get("image")
+        if unknown or upload is None:
+            raise InvalidQuery(f"send a file field 'image' plus optionally {sorted(fields)}; got {sorted(request.form)}")
+        return _decode_upload(upload.read()), dict(request.form)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidQuery("send a JSON object with 'image' (base64) or 'id', or a multipart form with an 'image' file")
+    unknown = set(body) - fields - {"image", "id"}
+    if unknown or ("image" in body) == ("id" in body):
+        raise InvalidQuery(f"give exactly one of image (base64) or id, plus optionally {sorted(fields)}; got {sorted(body)}")
+    rest = {k: v for k, v in body.items() if k in fields}
+    if "id" in body:
+        item_id = _check_term_value("id", body["id"])
+        return state().holder.collection.load_image(item_id), rest
+    return _decode_upload(_b64_image(body["image"])), rest
+
+
+def _decode_upload(data: bytes):
+    return decode_image(_sized(data), max_pixels=state().config.max_pixels).image
+
+
+def image_response(image, quality: int = 92):
+    """A PIL image -> a JPEG response that is not cached."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="JPEG", quality=quality)
+    response = make_response(out.getvalue())
+    response.mimetype = "image/jpeg"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- items --------------------------------------------------------------------------------------
+
+def _live_item(item_id: int):
+    if item_id > MAX_ID:
+        raise UnknownItem(f"no item with id {item_id}")
+    item = state().holder.collection.item(item_id)
+    if item.deleted:
+        replaced = f"; it was replaced by item {item.replaced_by}" if item.replaced_by is not None else ""
+        raise UnknownItem(f"item {item_id} was removed from the collection{replaced}")
+    return item
+
+
+@bp.get("/items/<int:item_id>")
+def item(item_id: int):
+    it = _live_item(item_id)
+    return jsonify({
+        "id": it.id, "caption": it.caption, "width": it.width, "height": it.height,
+        "filename": os.path.basename(it.path.rpartition("::")[2] if is_member_key(it.path) else it.path),
+        "bytes": it.size, "sha256": it.sha256, "duplicates": len(it.aliases),
+        "thumbnail_url": url_for("api.thumbnail", item_id=it.id),
+        "image_url": url_for("api.image", item_id=it.id),
+    })
+
+
+@bp.get("/items/<int:item_id>/thumbnail")
+def thumbnail(item_id: int):
+    _live_item(item_id)
+    data = state().holder.collection.thumbnail(item_id)
+    response = make_response(data)
+    response.mimetype = "image/jpeg"
+    response.set_etag(hashlib.blake2b(data, digest_size=16).hexdigest())
+    response.cache_control.max_age = THUMB_MAX_AGE
+    if state().config.token is None:
+        response.cache_control.public = True
+    else:
+        response.cache_control.private = True  # behind a token: no shared caches
+    return response.make_conditional(request)
+
+
+@bp.get("/items/<int:item_id>/image")
+def image(item_id: int):
+    """The original file, from the path the index recorded (never a path from the request)."""
+    it = _live_item(item_id)
+    store = state().holder.collection.store
+    for source in [it.path, *it.aliases]:
+        entry = store.path_entry(source)
+        if entry is None or entry[0] != it.id:
+            continue  # this source now holds other content
+        mimetype = mimetypes.guess_type(source.rpartition("::")[2])[0] or "application/octet-stream"
+        if is_member_key(source):
+            try:
+                data = read_member(source)
+            except (OSError, KeyError, EOFError, ValueError):
+                continue
+            if hashlib.sha256(data).hexdigest() != it.sha256:
+                continue
+            return send_file(io.BytesIO(data), mimetype=mimetype, max_age=0)
+        try:
+            st = os.stat(source)
+        except OSError:
+            continue
+        if not os.path.isfile(source) or (st.st_size, st.st_mtime_ns) != entry[1:]:
+            continue  # gone, or changed since it was indexed
+        return send_file(source, mimetype=mimetype, conditional=True, etag=True, max_age=0)
+    raise UnknownItem(f"the original file of item {item_id} is no longer available (its thumbnail still is)")
+
+
+# -- collection ---------------------------------------------------------------------------------
+
+@bp.get("/stats")
+def stats():
+    coll = state().holder.fresh()
+    encoders = []
+    for spec in coll.manifest["encoders"]:
+        name = spec["name"]
+        index = None
+        meta_path = os.path.join(coll.dir, "indexes", name + ".json")
+        if os.path.exists(meta_path):
+            import json
+
+            with open(meta_path) as f:
+                meta = json.load(f)
+            index = {k: meta[k] for k in ("factory", "recall", "k", "ntotal") if k in meta}
+        encoders.append({"name": name, "dim": spec["dim"], "metric": spec["metric"], "modalities": spec["modalities"],
+                         "embedded": sum(p["count"] for p in coll.store.parts(name)), "index": index})
+    defaults = {}
+    for modality in (IMAGE, TEXT):
+        try:
+            defaults[modality] = coll.default_encoder(modality)
+        except NearsightError:  # no encoder takes this modality
+            defaults[modality] = None
+    config = state().config
+    return jsonify({"items": coll.count, "encoders": encoders, "default_encoder": defaults,
+                    "limits": {"max_k": MAX_K, "max_offset": MAX_OFFSET, "max_upload_bytes": config.max_upload_bytes,
+                               "max_pixels": config.max_pixels}})
+
+
+@bp.get("/health")
+def health():
+    return jsonify({"status": "ok"})

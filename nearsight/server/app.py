@@ -1,0 +1,210 @@
+"""The Flask app behind ``nearsight serve``: ``create_app(ServerConfig) -> Flask``.
+
+One process holds one opened collection (LMDB read-only), its encoders and indexes, shared by the
+server's threads. What a running ``nearsight index`` adds becomes visible without a restart: every
+search first calls ``Collection.refresh()`` (a read of the LMDB generation counter and two stats,
+microseconds), which drops cached embeddings and indexes when another process committed; item and
+thumbnail reads go to LMDB directly and always see the latest commit. SIGHUP (``install_reload_signal``)
+reopens the collection from scratch, for changes refresh cannot see (a collection rebuilt in place).
+
+Access: with a token configured (``--token`` or ``NEARSIGHT_TOKEN``) every ``/api`` route but
+``/api/health`` needs ``Authorization: Bearer <token>``. The health probe, the web page, its static
+files and ``/openapi.json`` stay open: they hold nothing from the collection.
+
+Errors are JSON ``{"error": {"code", "message"}}``, never a stack trace (see ``STATUS``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from flask import Flask, current_app, jsonify, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from ..retrieval.collection import Collection
+from ..retrieval.errors import (CollectionBusy, ImageError, ImageTooLarge, InvalidQuery, NearsightError, UnknownEncoder, UnknownItem,
+                                UnsupportedModality, WeightsUnavailable)
+from ..retrieval.images import DEFAULT_MAX_PIXELS
+
+LOG = logging.getLogger(__name__)
+
+TOKEN_ENV = "NEARSIGHT_TOKEN"
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+
+# nearsight error class -> (HTTP status, error code); the most specific class wins (ImageTooLarge before ImageError).
+STATUS: tuple[tuple[type[NearsightError], int, str], ...] = (
+    (InvalidQuery, 400, "invalid_query"),
+    (UnknownItem, 404, "unknown_item"),
+    (ImageTooLarge, 413, "image_too_large"),
+    (ImageError, 415, "not_an_image"),
+    (UnknownEncoder, 422, "unknown_encoder"),
+    (UnsupportedModality, 422, "unsupported_modality"),
+    (WeightsUnavailable, 503, "weights_unavailable"),
+    (CollectionBusy, 503, "collection_busy"),
+)
+
+
+def _env_token() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What ``create_app`` needs. ``token`` defaults to ``$NEARSIGHT_TOKEN`` (unset or empty: no token)."""
+    collection: str
+    token: str | None = field(default_factory=_env_token)
+    max_upload_bytes: int = 20 * 1024 * 1024  # an uploaded image file, after base64 decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS      # decompression-bomb guard for uploads
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.max_upload_bytes < 1 or self.max_pixels < 1:
+            raise ValueError(f"max_upload_bytes and max_pixels must be positive, got {self.max_upload_bytes}, {self.max_pixels}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("token must not be blank")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Request body limit: an image of ``max_upload_bytes`` as base64 in JSON (4/3 larger) plus slack."""
+        return self.max_upload_bytes * 4 // 3 + 64 * 1024
+
+
+class CollectionHolder:
+    """The process's opened collection. ``reload`` swaps in a freshly opened one.
+
+    Stores opened twice in one process share one LMDB environment (see ``store.py``), so the old
+    collection is closed only after the new one holds the environment, and requests in flight keep
+    working. A store replaced on disk (a collection rebuilt in place) cannot share it: then the old
+    environment is closed first and a request in flight during the swap may fail with a 500.
+    """
+
+    def __init__(self, directory: str, device: str = "auto"):
+        self.directory, self.device = directory, device
+        self._lock = threading.Lock()
+        self._collection = Collection.open(directory, device=device, readonly=True)
+        self._identity = _store_identity(directory)
+
+    @property
+    def collection(self) -> Collection:
+        return self._collection
+
+    def fresh(self) -> Collection:
+        """The collection, after picking up what other processes committed since the last call."""
+        coll = self._collection
+        coll.refresh()
+        return coll
+
+    def reload(self) -> None:
+        """Reopen: re-read the manifest, drop every cached encoder, embedding matrix and index."""
+        with self._lock:
+            old, identity = self._collection, _store_identity(self.directory)
+            if identity != self._identity:
+                old.close()
+            self._collection = Collection.open(self.directory, device=self.device, readonly=True)
+            self._identity = identity
+            old.close()  # idempotent: a no-op when already closed above
+        LOG.info("reopened collection %s (%d items)", self.directory, self._collection.count)
+
+
+def _store_identity(directory: str) -> tuple[int, int]:
+    st = os.stat(os.path.join(directory, "store.lmdb", "data.mdb"))
+    return st.st_dev, st.st_ino
+
+
+@dataclass(frozen=True)
+class State:
+    config: ServerConfig
+    holder: CollectionHolder
+
+
+def state() -> State:
+    """The nearsight state of the app handling the current request."""
+    return current_app.extensions["nearsight"]
+
+
+def create_app(config: ServerConfig) -> Flask:
+    """The app: the JSON API under ``/api``, ``/openapi.json``, the web page at ``/`` and its static files."""
+    from . import api, openapi
+
+    app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+    app.extensions["nearsight"] = State(config, CollectionHolder(config.collection, config.device))
+    app.register_blueprint(api.bp)
+
+    @app.get("/")
+    def index():
+        return send_from_directory(STATIC_DIR, "index.html", max_age=0)
+
+    @app.get("/openapi.json")
+    def openapi_document():
+        return jsonify(openapi.document(token_required=config.token is not None,
+                                        max_upload_bytes=config.max_upload_bytes))
+
+    @app.errorhandler(NearsightError)
+    def nearsight_error(exc: NearsightError):
+        for cls, status, code in STATUS:
+            if isinstance(exc, cls):
+                return error_response(status, code, str(exc))
+        LOG.error("unhandled nearsight error: %s", exc)
+        return error_response(500, "internal_error", "the server could not answer this request")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        response = exc.get_response()  # keeps headers such as Allow (405) and WWW-Authenticate (401)
+        code = (exc.name or "error").lower().replace(" ", "_")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            code, message = "request_too_large", (f"the request body is over the limit of {config.max_request_bytes:,} "
+                                                  f"bytes (an image may be at most {config.max_upload_bytes:,} bytes)")
+        response.set_data(_error_body(code, message))
+        response.content_type = "application/json"
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        LOG.exception("internal error")  # the traceback goes to the server log, never to the client
+        return error_response(500, "internal_error", "the server could not answer this request")
+
+    @app.after_request
+    def security_headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy",
+                                        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                                        "frame-ancestors 'none'; base-uri 'none'")
+        return response
+
+    return app
+
+
+def _error_body(code: str, message: str) -> str:
+    import json
+
+    return json.dumps({"error": {"code": code, "message": message}})
+
+
+def error_response(status: int, code: str, message: str):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="nearsight"'
+    return response
+
+
+def install_reload_signal(app: Flask) -> None:
+    """SIGHUP reopens the app's collection (in a thread, so the signal handler itself does no I/O)."""
+    holder: CollectionHolder = app.extensions["nearsight"].holder
+
+    def reload_safely():
+        try:
+            holder.reload()
+        except Exception:  # a half-written collection: keep serving the one we have
+            LOG.exception("reload of %s failed; still serving the previous state", holder.directory)
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: threading.Thread(target=reload_safely, daemon=True).start())

@@ -1,0 +1,185 @@
+"""The OpenAPI 3 document served at ``/openapi.json``, written by hand and kept in sync with the app by a test."""
+from __future__ import annotations
+
+import copy
+
+from .. import __version__ as VERSION
+
+ERROR = {"$ref": "#/components/responses/Error"}
+ITEM_ID = {"name": "item_id", "in": "path", "required": True,
+           "schema": {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1}, "description": "Item id."}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(code): ERROR for code in codes}
+
+
+_SEARCH_KINDS = {
+    "text": {"type": "string", "minLength": 1, "maxLength": 1000, "pattern": r"\S",
+             "description": "Text query (encoders with a text tower)."},
+    "image": {"type": "string", "format": "byte",
+              "description": "The image file's bytes, base64 encoded (a data: URL is accepted). Never a path or URL."},
+    "id": {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1,
+           "description": "Search by the embedding of an item already in the collection."},
+    "vector": {"type": "array", "minItems": 1, "maxItems": 65536, "items": {"type": "number"},
+               "description": "A query vector of the encoder's dimension."},
+}
+
+_SCHEMAS = {
+    "Error": {
+        "type": "object", "required": ["error"], "additionalProperties": False,
+        "properties": {"error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
+                                 "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "Term": {
+        "type": "object", "additionalProperties": False,
+        "description": "One term of a weighted query: exactly one of text, image, id, vector, plus a weight.",
+        "properties": {**_SEARCH_KINDS, "weight": {"type": "number", "minimum": -1e6, "maximum": 1e6, "default": 1}},
+        "oneOf": [{"required": [kind]} for kind in _SEARCH_KINDS],
+    },
+    "SearchRequest": {
+        "type": "object", "additionalProperties": False,
+        "description": "Exactly one of text, image, id, vector, query.",
+        "properties": {
+            **_SEARCH_KINDS,
+            "query": {"type": "array", "minItems": 1, "maxItems": 32, "items": {"$ref": "#/components/schemas/Term"},
+                      "description": "Query arithmetic: the weighted sum of the terms' vectors, "
+                                     "e.g. [{\"text\": \"beach\", \"weight\": 1}, {\"id\": 12, \"weight\": -0.5}]."},
+            "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+            "offset": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
+            "encoder": {"type": "string", "minLength": 1,
+                        "description": "Encoder to search with (default: the first that takes the query)."},
+        },
+        "oneOf": [{"required": [kind]} for kind in (*_SEARCH_KINDS, "query")],
+    },
+    "SearchUpload": {
+        "type": "object", "required": ["image"], "additionalProperties": False,
+        "properties": {"image": {"type": "string", "format": "binary"},
+                       "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                       "offset": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
+                       "encoder": {"type": "string", "minLength": 1}},
+    },
+    "SearchResponse": {
+        "type": "object", "required": ["results", "took_ms", "encoder"], "additionalProperties": False,
+        "properties": {
+            "results": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["id", "score", "caption", "width", "height", "thumbnail_url"],
+                "properties": {"id": {"type": "integer"},
+                               "score": {"type": "number", "description": "Higher is closer (inner product, or "
+                                                                         "minus the squared L2 distance)."},
+                               "caption": {"type": ["string", "null"]},
+                               "width": {"type": "integer"}, "height": {"type": "integer"},
+                               "thumbnail_url": {"type": "string"}}}},
+            "took_ms": {"type": "number"},
+            "encoder": {"type": "string"},
+        },
+    },
+    "Item": {
+        "type": "object", "additionalProperties": False,
+        "required": ["id", "caption", "width", "height", "filename", "bytes", "sha256", "duplicates",
+                     "thumbnail_url", "image_url"],
+        "properties": {"id": {"type": "integer"}, "caption": {"type": ["string", "null"]},
+                       "width": {"type": "integer"}, "height": {"type": "integer"},
+                       "filename": {"type": "string", "description": "File name of the source (no folder)."},
+                       "bytes": {"type": "integer"}, "sha256": {"type": "string"},
+                       "duplicates": {"type": "integer", "description": "Other sources with the same content."},
+                       "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}},
+    },
+    "Stats": {
+        "type": "object", "required": ["items", "encoders", "default_encoder", "limits"],
+        "properties": {
+            "items": {"type": "integer"},
+            "encoders": {"type": "array", "items": {
+                "type": "object", "required": ["name", "dim", "metric", "modalities", "embedded", "index"],
+                "properties": {"name": {"type": "string"}, "dim": {"type": "integer"},
+                               "metric": {"type": "string", "enum": ["ip", "l2"]},
+                               "modalities": {"type": "array", "items": {"type": "string"}},
+                               "embedded": {"type": "integer"},
+                               "index": {"type": ["object", "null"]}}}},
+            "default_encoder": {"type": "object", "properties": {"image": {"type": ["string", "null"]},
+                                                                 "text": {"type": ["string", "null"]}}},
+            "limits": {"type": "object"},
+        },
+    },
+}
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _paths() -> dict:
+    return {
+        "/api/search": {"post": {
+            "operationId": "search", "summary": "Search by text, image, id, vector or a weighted query.",
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
+                "multipart/form-data": {"schema": {"$ref": "#/components/schemas/SearchUpload"}}}},
+            "responses": {"200": {"description": "Ranked results, best first.", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/SearchResponse"}}}},
+                **_errors(400, 401, 404, 413, 415, 422, 503)},
+        }},
+        "/api/items/{item_id}": {"get": {
+            "operationId": "getItem", "summary": "An item's metadata.", "parameters": [ITEM_ID],
+            "responses": {"200": {"description": "The item.", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}}, **_errors(401, 404)},
+        }},
+        "/api/items/{item_id}/thumbnail": {"get": {
+            "operationId": "getThumbnail", "summary": "An item's JPEG thumbnail (cacheable, with an ETag).",
+            "parameters": [ITEM_ID, {"name": "If-None-Match", "in": "header", "required": False,
+                                     "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "JPEG thumbnail.", "content": {"image/jpeg": _BINARY}},
+                          "304": {"description": "Not modified (the ETag matched)."}, **_errors(401, 404)},
+        }},
+        "/api/items/{item_id}/image": {"get": {
+            "operationId": "getImage", "summary": "The original image file, while the indexed file exists unchanged.",
+            "parameters": [ITEM_ID],
+            "responses": {"200": {"description": "The original file.", "content": {"image/*": _BINARY}},
+                          "304": {"description": "Not modified."}, **_errors(401, 404)},
+        }},
+        "/api/stats": {"get": {
+            "operationId": "getStats", "summary": "Item count, encoders, default encoders, limits.",
+            "responses": {"200": {"description": "Collection statistics.", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Stats"}}}}, **_errors(401)},
+        }},
+        "/api/health": {"get": {
+            "operationId": "health", "summary": "Liveness probe; open even when a token is configured.",
+            "security": [],
+            "responses": {"200": {"description": "The server is up.", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["status"], "properties": {"status": {"type": "string",
+                                                                                  "enum": ["ok"]}}}}}}},
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document.", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3 document.",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
+        }},
+        "/": {"get": {
+            "operationId": "webPage", "summary": "The search web page.", "security": [],
+            "responses": {"200": {"description": "HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+    }
+
+
+def document(token_required: bool = False, max_upload_bytes: int = 20 * 1024 * 1024) -> dict:
+    """The OpenAPI 3.1 document; with ``token_required`` the API routes declare bearer auth."""
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "nearsight", "version": VERSION,
+                 "description": "Image retrieval over a nearsight collection. Errors are "
+                                "{\"error\": {\"code\", \"message\"}}. Uploaded images may be at most "
+                                f"{max_upload_bytes:,} bytes. The server never fetches URLs."},
+        "paths": _paths(),
+        "components": {
+            "schemas": copy.deepcopy(_SCHEMAS),
+            "responses": {"Error": {"description": "An error.", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+    if token_required:
+        doc["security"] = [{"bearer": []}]
+    else:  # nothing needs auth: drop the 401s so the document says what the server does
+        for methods in doc["paths"].values():
+            for op in methods.values():
+                op["responses"].pop("401", None)
+    return doc

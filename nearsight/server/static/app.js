@@ -1,0 +1,220 @@
+// nearsight web page: search by text, by an uploaded image, or by a result ("more like this").
+// Plain browser JavaScript, no build step. All URLs are relative, so the page works under a path prefix.
+"use strict";
+
+const TOKEN_KEY = "nearsight.token";
+const PAGE = 30;
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  form: $("search-form"), query: $("query"), encoder: $("encoder"), upload: $("upload"),
+  results: $("results"), info: $("query-info"), error: $("error"), more: $("more"),
+  stats: $("collection-stats"), tokenForm: $("token-form"), token: $("token"), drop: $("drop-overlay"),
+};
+
+// The current query: {kind: "text"|"id"|"image", value, label}; paging repeats it with a larger offset.
+let current = null;
+let offset = 0;
+let generation = 0; // answers to an older query are dropped when they arrive late
+let thumbUrls = [];
+
+function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
+
+function authHeaders() {
+  const t = token();
+  return t ? { Authorization: "Bearer " + t } : {};
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (response.ok) return response;
+  let code = "error", message = response.statusText || ("HTTP " + response.status);
+  try {
+    const body = await response.json();
+    if (body && body.error) { code = body.error.code; message = body.error.message; }
+  } catch (_) { /* not JSON: keep the status text */ }
+  if (response.status === 401) askForToken(token() ? "The saved token was refused." : "");
+  throw new ApiError(response.status, code, message);
+}
+
+function askForToken(note) {
+  els.tokenForm.hidden = false;
+  els.tokenForm.querySelector("label").textContent =
+    (note ? note + " " : "") + "This server needs an access token:";
+  els.token.focus();
+}
+
+function showError(err) {
+  els.error.textContent = err instanceof ApiError ? `${err.message} (${err.status})` : String(err.message || err);
+  els.error.hidden = false;
+}
+
+function clearError() { els.error.hidden = true; els.error.textContent = ""; }
+
+async function loadStats() {
+  try {
+    const stats = await (await api("api/stats")).json();
+    els.stats.textContent = `${stats.items.toLocaleString()} images`;
+    const chosen = els.encoder.value;
+    els.encoder.replaceChildren(new Option("auto", ""));
+    for (const e of stats.encoders) {
+      const label = `${e.name} (${e.modalities.join("+")})`;
+      els.encoder.add(new Option(label, e.name, false, e.name === chosen));
+    }
+    els.tokenForm.hidden = true;
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) showError(err);
+  }
+}
+
+function describe(q) {
+  if (q.kind === "text") return `“${q.value}”`;
+  if (q.kind === "id") return `more like #${q.value}`;
+  return `image ${q.label}`;
+}
+
+async function search(q, append = false) {
+  const mine = ++generation;
+  if (!append) { offset = 0; current = q; }
+  clearError();
+  els.info.textContent = "Searching " + describe(q) + "…";
+  const encoder = els.encoder.value;
+  let options;
+  if (q.kind === "image") {
+    const form = new FormData();
+    form.append("image", q.value, q.label);
+    form.append("k", String(PAGE));
+    form.append("offset", String(offset));
+    if (encoder) form.append("encoder", encoder);
+    options = { method: "POST", body: form };
+  } else {
+    const body = { [q.kind]: q.value, k: PAGE, offset };
+    if (encoder) body.encoder = encoder;
+    options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  }
+  try {
+    const answer = await (await api("api/search", options)).json();
+    if (mine !== generation) return;
+    render(answer, append);
+  } catch (err) {
+    if (mine !== generation) return;
+    els.info.textContent = "";
+    if (!append) clearResults();
+    showError(err);
+  }
+}
+
+function clearResults() {
+  for (const url of thumbUrls) URL.revokeObjectURL(url);
+  thumbUrls = [];
+  els.results.replaceChildren();
+  els.more.hidden = true;
+}
+
+function render(answer, append) {
+  if (!append) clearResults();
+  const shown = offset + answer.results.length;
+  els.info.textContent = `${describe(current)}: ${shown} result${shown === 1 ? "" : "s"} ` +
+    `in ${answer.took_ms.toFixed(1)} ms with ${answer.encoder}`;
+  for (const r of answer.results) els.results.append(card(r));
+  offset = shown;
+  els.more.hidden = answer.results.length < PAGE;
+}
+
+function card(r) {
+  const fig = document.createElement("figure");
+  fig.className = "result";
+  fig.dataset.id = String(r.id);
+  fig.tabIndex = 0;
+  fig.title = `#${r.id} (${r.width}×${r.height}) — click for more like this`;
+  const img = document.createElement("img");
+  img.alt = r.caption || `image ${r.id}`;
+  img.loading = "lazy";
+  img.width = 160;
+  img.height = Math.max(1, Math.round(160 * r.height / Math.max(1, r.width)));
+  setThumbnail(img, r.thumbnail_url);
+  const caption = document.createElement("figcaption");
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = r.score.toFixed(3);
+  caption.append(score);
+  if (r.caption) {
+    const text = document.createElement("span");
+    text.className = "caption";
+    text.textContent = r.caption;
+    caption.append(" ", text);
+  }
+  fig.append(img, caption);
+  const more = () => search({ kind: "id", value: r.id });
+  fig.addEventListener("click", more);
+  fig.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); more(); } });
+  return fig;
+}
+
+// <img src> cannot carry an Authorization header: with a token, fetch the thumbnail and show a blob URL.
+async function setThumbnail(img, url) {
+  if (!token()) { img.src = url; return; }
+  try {
+    const blob = await (await api(url)).blob();
+    const objectUrl = URL.createObjectURL(blob);
+    thumbUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch (_) { img.alt = "thumbnail unavailable"; }
+}
+
+function searchFile(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(new Error(`${file.name} is not an image`));
+    return;
+  }
+  search({ kind: "image", value: file, label: file.name });
+}
+
+// -- events ------------------------------------------------------------------------------------
+els.form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = els.query.value.trim();
+  if (text) search({ kind: "text", value: text });
+});
+
+els.upload.addEventListener("change", () => {
+  searchFile(els.upload.files[0]);
+  els.upload.value = ""; // the same file chosen again still fires change
+});
+
+els.encoder.addEventListener("change", () => { if (current) search(current); });
+els.more.addEventListener("click", () => { if (current) search(current, true); });
+
+els.tokenForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = els.token.value.trim();
+  if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
+  els.token.value = "";
+  els.tokenForm.hidden = true;
+  loadStats();
+  if (current) search(current);
+});
+
+// Drag and drop anywhere on the page.
+let dragDepth = 0;
+window.addEventListener("dragenter", (e) => {
+  if (!e.dataTransfer || !Array.from(e.dataTransfer.types).includes("Files")) return;
+  dragDepth++;
+  els.drop.hidden = false;
+});
+window.addEventListener("dragleave", () => { if (--dragDepth <= 0) { dragDepth = 0; els.drop.hidden = true; } });
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dragDepth = 0;
+  els.drop.hidden = true;
+  const file = e.dataTransfer && e.dataTransfer.files[0];
+  searchFile(file);
+});
+
+loadStats();
