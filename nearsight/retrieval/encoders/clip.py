@@ -164,9 +164,14 @@ class ClipEncoder(TorchEncoder):
             tag_cfg = get_pretrained_cfg(model, pretrained)
             out.update({k: tag_cfg[k] for k in out if tag_cfg.get(k) is not None})
         out.update({k: v for k, v in given.items() if v is not None})
-        out["mean"], out["std"] = [float(v) for v in out["mean"]], [float(v) for v in out["std"]]
-        if len(out["mean"]) != 3 or len(out["std"]) != 3:
-            raise ValueError(f"clip mean and std need 3 values each, got {out['mean']} and {out['std']}")
+        for key in ("mean", "std"):
+            value = out[key]
+            try:
+                out[key] = [float(v) for v in value]
+            except (TypeError, ValueError):
+                out[key] = None
+            if isinstance(value, str) or out[key] is None or len(out[key]) != 3:
+                raise ValueError(f"clip {key} needs 3 numbers (e.g. [0.5, 0.5, 0.5]), got {value!r}")
         if out["interpolation"] not in RESAMPLE:
             raise ValueError(f"clip interpolation {out['interpolation']!r}: use one of {sorted(RESAMPLE)}")
         if out["resize_mode"] not in RESIZE_MODES:
