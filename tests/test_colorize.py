@@ -337,14 +337,14 @@ def test_colorize_core_rejects_bad_input(photos):
 # -- the collection ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def collection(photos):
+def fake_collection(photos):
     images = [photos[n] for n in ("coffee", "astronaut", "chelsea", "rocket")]
     images.append(np.ascontiguousarray(photos["coffee"][:, ::-1]))  # a mirrored copy: a close neighbour
     return FakeCollection(images, encoders=("tiny-gray", "tiny"))
 
 
-def test_colorize_from_collection(collection, photos):
-    result = colorize(collection, Image.fromarray(photos["astronaut"]).convert("L"), n_neighbors=3)
+def test_colorize_from_collection(fake_collection, photos):
+    result = colorize(fake_collection, Image.fromarray(photos["astronaut"]).convert("L"), n_neighbors=3)
     assert result.neighbor_ids[0] == 101 and len(result.neighbor_ids) == 3
     assert list(result.neighbor_distances) == sorted(result.neighbor_distances)
     assert result.encoders == ("tiny-gray",)
@@ -352,7 +352,7 @@ def test_colorize_from_collection(collection, photos):
     truth = rgb_to_lab(photos["astronaut"])
     assert np.abs(result.lab[..., 1:] - truth[..., 1:]).mean() < 3.0
     assert result.image().size == (photos["astronaut"].shape[1], photos["astronaut"].shape[0])
-    held_out = colorize(collection, photos["astronaut"], n_neighbors=2, exclude_ids=[101])
+    held_out = colorize(fake_collection, photos["astronaut"], n_neighbors=2, exclude_ids=[101])
     assert 101 not in held_out.neighbor_ids and any("colour" in w for w in held_out.warnings)
 
 
@@ -363,51 +363,95 @@ def test_gray_neighbors_combines_encoders(photos):
     assert names == ("tiny-gray", "tiny") and ids[0] == 102 and distances[0] < 1e-2 < distances[1]
 
 
-def test_colorize_collection_errors(photos, collection):
+def test_colorize_collection_errors(photos, fake_collection):
     with pytest.raises(UnknownEncoder, match="tiny-gray"):
         colorize(FakeCollection([photos["coffee"]], encoders=("tiny",)), photos["coffee"])
     with pytest.raises(InvalidQuery, match="empty"):
         colorize(FakeCollection([], encoders=("tiny-gray",)), photos["coffee"])
     with pytest.raises(ImageError, match="16 px"):
-        colorize(collection, np.zeros((10, 10), np.uint8))
+        colorize(fake_collection, np.zeros((10, 10), np.uint8))
     with pytest.raises(InvalidQuery):
-        colorize(collection, photos["coffee"], n_neighbors=0)
+        colorize(fake_collection, photos["coffee"], n_neighbors=0)
     with pytest.raises(ImageError):
-        colorize(collection, b"not an image")
+        colorize(fake_collection, b"not an image")
 
 
 # -- recolor -------------------------------------------------------------------------------------------------
 
-def test_recolor_toward_reference_and_item(collection, photos):
+def test_recolor_toward_reference_and_item(fake_collection, photos):
     photo = photos["coffee"]
     by_file = recolor(None, photo, reference=photos["chelsea"])
     np.testing.assert_allclose(by_file.rgb, reinhard_transfer(photo, photos["chelsea"]), atol=1e-6)
     assert by_file.reference_ids == ()
-    by_id = recolor(collection, photo, like_id=102)
+    by_id = recolor(fake_collection, photo, like_id=102)
     np.testing.assert_allclose(by_id.rgb, by_file.rgb, atol=1e-6)
     assert by_id.reference_ids == (102,)
     with pytest.raises(InvalidQuery):
-        recolor(collection, photo, like_id=102, reference=photos["chelsea"])
+        recolor(fake_collection, photo, like_id=102, reference=photos["chelsea"])
     with pytest.raises(UnknownItem):
-        recolor(collection, photo, like_id=999)
+        recolor(fake_collection, photo, like_id=999)
 
 
-def test_recolor_toward_neighbours_mean_statistics(collection, photos):
+def test_recolor_toward_neighbours_mean_statistics(fake_collection, photos):
     photo = photos["coffee"]
-    result = recolor(collection, photo, n_neighbors=2)
+    result = recolor(fake_collection, photo, n_neighbors=2)
     assert 100 not in result.reference_ids and len(result.reference_ids) == 2  # its own copy is skipped
-    stats = [lab_stats(photos_by_id(collection, i)) for i in result.reference_ids]
+    stats = [lab_stats(photos_by_id(fake_collection, i)) for i in result.reference_ids]
     np.testing.assert_allclose(result.target.mean, np.mean([m for m, _ in stats], axis=0))
     np.testing.assert_allclose(lab_stats(result.rgb)[0], result.target.mean, atol=0.03)
-    regional = recolor(collection, photo, like_id=102, per_region=True)
+    regional = recolor(fake_collection, photo, like_id=102, per_region=True)
     assert regional.per_region and regional.rgb.shape == photo.shape
-    assert not np.allclose(regional.rgb, recolor(collection, photo, like_id=102).rgb)
+    assert not np.allclose(regional.rgb, recolor(fake_collection, photo, like_id=102).rgb)
 
 
 def photos_by_id(collection, item_id):
     return np.asarray(collection.load_image(item_id))
 
 
-def test_recolor_of_a_gray_photo_warns(collection, photos):
+def test_recolor_of_a_gray_photo_warns(fake_collection, photos):
     gray = np.repeat(np.asarray(Image.fromarray(photos["coffee"]).convert("L"))[..., None], 3, axis=2)
     assert any("gray" in w for w in recolor(None, gray, reference=photos["chelsea"]).warnings)
+
+
+# -- a real collection, made by the indexer -------------------------------------------------------------------
+
+def test_colorize_and_recolor_with_a_real_collection(tmp_path, photos, ingest):
+    from nearsight.retrieval.collection import Collection
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, rgb in photos.items():
+        Image.fromarray(rgb).save(folder / f"{name}.png")
+    ingest(tmp_path / "coll", [folder], encoders=("tiny-gray", "tiny"))
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        truth = photos["chelsea"]
+        result = colorize(coll, Image.fromarray(truth).convert("L"), n_neighbors=3)
+        assert coll.item(result.neighbor_ids[0]).path.endswith("chelsea.png")
+        assert np.abs(result.lab[..., 1:] - rgb_to_lab(truth)[..., 1:]).mean() < 3.0
+        moved = recolor(coll, photos["coffee"], n_neighbors=2)
+        assert len(moved.reference_ids) == 2 and moved.rgb.shape == photos["coffee"].shape
+    finally:
+        coll.close()
+
+
+def test_real_collection_without_gray_descriptors_or_items(tmp_path, photos, ingest):
+    from nearsight.retrieval.collection import Collection
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(photos["coffee"]).save(folder / "coffee.png")
+    ingest(tmp_path / "coll", [folder], encoders=("tiny",))
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        with pytest.raises(UnknownEncoder, match="tiny-gray"):
+            colorize(coll, photos["coffee"])
+    finally:
+        coll.close()
+    empty = Collection.create_or_open(tmp_path / "empty")
+    try:
+        empty.add_encoder(create_encoder("tiny-gray", device="cpu"))
+        with pytest.raises(InvalidQuery, match="empty"):
+            colorize(empty, photos["coffee"])
+    finally:
+        empty.close()
