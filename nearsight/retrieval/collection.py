@@ -19,6 +19,7 @@ from .embeddings import EmbeddingMatrix, load_matrix
 from .encoders import IMAGE, TEXT, Encoder, create_encoder
 from .errors import ImageError, InvalidQuery, NotACollection, UnknownEncoder, UnsupportedModality
 from .images import DEFAULT_MAX_PIXELS, decode_image, load_image
+from .pca import PCA, PCA_FILE, fit_pca, prefiltered_search
 from .search import exact_search
 from .store import Item, ItemStore
 from .tar_members import is_member_key, read_member
@@ -51,7 +52,7 @@ class Collection:
         self.store = store
         self.device = device
         self._encoders: dict[str, Encoder] = {}
-        self._matrices: dict[str, EmbeddingMatrix] = {}
+        self._matrices: dict[str, object] = {}  # embedding matrices, and "pca/<name>" projections
         self._indexes: dict[str, object] = {}
         self._seen = self._version()
         self._lock = threading.RLock()
@@ -160,16 +161,46 @@ class Collection:
                                                    exclude=self.store.deleted_ids())
             return self._matrices[name]
 
-    def knn(self, name: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(nq, d) float32 queries -> (D, ids) with faiss conventions, over live items."""
+    def knn(self, name: str, queries: np.ndarray, k: int, prefilter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(nq, d) float32 queries -> (D, ids) with faiss conventions, over live items.
+
+        Uses the built ANN index when there is one, else exact search; ``prefilter=N`` instead shortlists
+        N items in the encoder's fitted PCA space and re-ranks them exactly.
+        """
+        metric = self.encoder_spec(name)["metric"]
+        if prefilter:
+            matrix = self.embedding_matrix(name)
+            pca, projected = self.pca(name)
+            D, rows = prefiltered_search(matrix.vectors, projected, pca, queries, k, metric, prefilter)
+            return D, np.where(rows >= 0, matrix.ids[np.maximum(rows, 0)], -1)
         index = self._index(name)
         if index is not None:
             deleted = set(self.store.deleted_ids())
             D, I = index.search(queries, k + len(deleted))
             return _drop_ids(D, I, deleted, k)
         matrix = self.embedding_matrix(name)
-        D, rows = exact_search(matrix.vectors, queries, k, self.encoder_spec(name)["metric"])
+        D, rows = exact_search(matrix.vectors, queries, k, metric)
         return D, np.where(rows >= 0, matrix.ids[np.maximum(rows, 0)], -1)
+
+    def pca(self, name: str) -> tuple[PCA, np.ndarray]:
+        """The encoder's fitted PCA and the projected embeddings (n, p) float32, rows as embedding_matrix."""
+        path = os.path.join(self.dir, "embeddings", name, PCA_FILE)
+        with self._lock:
+            key = "pca/" + name
+            if key not in self._matrices:
+                if not os.path.exists(path):
+                    raise InvalidQuery(f"encoder {name!r} has no PCA; fit one with `nearsight fit-pca -c {self.dir} --encoder {name}`")
+                pca = PCA.load(path)
+                self._matrices[key] = (pca, pca.project(self.embedding_matrix(name).vectors))
+            return self._matrices[key]
+
+    def fit_pca(self, name: str, dim: int) -> PCA:
+        """Fit and store a PCA of the encoder's embeddings (replacing any earlier one)."""
+        pca = fit_pca(self.embedding_matrix(name).vectors, dim)
+        pca.save(os.path.join(self.dir, "embeddings", name, PCA_FILE))
+        with self._lock:
+            self._matrices.pop("pca/" + name, None)
+        return pca
 
     def _index(self, name: str):
         """The built ANN index of an encoder, or None when none is built (exact search then)."""
@@ -245,8 +276,11 @@ class Collection:
         return total
 
     def search(self, image=None, text=None, id=None, vector=None, query=None, encoder: str | None = None,
-               k: int = 10, offset: int = 0) -> list[SearchResult]:
-        """Ranked items for one query (see ``query_vector``), best first, ``k`` of them after ``offset``."""
+               k: int = 10, offset: int = 0, prefilter: int | None = None) -> list[SearchResult]:
+        """Ranked items for one query (see ``query_vector``), best first, ``k`` of them after ``offset``.
+
+        ``prefilter=N``: shortlist N items in the encoder's PCA space first (see ``knn``).
+        """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10000:
             raise InvalidQuery(f"k must be an integer from 1 to 10000, got {k!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -255,7 +289,7 @@ class Collection:
         if encoder is None:
             encoder = self.default_encoder(TEXT if text is not None else IMAGE)
         q = self.query_vector(encoder, image=image, text=text, id=id, vector=vector, query=query)
-        D, I = self.knn(encoder, q[None, :], k + offset)
+        D, I = self.knn(encoder, q[None, :], k + offset, prefilter=prefilter)
         metric = self.encoder_spec(encoder)["metric"]
         results = []
         for d, item_id in zip(D[0][offset:], I[0][offset:]):

@@ -87,8 +87,10 @@ def index(paths, collection, encoders, options, workers, batch_size, flush_every
 @click.option("--vector", type=click.Path(dir_okay=False), help="Query vector, a .npy file of shape (d,).")
 @click.option("--encoder", help="Encoder to search with (default: the collection's first that fits the query).")
 @click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True)
+@click.option("--prefilter", type=click.IntRange(min=1), default=None,
+              help="Shortlist N items in the encoder's PCA space (see fit-pca), then re-rank exactly.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def search(collection, image, text, item_id, vector, encoder, k, as_json):
+def search(collection, image, text, item_id, vector, encoder, k, prefilter, as_json):
     """Search a collection; exactly one of --image, --text, --id, --vector."""
     import numpy as np
 
@@ -104,7 +106,7 @@ def search(collection, image, text, item_id, vector, encoder, k, as_json):
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read {vector} as a .npy array: {exc}", param_hint="--vector")
     coll = Collection.open(collection)
-    results = coll.search(image=image, text=text, id=item_id, encoder=encoder, k=k, **query)
+    results = coll.search(image=image, text=text, id=item_id, encoder=encoder, k=k, prefilter=prefilter, **query)
     if as_json:
         click.echo(json.dumps({"results": [r.to_dict() for r in results]}, indent=1))
         return
@@ -148,6 +150,24 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+@main.command("fit-pca")
+@COLLECTION
+@click.option("--encoder", required=True)
+@click.option("--dim", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--shortlist", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Shortlist size used to measure the pre-filter's recall@10.")
+def fit_pca_command(collection, encoder, dim, shortlist):
+    """Fit a PCA projection of an encoder's embeddings, stored with the collection, for `search --prefilter`."""
+    from ..retrieval.collection import Collection
+    from ..retrieval.pca import prefilter_recall
+
+    coll = Collection.open(collection)
+    pca = coll.fit_pca(encoder, dim)
+    recall = prefilter_recall(coll, encoder, k=10, shortlist=shortlist)
+    click.echo(f"PCA {coll.encoder_spec(encoder)['dim']} -> {dim} dims keeps {pca.explained.sum():.1%} of the variance; "
+               f"pre-filter recall@10 with a {shortlist}-item shortlist: {recall:.3f}")
 
 
 @main.command("encoders")

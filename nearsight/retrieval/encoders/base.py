@@ -121,7 +121,17 @@ def encoder_class(name: str) -> type[Encoder]:
 
 def create_encoder(name: str, device: str = "auto", **config) -> Encoder:
     """A new encoder by registered name. Cheap: models load on first encode."""
-    return encoder_class(name)(device=device, **config)
+    cls = encoder_class(name)
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(config) - set(params))
+        if unknown:
+            valid = sorted(p for p in params if p not in ("self", "device"))
+            raise UnknownEncoder(f"unknown option(s) {', '.join(unknown)} for encoder {name!r}; "
+                                 f"valid options: {', '.join(valid) or 'none'}")
+    return cls(device=device, **config)
 
 
 def _load_builtin() -> None:

@@ -28,6 +28,9 @@ class TinyEncoder(Encoder):
     metric = "ip"
     draft_size = 64
 
+    def __init__(self, device: str = "auto"):  # no options: the descriptor is fixed
+        super().__init__(device)
+
     def preprocess(self, image):
         return tiny_vector(image)
 
