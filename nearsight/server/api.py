@@ -96,15 +96,22 @@ def _search_body() -> tuple[dict, bytes | None]:
         from werkzeug.exceptions import UnsupportedMediaType
 
         raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {request.mimetype or 'no content type'!r}")
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidQuery("the request body is not valid JSON")
+    body = _json_body()
     if not isinstance(body, dict):
         raise InvalidQuery(f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = set(body) - SEARCH_FIELDS
     if unknown:
         raise InvalidQuery(f"unknown field(s) {sorted(unknown)}; use one of {', '.join(KINDS)}, query, plus k, offset, encoder")
     return body, None
+
+
+def _json_body():
+    from werkzeug.exceptions import BadRequest
+
+    try:
+        return request.get_json(force=True)
+    except BadRequest:
+        raise InvalidQuery("the request body is not valid JSON") from None
 
 
 def _form_value(name: str, value: str):
@@ -221,7 +228,7 @@ def read_image_request(fields: frozenset[str] = frozenset()) -> tuple:
         if unknown or upload is None:
             raise InvalidQuery(f"send a file field 'image' plus optionally {sorted(fields)}; got {sorted(request.form)}")
         return _decode_upload(upload.read()), dict(request.form)
-    body = request.get_json(silent=True)
+    body = _json_body() if request.mimetype == "application/json" else None
     if not isinstance(body, dict):
         raise InvalidQuery("send a JSON object with 'image' (base64) or 'id', or a multipart form with an 'image' file")
     unknown = set(body) - fields - {"image", "id"}
