@@ -106,38 +106,63 @@ def pooling_matrix(n: int, nblocks: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Bank:
-    pad_y: "object"      # (H + 2*PAD,) int64 mirror-padding indices
-    pad_x: "object"      # (W + 2*PAD,)
-    low_y: "object"      # (Hp, Hp) low-pass along y: float32, or complex64 for odd sizes
-    low_x_t: "object"    # (Wp, Wp) transposed low-pass along x
-    crop_y: "object"     # (H, Hp) low-pass rows of the un-padded region only
-    crop_x_t: "object"   # (Wp, W)
+    # The prefilter's low-pass, mirror padding folded in, as a rank-r product per axis:
+    # low(pad(x)) = up_y @ (down_y @ x @ down_x_t) @ up_x_t; float32, or complex64 for odd sizes.
+    down_y: "object"     # (r, H)
+    down_x_t: "object"   # (W, r)
+    up_y: "object"       # (Hp, r)
+    up_x_t: "object"     # (r, Wp)
+    crop_down_y: "object"  # (r, Hp): the low-pass of a padded image, seen on the un-padded region only
+    crop_down_x_t: "object"  # (Wp, r)
+    crop_up_y: "object"  # (H, r)
+    crop_up_x_t: "object"  # (r, W)
+    pad_y: "object"      # (Hp,) int64 mirror-padding indices
+    pad_x: "object"      # (Wp,)
     gabor: "object"      # (nf, H, W) float32
     pool_y: "object"     # (nb, H) float32 cell-mean weights
     pool_x_t: "object"   # (W, nb)
     divisible: bool      # cells are equal-size blocks: pool with a reshape instead of matmuls
 
 
+def _mirror_indices(n: int) -> np.ndarray:
+    """lear-gist's padding repeats the edge pixel: 4 3 2 1 0 | 0 1 ... n-1 | n-1 ... n-5."""
+    return np.r_[PAD - 1:-1:-1, 0:n, n - 1:n - 1 - PAD:-1]
+
+
+def _low_rank(m: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """m ~= up @ down, dropping singular values below rtol * max (far under float32 rounding).
+
+    The Gaussian low-pass keeps about 2 * 4.6 * s1 + 1 ~ 45 frequencies whatever the image size, so
+    the 138 x 138 (or 266 x 266) circulant has rank ~45: two thin products cost several times fewer
+    flops than the dense ones, and the gap grows with the image size.
+    """
+    u, s, vh = np.linalg.svd(m, full_matrices=False)
+    r = max(1, int((s > rtol * s[0]).sum()))
+    return u[:, :r] * s[:r], vh[:r]
+
+
 @lru_cache(maxsize=16)
 def _bank(height: int, width: int, nblocks: int, orientations: tuple[int, ...], fc: float, device: str) -> _Bank:
     import torch
 
-    def mirror(n):  # lear-gist's padding repeats the edge pixel: 4 3 2 1 0 | 0 1 ... n-1 | n-1 ... n-5
-        return torch.tensor(np.r_[PAD - 1:-1:-1, 0:n, n - 1:n - 1 - PAD:-1], dtype=torch.long, device=device)
-
-    def lowpass(n):
+    def axis(n):
         c = lowpass_matrix(n + 2 * PAD, fc)
+        pad = np.zeros((n + 2 * PAD, n))
+        pad[np.arange(n + 2 * PAD), _mirror_indices(n)] = 1.0
         # Even padded sizes give a real symmetric kernel; odd ones a genuinely complex one.
-        if np.abs(c.imag).max() < 1e-12:
-            return torch.tensor(c.real, dtype=torch.float32, device=device)
-        return torch.tensor(c, dtype=torch.complex64, device=device)
+        real = np.abs(c.imag).max() < 1e-12
+        dtype = torch.float32 if real else torch.complex64
+        parts = (*_low_rank(c @ pad), *_low_rank(c[PAD:PAD + n]))  # up, down, crop_up, crop_down
+        return [torch.tensor(p.real if real else p, dtype=dtype, device=device) for p in parts]
 
-    ly, lx = lowpass(height), lowpass(width)
+    uy, dy, cuy, cdy = axis(height)
+    ux, dx, cux, cdx = axis(width)
     f32 = dict(dtype=torch.float32, device=device)
+    idx = dict(dtype=torch.long, device=device)
     return _Bank(
-        pad_y=mirror(height), pad_x=mirror(width),
-        low_y=ly, low_x_t=lx.T.contiguous(),
-        crop_y=ly[PAD:PAD + height].contiguous(), crop_x_t=lx[PAD:PAD + width].T.contiguous(),
+        down_y=dy, down_x_t=dx.T.contiguous(), up_y=uy, up_x_t=ux.T.contiguous(),
+        crop_down_y=cdy, crop_down_x_t=cdx.T.contiguous(), crop_up_y=cuy, crop_up_x_t=cux.T.contiguous(),
+        pad_y=torch.tensor(_mirror_indices(height), **idx), pad_x=torch.tensor(_mirror_indices(width), **idx),
         gabor=torch.tensor(gabor_bank(height, width, orientations), **f32),
         pool_y=torch.tensor(pooling_matrix(height, nblocks), **f32),
         pool_x_t=torch.tensor(pooling_matrix(width, nblocks).T.copy(), **f32),
@@ -175,37 +200,60 @@ def _as_nchw(images, device):
     return x.to(device).to(torch.float32)
 
 
-def _lowpass(x, left, right_t):
-    """``left @ x @ right_t`` over the last two axes; real part taken by the caller when complex."""
-    if left.is_complex():
-        x = x.to(left.dtype)
-    return left @ x @ right_t
-
-
 def prefilter(x, bank: _Bank):
-    """lear-gist's ``color_prefilt`` / ``prefilt``: (n, C, H, W) float32 in 0..255 -> same shape, whitened."""
+    """lear-gist's ``color_prefilt`` / ``prefilt``: (n, C, H, W) float32 in 0..255 -> same shape, whitened.
+
+    The low-pass is linear, so the channel mean of ``pad(x) - low(pad(x))`` is
+    ``pad(mean_c x) - low(pad(mean_c x))``: each channel's low-pass is only needed on the un-padded
+    region, and only the mean image is ever padded.
+    """
     import torch
 
+    h, w = x.shape[-2:]
     x = torch.log1p(x)
-    xp = x.index_select(-2, bank.pad_y).index_select(-1, bank.pad_x)
-    low = _lowpass(xp, bank.low_y, bank.low_x_t)
-    out = xp - (low.real if low.is_complex() else low)
-    contrast = _lowpass(out.mean(dim=1).square(), bank.crop_y, bank.crop_x_t).abs().sqrt_()
-    inner = out[..., PAD:PAD + x.shape[-2], PAD:PAD + x.shape[-1]]
-    return inner / contrast.add_(0.2)[:, None]
+    complex_ = bank.down_y.is_complex()
+    core = bank.down_y @ (x.to(bank.down_y.dtype) if complex_ else x) @ bank.down_x_t  # (n, C, r, r)
+    up_y, up_x_t = bank.up_y, bank.up_x_t
+    low = up_y[PAD:PAD + h] @ core @ up_x_t[:, PAD:PAD + w]  # (n, C, H, W)
+    low_mean = up_y @ core.mean(dim=1) @ up_x_t  # (n, Hp, Wp)
+    if complex_:
+        low, low_mean = low.real, low_mean.real  # lear-gist keeps the real part of its inverse FFT
+    mean = x.mean(dim=1)
+    energy = mean.index_select(-2, bank.pad_y).index_select(-1, bank.pad_x).sub_(low_mean).square_()
+    if complex_:
+        energy = energy.to(bank.crop_down_y.dtype)
+    contrast = bank.crop_up_y @ (bank.crop_down_y @ energy @ bank.crop_down_x_t) @ bank.crop_up_x_t
+    contrast = contrast.abs().sqrt_().add_(0.2)  # (n, H, W)
+    return x.sub_(low).div_(contrast[:, None])
+
+
+_ABS_POOL = None
 
 
 def _magnitude(z, out):
-    """|z| for complex z into real ``out``. CPU torch.abs on complex goes through a slow scalar hypot."""
+    """|z| for complex z into real ``out``.
+
+    On CPU, torch's complex abs goes through a scalar hypot (about 8x slower than numpy's vectorised
+    one here), so numpy does it, split over as many threads as torch uses (numpy releases the GIL).
+    """
     import torch
 
-    if z.is_cuda:
+    if z.device.type != "cpu":
         return torch.abs(z, out=out)
-    zr = torch.view_as_real(z)
-    re, im = zr[..., 0], zr[..., 1]
-    torch.mul(re, re, out=out)
-    out.addcmul_(im, im)
-    return out.sqrt_()
+    global _ABS_POOL
+    zn, an = z.numpy().reshape(-1, *z.shape[-2:]), out.numpy().reshape(-1, *out.shape[-2:])
+    threads = min(torch.get_num_threads(), len(zn))
+    if threads <= 1:
+        np.abs(zn, out=an)
+        return out
+    if _ABS_POOL is None or _ABS_POOL._max_workers < threads:
+        from concurrent.futures import ThreadPoolExecutor
+        _ABS_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gist-abs")
+    bounds = np.linspace(0, len(zn), threads + 1).astype(int)
+    jobs = [_ABS_POOL.submit(np.abs, zn[i:j], out=an[i:j]) for i, j in zip(bounds[:-1], bounds[1:])]
+    for job in jobs:
+        job.result()
+    return out
 
 
 def _pool(a, bank: _Bank, nblocks: int):
