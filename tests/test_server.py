@@ -187,6 +187,28 @@ def test_paging_with_offset_continues_the_ranking(client):
     assert _search(client, id=0, k=5, offset=500, encoder="tiny")["results"] == []
 
 
+def test_integral_floats_count_as_integers(client):
+    assert _ids(_search(client, id=3.0, k=4.0, offset=0.0, encoder="tiny")) == _ids(_search(client, id=3, k=4, encoder="tiny"))
+
+
+def test_prefilter_needs_a_fitted_pca_and_then_matches_exact_search(tmp_path, photo_dir, ingest):
+    ingest(tmp_path / "coll", [photo_dir])
+    app = create_app(ServerConfig(str(tmp_path / "coll"), token=None))
+    client = app.test_client()
+    try:
+        assert "fit-pca" in _error(client.post("/api/search", json={"id": 2, "prefilter": 5}), 422, "no_pca")
+        assert client.get("/api/stats").get_json()["encoders"][0]["pca_dim"] is None
+        Collection.open(tmp_path / "coll").fit_pca("tiny", 8)
+        assert client.get("/api/stats").get_json()["encoders"][0]["pca_dim"] == 8
+        exact = _search(client, id=2, k=5)
+        whole = _search(client, id=2, k=5, prefilter=12)  # a shortlist of everything: the exact answer
+        assert _ids(whole) == _ids(exact)
+        assert _search(client, id=2, k=3, prefilter=4)["results"][0]["id"] == 2
+        _error(client.post("/api/search", json={"id": 2, "prefilter": 0}), 400, "invalid_query")
+    finally:
+        app.extensions["nearsight"].holder.collection.close()
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, needle", [
@@ -499,6 +521,8 @@ def test_openapi_document_is_valid_and_in_sync_with_the_routes(app, client):
     assert "401" not in doc["paths"]["/api/stats"]["get"]["responses"]  # no token configured
     search = doc["paths"]["/api/search"]["post"]
     assert {"400", "404", "413", "415", "422"} <= set(search["responses"])
+    encoder = doc["components"]["schemas"]["SearchRequest"]["properties"]["encoder"]
+    assert encoder["enum"] == ["tiny", "clip"]  # the served collection's encoders
 
 
 def test_openapi_schemas_describe_real_answers(client):

@@ -33,10 +33,11 @@ MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_TERMS = 32
 MAX_TEXT = 1000
+MAX_PREFILTER = 100_000
 MAX_ID = 2 ** 63 - 1  # item ids are int64
 KINDS = ("text", "image", "id", "vector")
-SEARCH_FIELDS = frozenset(KINDS) | {"query", "k", "offset", "encoder"}
-FORM_FIELDS = frozenset({"k", "offset", "encoder"})
+SEARCH_FIELDS = frozenset(KINDS) | {"query", "k", "offset", "encoder", "prefilter"}
+FORM_FIELDS = frozenset({"k", "offset", "encoder", "prefilter"})
 PUBLIC_ENDPOINTS = frozenset({"api.health"})  # open even when a token is configured: says only "ok"
 THUMB_MAX_AGE = 24 * 3600  # an id's thumbnail never changes: ids are never reused
 
@@ -63,6 +64,7 @@ def search():
     body, image_file = _search_body()
     k = _int_field(body, "k", 10, 1, MAX_K)
     offset = _int_field(body, "offset", 0, 0, MAX_OFFSET)
+    prefilter = _int_field(body, "prefilter", None, 1, MAX_PREFILTER)
     query = {"image": image_file} if image_file is not None else _query_terms(body)
     encoder = body.get("encoder")
     if encoder is not None and (not isinstance(encoder, str) or not encoder):
@@ -70,8 +72,11 @@ def search():
     if encoder is None:
         encoder = coll.default_encoder(TEXT if _uses_text(query) else IMAGE)
     coll.encoder_spec(encoder)  # UnknownEncoder (422) before any image is decoded
+    if prefilter is not None and _pca_dim(coll, encoder) is None:
+        return error_response(422, "no_pca", f"encoder {encoder!r} has no PCA to pre-filter with; fit one with "
+                                             f"`nearsight fit-pca --encoder {encoder}`, or leave out prefilter")
     query = _decode_images(query, coll.encoder(encoder).draft_size)
-    results = coll.search(**query, encoder=encoder, k=k, offset=offset)
+    results = coll.search(**query, encoder=encoder, k=k, offset=offset, prefilter=prefilter)
     return jsonify({
         "results": [{"id": r.id, "score": r.score, "caption": r.caption, "width": r.width, "height": r.height,
                      "thumbnail_url": url_for("api.thumbnail", item_id=r.id)} for r in results],
@@ -123,11 +128,23 @@ def _form_value(name: str, value: str):
         raise InvalidQuery(f"{name} must be an integer, got {value!r}") from None
 
 
-def _int_field(body: dict, name: str, default: int, lo: int, hi: int) -> int:
+def _integer(value):
+    """An int, or a float with an integral value (JSON Schema counts 3.0 as an integer); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def _int_field(body: dict, name: str, default, lo: int, hi: int):
     value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidQuery(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
-    return value
+    if value is None:
+        return None
+    number = _integer(value)
+    if number is None or not lo <= number <= hi:
+        raise InvalidQuery(f"{name} must be an integer from {lo} to {hi}, got {value!r:.100}")
+    return number
 
 
 def _query_terms(body: dict) -> dict:
@@ -163,11 +180,12 @@ def _check_term_value(kind: str, value):
             raise InvalidQuery(f"text must be a non-empty string of at most {MAX_TEXT} characters, got {value!r:.100}")
         return value
     if kind == "id":
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = _integer(value)
+        if number is None:
             raise InvalidQuery(f"id must be an integer, got {value!r:.100}")
-        if not 0 <= value <= MAX_ID:
-            raise UnknownItem(f"no item with id {value}")
-        return value
+        if not 0 <= number <= MAX_ID:
+            raise UnknownItem(f"no item with id {number}")
+        return number
     if kind == "vector":
         if (not isinstance(value, list) or not value
                 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
@@ -339,7 +357,8 @@ def stats():
                 meta = json.load(f)
             index = {k: meta[k] for k in ("factory", "recall", "k", "ntotal") if k in meta}
         encoders.append({"name": name, "dim": spec["dim"], "metric": spec["metric"], "modalities": spec["modalities"],
-                         "embedded": sum(p["count"] for p in coll.store.parts(name)), "index": index})
+                         "embedded": sum(p["count"] for p in coll.store.parts(name)), "index": index,
+                         "pca_dim": _pca_dim(coll, name)})
     defaults = {}
     for modality in (IMAGE, TEXT):
         try:
@@ -349,7 +368,20 @@ def stats():
     config = state().config
     return jsonify({"items": coll.count, "encoders": encoders, "default_encoder": defaults,
                     "limits": {"max_k": MAX_K, "max_offset": MAX_OFFSET, "max_upload_bytes": config.max_upload_bytes,
-                               "max_pixels": config.max_pixels}})
+                               "max_pixels": config.max_pixels, "max_prefilter": MAX_PREFILTER}})
+
+
+def _pca_dim(coll, encoder: str) -> int | None:
+    """Components of the encoder's fitted PCA (for ``prefilter``), or None when none is fitted."""
+    import numpy as np
+
+    from ..retrieval.pca import PCA_FILE
+
+    path = os.path.join(coll.dir, "embeddings", encoder, PCA_FILE)
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        return int(f["components"].shape[0])
 
 
 @bp.get("/health")

@@ -142,8 +142,9 @@ def create_app(config: ServerConfig) -> Flask:
 
     @app.get("/openapi.json")
     def openapi_document():
+        encoders = app.extensions["nearsight"].holder.fresh().encoder_names
         return jsonify(openapi.document(token_required=config.token is not None,
-                                        max_upload_bytes=config.max_upload_bytes))
+                                        max_upload_bytes=config.max_upload_bytes, encoders=encoders))
 
     @app.errorhandler(NearsightError)
     def nearsight_error(exc: NearsightError):

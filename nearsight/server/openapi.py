@@ -49,6 +49,9 @@ _SCHEMAS = {
             "offset": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
             "encoder": {"type": "string", "minLength": 1,
                         "description": "Encoder to search with (default: the first that takes the query)."},
+            "prefilter": {"type": "integer", "minimum": 1, "maximum": 100000,
+                          "description": "Shortlist this many items in the encoder's fitted PCA space, then "
+                                         "re-rank them exactly (422 when no PCA is fitted)."},
         },
         "oneOf": [{"required": [kind]} for kind in (*_SEARCH_KINDS, "query")],
     },
@@ -57,7 +60,8 @@ _SCHEMAS = {
         "properties": {"image": {"type": "string", "format": "binary"},
                        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
                        "offset": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
-                       "encoder": {"type": "string", "minLength": 1}},
+                       "encoder": {"type": "string", "minLength": 1},
+                       "prefilter": {"type": "integer", "minimum": 1, "maximum": 100000}},
     },
     "SearchResponse": {
         "type": "object", "required": ["results", "took_ms", "encoder"], "additionalProperties": False,
@@ -96,7 +100,8 @@ _SCHEMAS = {
                                "metric": {"type": "string", "enum": ["ip", "l2"]},
                                "modalities": {"type": "array", "items": {"type": "string"}},
                                "embedded": {"type": "integer"},
-                               "index": {"type": ["object", "null"]}}}},
+                               "index": {"type": ["object", "null"]},
+                               "pca_dim": {"type": ["integer", "null"]}}}},
             "default_encoder": {"type": "object", "properties": {"image": {"type": ["string", "null"]},
                                                                  "text": {"type": ["string", "null"]}}},
             "limits": {"type": "object"},
@@ -160,8 +165,10 @@ def _paths() -> dict:
     }
 
 
-def document(token_required: bool = False, max_upload_bytes: int = 20 * 1024 * 1024) -> dict:
-    """The OpenAPI 3.1 document; with ``token_required`` the API routes declare bearer auth."""
+def document(token_required: bool = False, max_upload_bytes: int = 20 * 1024 * 1024,
+             encoders: list[str] | None = None) -> dict:
+    """The OpenAPI 3.1 document; with ``token_required`` the API routes declare bearer auth, and
+    ``encoders`` (the served collection's) become the enum of the ``encoder`` field."""
     doc = {
         "openapi": "3.1.0",
         "info": {"title": "nearsight", "version": VERSION,
@@ -176,6 +183,10 @@ def document(token_required: bool = False, max_upload_bytes: int = 20 * 1024 * 1
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    if encoders:
+        schemas = doc["components"]["schemas"]
+        for name in ("SearchRequest", "SearchUpload"):
+            schemas[name]["properties"]["encoder"]["enum"] = list(encoders)
     if token_required:
         doc["security"] = [{"bearer": []}]
     else:  # nothing needs auth: drop the 401s so the document says what the server does
