@@ -239,6 +239,8 @@ def test_prefilter_needs_a_fitted_pca_and_then_matches_exact_search(tmp_path, ph
     ({"query": [{"id": 1}] * 33}, "query must be"),
     ({"id": 1, "url": "http://example.com/a.jpg"}, "unknown field"),
     ({"id": 1, "encoder": ""}, "encoder must be"),
+    ({"id": 1, "prefilter": None}, "null"),
+    ({"id": 1, "text": None}, "null"),
 ])
 def test_malformed_searches_are_400(client, body, needle):
     assert needle in _error(client.post("/api/search", json=body), 400, "invalid_query")

@@ -106,7 +106,11 @@ def _search_body() -> tuple[dict, bytes | None]:
         raise InvalidQuery(f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = set(body) - SEARCH_FIELDS
     if unknown:
-        raise InvalidQuery(f"unknown field(s) {sorted(unknown)}; use one of {', '.join(KINDS)}, query, plus k, offset, encoder")
+        raise InvalidQuery(f"unknown field(s) {sorted(unknown)}; use one of {', '.join(KINDS)}, query, "
+                           "plus k, offset, encoder, prefilter")
+    nulls = sorted(name for name, value in body.items() if value is None)
+    if nulls:
+        raise InvalidQuery(f"field(s) {nulls} are null; leave a field out instead")
     return body, None
 
 
@@ -149,7 +153,7 @@ def _int_field(body: dict, name: str, default, lo: int, hi: int):
 
 def _query_terms(body: dict) -> dict:
     """The one query of the body, checked term by term: {"text": ...} or {"query": [terms]}..."""
-    given = [kind for kind in (*KINDS, "query") if kind in body and body[kind] is not None]
+    given = [kind for kind in (*KINDS, "query") if kind in body]
     if len(given) != 1:
         raise InvalidQuery(f"give exactly one of {', '.join(KINDS)}, query; got {', '.join(given) or 'none'}")
     kind = given[0]

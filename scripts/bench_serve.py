@@ -1,0 +1,393 @@
+"""Serving benchmark: `nearsight serve` (waitress) over a collection of 100k+ items, on loopback only.
+
+1. The fixture (built once, reused with --collection): the real sample photos are indexed with an image
+   encoder (default ``cnn``, EfficientNet-Lite0 with its packaged ImageNet weights); then synthetic items
+   are written through the store and shard APIs until the collection holds --items: each embedding is a
+   random blend of two real embeddings plus noise (re-normalised for inner-product encoders), each thumbnail
+   a small re-encode of a real one, so every route has real data behind it. A PCA is fitted for the
+   ``prefilter`` search mode. The synthetic items have no source file (their /image route answers 404).
+2. The same seeded searches (half by id, half by vector; k=10) are run in-process through
+   ``Collection.search`` and over HTTP against the real server, both at the same concurrency, bounded in
+   count and time. Reported: p50 / p99 latency, throughput, errors (must be 0), result mismatches between
+   the two, and their ratio (the HTTP overhead). The main run uses the PCA pre-filter (the fast mode the
+   server offers until an ANN index is built; with one, plain searches use it automatically); a short run
+   of exact searches is reported beside it, with the pre-filter's measured recall@10 against exact.
+3. A bounded schemathesis run against /openapi.json counts 5xx answers (must be 0).
+
+    nice python scripts/bench_serve.py                       # builds out/bench_serve/collection (minutes)
+    nice python scripts/bench_serve.py --collection DIR      # reuses a built fixture
+
+Prints the figures, then one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import http.client
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from nearsight.retrieval.collection import Collection  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--collection", help="Reuse (or build here) the benchmark collection.")
+    p.add_argument("--photos", default=str(ROOT / "data" / "samples" / "photos"),
+                   help="Real photos to seed the fixture (generated ones if the folder is missing).")
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--encoder", default="cnn")
+    p.add_argument("--pca-dim", type=int, default=64)
+    p.add_argument("--prefilter", type=int, default=256, help="PCA shortlist of the main run.")
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--server-threads", type=int, default=16)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--exact-requests", type=int, default=32, help="Exact (no pre-filter) searches, each way.")
+    p.add_argument("--exact-concurrency", type=int, default=4,
+                   help="Concurrency of the exact run (each exact search holds a float32 block of 64k rows).")
+    p.add_argument("--time-limit", type=float, default=240, help="Seconds per timed phase at most.")
+    p.add_argument("--fuzz-examples", type=int, default=50)
+    p.add_argument("--fuzz-timeout", type=float, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+# -- the fixture ------------------------------------------------------------------------------------
+
+def build_fixture(directory: str, photos: str, items: int, encoder: str, pca_dim: int, seed: int) -> dict:
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+
+    start = time.perf_counter()
+    real_photos = os.path.isdir(photos) and any(os.scandir(photos))
+    if not real_photos:
+        photos = _generated_photos(os.path.join(os.path.dirname(directory), "generated-photos"), 200, seed)
+    summary = index_paths(directory, [photos], IngestConfig(encoders=(encoder,), workers=min(2, os.cpu_count() or 1),
+                                                            progress=False))
+    print(f"fixture: indexed {photos}: {summary.line()}", flush=True)
+    coll = Collection.open(directory, readonly=False)
+    try:
+        synthetic = _add_synthetic(coll, encoder, items, seed)
+        fit_start = time.perf_counter()
+        coll.fit_pca(encoder, pca_dim)
+        print(f"fixture: PCA {pca_dim} fitted in {time.perf_counter() - fit_start:.1f}s", flush=True)
+        count = coll.count
+    finally:
+        coll.close()
+    return {"real": summary.added, "real_source": "sample photos" if real_photos else "generated",
+            "synthetic": synthetic, "items": count, "build_s": round(time.perf_counter() - start, 1)}
+
+
+def _generated_photos(folder: str, n: int, seed: int) -> str:
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        y, x = np.mgrid[0:192, 0:256].astype(np.float32)
+        img = rng.uniform(0, 255, 3) + x[..., None] * rng.uniform(-1, 1, 3) + y[..., None] * rng.uniform(-1, 1, 3)
+        for _ in range(5):
+            x0, y0 = rng.integers(0, 200), rng.integers(0, 150)
+            img[y0:y0 + rng.integers(10, 90), x0:x0 + rng.integers(10, 120)] = rng.uniform(0, 255, 3)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"g{i:04d}.jpg"))
+    return folder
+
+
+def _add_synthetic(coll: Collection, encoder: str, items: int, seed: int, chunk: int = 10_000) -> int:
+    """Write items up to ``items`` through the store and shard APIs: blended real embeddings, real thumbnails."""
+    from PIL import Image
+
+    from nearsight.retrieval.embeddings import write_part
+    from nearsight.retrieval.store import Item
+
+    matrix = coll.embedding_matrix(encoder)
+    real = matrix.vectors.astype(np.float32)
+    spec = coll.encoder_spec(encoder)
+    sources = [coll.item(int(i)) for i in matrix.ids]
+    thumbs = []
+    for item_id in matrix.ids:
+        small = Image.open(io.BytesIO(coll.thumbnail(int(item_id)))).convert("RGB")
+        small.thumbnail((128, 128))
+        out = io.BytesIO()
+        small.save(out, format="JPEG", quality=75)
+        thumbs.append(out.getvalue())
+    rng = np.random.default_rng(seed)
+    added = 0
+    emb_dir = os.path.join(coll.dir, "embeddings", encoder)
+    scale = float(np.linalg.norm(real, axis=1).mean()) / np.sqrt(real.shape[1])
+    while coll.count < items:
+        n = min(chunk, items - coll.count)
+        first = coll.store.next_id()
+        ids = np.arange(first, first + n, dtype=np.int64)
+        a, b = rng.integers(len(real), size=(2, n))
+        w = rng.uniform(0, 1, (n, 1)).astype(np.float32)
+        vectors = w * real[a] + (1 - w) * real[b] + 0.35 * scale * rng.standard_normal((n, real.shape[1]), np.float32)
+        if spec["metric"] == "ip":
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        record = write_part(emb_dir, len(coll.store.parts(encoder)), vectors, ids)
+        with coll.store.write() as w_:
+            for item_id, src in zip(ids.tolist(), a.tolist()):
+                s = sources[src]
+                digest = hashlib.sha256(f"nearsight-bench-{item_id}".encode()).hexdigest()
+                w_.put_item(Item(item_id, f"synthetic:{s.id}:{item_id}", digest, s.width, s.height, 0, 0,
+                                 f"blend of items {s.id} and {sources[b[item_id - first]].id}"), thumbs[src])
+                w_.put_hash(digest, item_id)
+            w_.put_meta("next_id", first + n)
+            w_.add_part(encoder, record)
+        coll.refresh()
+        added += n
+        print(f"fixture: {coll.count} items", flush=True)
+    return added
+
+
+# -- the queries ------------------------------------------------------------------------------------
+
+def make_queries(coll: Collection, encoder: str, n: int, k: int, seed: int, prefilter: int | None) -> list[dict]:
+    """Seeded searches: half by id, half by a vector near a stored one. JSON bodies for /api/search."""
+    rng = np.random.default_rng(seed + 1)
+    matrix = coll.embedding_matrix(encoder)
+    picks = matrix.ids[rng.integers(len(matrix), size=n)]
+    vectors = matrix.reconstruct(picks[1::2])
+    vectors += 0.05 * rng.standard_normal(vectors.shape).astype(np.float32) / np.sqrt(vectors.shape[1])
+    queries = []
+    for i in range(n):
+        body = {"id": int(picks[i])} if i % 2 == 0 else {"vector": [round(float(x), 6) for x in vectors[i // 2]]}
+        body.update(k=k, encoder=encoder)
+        if prefilter:
+            body["prefilter"] = prefilter
+        queries.append(body)
+    return queries
+
+
+def run_in_process(coll: Collection, queries: list[dict], concurrency: int, time_limit: float) -> dict:
+    def one(body):
+        kwargs = dict(body)
+        return [r.id for r in coll.search(**kwargs)]
+
+    return _timed(one, queries, concurrency, time_limit, per_thread=None)
+
+
+def run_http(port: int, queries: list[dict], concurrency: int, time_limit: float) -> dict:
+    local = threading.local()
+
+    def one(body):
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        local.conn.request("POST", "/api/search", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        response = local.conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
+        return [r["id"] for r in json.loads(data)["results"]]
+
+    return _timed(one, queries, concurrency, time_limit, per_thread=local)
+
+
+def _timed(one, queries, concurrency, time_limit, per_thread) -> dict:
+    """Run ``one(query)`` for each query from ``concurrency`` threads; latencies, answers, errors."""
+    latencies = np.full(len(queries), np.nan)
+    answers: list = [None] * len(queries)
+    errors: list[str] = []
+    counter = iter(range(len(queries)))
+    lock = threading.Lock()
+    deadline = time.perf_counter() + time_limit
+
+    def worker():
+        while time.perf_counter() < deadline:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t = time.perf_counter()
+            try:
+                answers[i] = one(queries[i])
+                latencies[i] = time.perf_counter() - t
+            except Exception as exc:  # counted and reported; the run goes on
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                if per_thread is not None and hasattr(per_thread, "conn"):
+                    per_thread.conn.close()
+                    del per_thread.conn
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    done = latencies[~np.isnan(latencies)] * 1000
+    return {"requests": int(len(done) + len(errors)), "ok": int(len(done)), "errors": len(errors),
+            "error_samples": errors[:3], "wall_s": round(wall, 2),
+            "p50_ms": round(float(np.percentile(done, 50)), 2) if len(done) else None,
+            "p99_ms": round(float(np.percentile(done, 99)), 2) if len(done) else None,
+            "qps": round(len(done) / wall, 1) if wall else None, "answers": answers}
+
+
+def _mismatches(a: list, b: list) -> int:
+    return sum(1 for x, y in zip(a, b) if x is not None and y is not None and x != y)
+
+
+# -- the server -------------------------------------------------------------------------------------
+
+class Server:
+    def __init__(self, collection: str, threads: int):
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        env.pop("NEARSIGHT_TOKEN", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "nearsight.server.cli", "serve", "-c", collection,
+                                      "--host", "127.0.0.1", "--port", "0", "--threads", str(threads)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, cwd=ROOT)
+        deadline, line = time.time() + 120, ""
+        while time.time() < deadline and "http://" not in line and self.proc.poll() is None:
+            if select.select([self.proc.stdout], [], [], 1.0)[0]:
+                line = self.proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if not match:
+            self.stop()
+            raise SystemExit(f"nearsight serve did not start: {line!r}")
+        self.port = int(match.group(1))
+        self.url = f"http://127.0.0.1:{self.port}/"
+        # keep draining the server's output so a full pipe never blocks it
+        self.log: list[str] = []
+        threading.Thread(target=lambda: self.log.extend(self.proc.stdout), daemon=True).start()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def fuzz(url: str, examples: int, timeout: float, seed: int) -> dict:
+    """schemathesis against /openapi.json (all phases, one worker); 5xx counted from its NDJSON report."""
+    exe = shutil.which("schemathesis") or os.path.join(os.path.dirname(sys.executable), "schemathesis")
+    checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance," \
+             "negative_data_rejection,unsupported_method"
+    with tempfile.TemporaryDirectory() as report:
+        cmd = [exe, "run", url + "openapi.json", "--checks", checks, "--max-examples", str(examples), "--workers", "1",
+               "--seed", str(seed), "--generation-database", "none", "--request-timeout", "120", "--no-color",
+               "--report", "json,ndjson", "--report-dir", report]
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            out, timed_out = proc.stdout, False
+        except subprocess.TimeoutExpired as exc:
+            out, timed_out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), True
+        statuses: dict[int, int] = {}
+        for path in glob.glob(os.path.join(report, "*.ndjson")):
+            with open(path) as f:
+                for line in f:
+                    event = json.loads(line).get("ScenarioFinished")
+                    for inter in (event or {}).get("recorder", {}).get("interactions", {}).values():
+                        status = (inter.get("response") or {}).get("status_code")
+                        if status is not None:
+                            statuses[status] = statuses.get(status, 0) + 1
+        failures = []
+        for path in glob.glob(os.path.join(report, "json-*.json")):
+            with open(path) as f:
+                failures = [{"code": x["code"], "title": x["title"], "count": x["count"], "operations": x["operations"]}
+                            for x in json.load(f).get("failures", [])]
+    return {"requests": sum(statuses.values()), "server_errors": sum(n for s, n in statuses.items() if s >= 500),
+            "statuses": dict(sorted(statuses.items())), "failures": failures, "timed_out": timed_out,
+            "seconds": round(time.perf_counter() - start, 1), "summary": out.strip().splitlines()[-1:] if out else []}
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def main() -> None:
+    args = parse_args()
+    directory = args.collection or str(ROOT / "out" / "bench_serve" / "collection")
+    fixture = {"reused": True}
+    if not os.path.exists(os.path.join(directory, "collection.json")) or _count(directory) < args.items:
+        fixture = build_fixture(directory, args.photos, args.items, args.encoder, args.pca_dim, args.seed)
+        fixture["reused"] = False
+    coll = Collection.open(directory)
+    n_items = coll.count
+    spec = coll.encoder_spec(args.encoder)
+    queries = make_queries(coll, args.encoder, args.requests, args.k, args.seed, args.prefilter)
+    exact_queries = [{k: v for k, v in q.items() if k != "prefilter"} for q in queries[:args.exact_requests]]
+    print(f"collection {directory}: {n_items} items, encoder {args.encoder} ({spec['dim']}-d {spec['metric']})", flush=True)
+
+    from nearsight.retrieval.pca import prefilter_recall
+
+    recall = prefilter_recall(coll, args.encoder, k=args.k, shortlist=args.prefilter, n_queries=100, seed=args.seed)
+    for q in queries[:4]:  # warm-up: memory maps, the PCA projection of every item
+        coll.search(**q)
+    local = run_in_process(coll, queries, args.concurrency, args.time_limit)
+    local_exact = run_in_process(coll, exact_queries, args.exact_concurrency, args.time_limit) if exact_queries else None
+    print(f"in-process  prefilter={args.prefilter}: {_line(local)}", flush=True)
+
+    server = Server(directory, args.server_threads)
+    try:
+        warm = run_http(server.port, queries[:args.concurrency], args.concurrency, args.time_limit)
+        assert warm["errors"] == 0, warm["error_samples"]
+        remote = run_http(server.port, queries, args.concurrency, args.time_limit)
+        print(f"HTTP        prefilter={args.prefilter}: {_line(remote)}", flush=True)
+        remote_exact = run_http(server.port, exact_queries, args.exact_concurrency, args.time_limit) if exact_queries else None
+        fuzzed = fuzz(server.url, args.fuzz_examples, args.fuzz_timeout, args.seed)
+        print(f"schemathesis: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, "
+              f"5xx {fuzzed['server_errors']}, failed checks {fuzzed['failures']}", flush=True)
+        alive = server.proc.poll() is None
+    finally:
+        server.stop()
+
+    result = {
+        "bench": "serve", "items": n_items, "encoder": args.encoder, "dim": spec["dim"], "k": args.k,
+        "mode": f"pca{args.pca_dim}-prefilter{args.prefilter}", "prefilter_recall_at_k": round(recall, 4),
+        "concurrency": args.concurrency, "server": f"waitress threads={args.server_threads}",
+        "http": _public(remote), "in_process": _public(local),
+        "http_over_in_process_p50": _ratio(remote["p50_ms"], local["p50_ms"]),
+        "http_over_in_process_p99": _ratio(remote["p99_ms"], local["p99_ms"]),
+        "throughput_http_over_in_process": _ratio(remote["qps"], local["qps"]),
+        "result_mismatches": _mismatches(remote["answers"], local["answers"]),
+        "exact": None if not exact_queries else {
+            "concurrency": args.exact_concurrency, "http": _public(remote_exact), "in_process": _public(local_exact),
+            "http_over_in_process_p50": _ratio(remote_exact["p50_ms"], local_exact["p50_ms"]),
+            "result_mismatches": _mismatches(remote_exact["answers"], local_exact["answers"])},
+        "fuzz": {k: v for k, v in fuzzed.items() if k != "summary"}, "server_alive_after": alive,
+        "fixture": fixture, "cpus": os.cpu_count(),
+    }
+    print(json.dumps(result, separators=(",", ":")))
+
+
+def _count(directory: str) -> int:
+    coll = Collection.open(directory)
+    try:
+        return coll.count
+    finally:
+        coll.close()  # the fixture builder opens it for writing next
+
+
+def _public(run: dict | None) -> dict | None:
+    return None if run is None else {k: v for k, v in run.items() if k != "answers"}
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def _line(run: dict) -> str:
+    return (f"{run['ok']}/{run['requests']} ok, {run['errors']} errors, p50 {run['p50_ms']} ms, "
+            f"p99 {run['p99_ms']} ms, {run['qps']} q/s")
+
+
+if __name__ == "__main__":
+    main()
