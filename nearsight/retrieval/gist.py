@@ -17,6 +17,7 @@ Images are taken at their working size: like the C library, nothing here resizes
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -180,10 +181,12 @@ def bank_for(height: int, width: int, params: GistParams, device) -> _Bank:
 # The computation
 # ---------------------------------------------------------------------------------------------
 
-def _as_nchw(images, device):
-    """(n, H, W, C) or (n, H, W), numpy or torch, uint8 or float in 0..255 -> (n, C, H, W) float32 on device."""
+def _as_nchw(images):
+    """(n, H, W, C) or (n, H, W), numpy or torch, uint8 or float in 0..255 -> (n, C, H, W) view, same dtype."""
     import torch
 
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(im) for im in images])
     x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.require(images, requirements=("C", "W")))
     if x.ndim == 3:
         x = x[:, None]
@@ -196,8 +199,14 @@ def _as_nchw(images, device):
     h, w = x.shape[-2:]
     if h < MIN_SIDE or w < MIN_SIDE:
         raise ValueError(f"images must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {w}x{h}")
-    # Move the compact dtype first: a uint8 batch crosses PCIe at a quarter of the float32 size.
-    return x.to(device).to(torch.float32)
+    return x
+
+
+def _to_device(x, device):
+    """A chunk -> contiguous float32 on the device; the compact dtype crosses PCIe (uint8 is 4x smaller)."""
+    import torch
+
+    return x.to(device).to(torch.float32).contiguous()
 
 
 def prefilter(x, bank: _Bank):
@@ -246,11 +255,12 @@ def _magnitude(z, out):
     if threads <= 1:
         np.abs(zn, out=an)
         return out
-    if _ABS_POOL is None or _ABS_POOL._max_workers < threads:
+    if _ABS_POOL is None or _ABS_POOL._max_workers < threads - 1:
         from concurrent.futures import ThreadPoolExecutor
-        _ABS_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gist-abs")
+        _ABS_POOL = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="gist-abs")
     bounds = np.linspace(0, len(zn), threads + 1).astype(int)
-    jobs = [_ABS_POOL.submit(np.abs, zn[i:j], out=an[i:j]) for i, j in zip(bounds[:-1], bounds[1:])]
+    jobs = [_ABS_POOL.submit(np.abs, zn[i:j], out=an[i:j]) for i, j in zip(bounds[1:-1], bounds[2:])]
+    np.abs(zn[:bounds[1]], out=an[:bounds[1]])  # this thread takes the first share
     for job in jobs:
         job.result()
     return out
@@ -264,6 +274,31 @@ def _pool(a, bank: _Bank, nblocks: int):
     return bank.pool_y @ (a @ bank.pool_x_t)
 
 
+_LOCAL = threading.local()
+_WORKSPACE_MAX_BYTES = 64 << 20  # kept per thread: enough for one 256 px image's responses
+
+
+def _workspace(shape, dtype, device, slot: int):
+    """A work buffer kept between calls (per thread, per slot), grown when too small.
+
+    On CPU, every fresh multi-megabyte tensor is new memory from the OS, and touching it page-faults:
+    for one 128 px image that cost as much as the Gabor multiply itself. CUDA's caching allocator
+    already reuses memory, so there a plain allocation is as good.
+    """
+    import torch
+
+    numel = math.prod(shape)
+    if _device_type(device) != "cpu" or numel * dtype.itemsize > _WORKSPACE_MAX_BYTES:
+        return torch.empty(shape, dtype=dtype, device=device)
+    cache = getattr(_LOCAL, "buffers", None)
+    if cache is None:
+        cache = _LOCAL.buffers = {}
+    buf = cache.get((slot, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = cache[(slot, dtype)] = torch.empty(numel, dtype=dtype)
+    return buf[:numel].view(shape)
+
+
 def _gabor_energy(y, bank: _Bank, nblocks: int, sub: int):
     """(n, C, H, W) prefiltered -> (n, C, nf, nb, nb) mean Gabor magnitudes per cell [row, col]."""
     import torch
@@ -272,9 +307,8 @@ def _gabor_energy(y, bank: _Bank, nblocks: int, sub: int):
     nf = bank.gabor.shape[0]
     spectrum = torch.fft.fft2(y.to(torch.complex64))
     result = torch.empty((n, c, nf, nblocks, nblocks), dtype=torch.float32, device=y.device)
-    # Work buffers reused across sub-chunks: fresh multi-megabyte allocations per step cost page faults.
-    zbuf = torch.empty((min(sub, n), c, nf, h, w), dtype=torch.complex64, device=y.device)
-    abuf = torch.empty(zbuf.shape, dtype=torch.float32, device=y.device)
+    shape = (min(sub, n), c, nf, h, w)
+    zbuf, abuf = _workspace(shape, torch.complex64, y.device, 0), _workspace(shape, torch.float32, y.device, 1)
     for s in range(0, n, sub):
         k = min(sub, n - s)
         z, a = zbuf[:k], abuf[:k]
@@ -289,23 +323,56 @@ def _layout(cells):
     return cells.transpose(-1, -2).reshape(cells.shape[0], -1)
 
 
-def _chunks(device) -> tuple[int, int]:
-    """(images per prefilter chunk, images per Gabor sub-chunk). Small sub-chunks keep CPU work in cache."""
-    return (256, 64) if str(device).startswith("cuda") else (32, 1)
+def _chunks(device, channels: int, n_filters: int, height: int, width: int) -> tuple[int, int]:
+    """(images per prefilter chunk, images per Gabor sub-chunk).
+
+    On CPU one image at a time through the Gabor bank keeps its responses (7.9 MB at 128 px) in cache;
+    on CUDA a sub-chunk holds about 512 MB of responses, enough to fill the GPU.
+    """
+    if _device_type(device) == "cpu":
+        return 32, 1
+    per_image = channels * n_filters * height * width * 8
+    sub = max(1, (512 << 20) // per_image)
+    return max(sub, 256), sub
 
 
-def _run(x, params: GistParams, device):
+def _device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def _fill_holes(x, valid):
+    """(n, C, H, W) float32, (n, 1, H, W) float32 0/1 -> x with each hole set to the mean of its valid pixels.
+
+    Whatever sits in the hole leaks into the responses of nearby valid pixels (the Gabor filters are
+    global in frequency, the prefilter normalises contrast over ~6 px). A flat fill at the mean colour
+    of the valid pixels adds no texture of its own and keeps the step at the hole's border as small
+    as a constant can; zeros (black) would draw a strong artificial edge around every hole.
+    """
+    import torch
+
+    count = valid.sum(dim=(-2, -1), keepdim=True).clamp_(min=1.0)
+    mean = (x * valid).sum(dim=(-2, -1), keepdim=True) / count
+    return torch.where(valid > 0, x, mean)
+
+
+def _run(x, params: GistParams, device, masks=None) -> np.ndarray:
+    """(n, C, H, W) host or device tensor (any real dtype) -> (n, D) float32 numpy, chunk by chunk."""
     import torch
 
     n, c, h, w = x.shape
-    bank = bank_for(h, w, params, device)
-    chunk, sub = _chunks(device)
     out = np.empty((n, params.dim(c)), dtype=np.float32)
-    with torch.inference_mode():
-        for s in range(0, n, chunk):
-            y = prefilter(x[s:s + chunk], bank)
-            cells = _gabor_energy(y, bank, params.nblocks, sub)
-            out[s:s + chunk] = _layout(cells).cpu().numpy()
+    if n == 0:
+        return out
+    bank = bank_for(h, w, params, device)
+    chunk, sub = _chunks(device, c, params.n_filters, h, w)
+    for s in range(0, n, chunk):
+        xs = _to_device(x[s:s + chunk], device)
+        if masks is not None:
+            xs = _fill_holes(xs, _to_device(masks[s:s + chunk, None], device))
+        cells = _gabor_energy(prefilter(xs, bank), bank, params.nblocks, sub)
+        out[s:s + chunk] = _layout(cells).cpu().numpy()
     return out
 
 
@@ -314,53 +381,36 @@ def gist(images, params: GistParams = GistParams(), device="cpu") -> np.ndarray:
 
     images: (n, H, W, 3) colour or (n, H, W) gray, numpy or torch, uint8 or float in 0..255.
     Returns (n, C * n_filters * nblocks^2) float32: 960-d for colour defaults, 320-d for gray.
+    Works through the batch in chunks, so memory stays bounded whatever n is.
     """
     import torch
 
-    if isinstance(images, (list, tuple)):
-        images = np.stack([np.asarray(im) for im in images])
-    n = images.shape[0]
     with torch.inference_mode():
-        x = _as_nchw(images, device)
-    if n == 0:
-        return np.empty((0, params.dim(x.shape[1])), dtype=np.float32)
-    return _run(x, params, device)
+        return _run(_as_nchw(images), params, device)
 
 
 def masked_gist(images, masks, params: GistParams = GistParams(), device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """GIST of images with holes (scene completion), and per-dimension weights that ignore the holes.
 
     images: as ``gist``; masks: (n, H, W) bool, True where the pixel is valid.
-    Returns ``(desc, weights)``, both (n, D) float32 in ``gist``'s layout; ``weights`` is the fraction
-    of valid pixels in each cell, repeated over channels and filters, so that
-    ``sum(weights * (desc - other)^2)`` compares only what the hole leaves.
+    Returns ``(desc, weights)``, both (n, D) float32 in ``gist``'s layout. Each hole is filled with the
+    mean colour of its image's valid pixels before filtering; ``weights`` is the fraction of valid
+    pixels in each cell, repeated over channels and filters, so that ``sum(weights * (desc - other)^2)``
+    compares only what the hole leaves.
     """
     import torch
 
-    if isinstance(images, (list, tuple)):
-        images = np.stack([np.asarray(im) for im in images])
     with torch.inference_mode():
-        x = _as_nchw(images, device)
+        x = _as_nchw(images)
+        n, c, h, w = x.shape
         m = masks if isinstance(masks, torch.Tensor) else torch.from_numpy(np.require(masks, requirements=("C", "W")))
-        if tuple(m.shape) != (x.shape[0], *x.shape[-2:]):
-            raise ValueError(f"masks must be (n, H, W) = {(x.shape[0], *x.shape[-2:])}, got {tuple(m.shape)}")
-        valid = m.to(device).to(torch.float32)[:, None]  # (n, 1, H, W)
-        # Fill the hole with the mean colour of the valid pixels before filtering. Whatever sits in the
-        # hole leaks into the responses of nearby valid pixels (filters are global in frequency, the
-        # prefilter normalises contrast over ~6 px); a flat fill at the surrounding mean adds no texture
-        # of its own, and keeps the step at the hole's border as small as a constant can make it,
-        # whereas zeros (black) would draw a strong artificial edge around every hole.
-        count = valid.sum(dim=(-2, -1), keepdim=True)
-        mean = (x * valid).sum(dim=(-2, -1), keepdim=True) / count.clamp(min=1.0)
-        x = torch.where(valid > 0, x, mean)
-        bank = bank_for(x.shape[-2], x.shape[-1], params, device)
-        frac = _pool(valid[:, 0], bank, params.nblocks)  # (n, nb[row], nb[col])
-        nf = params.n_filters
-        weights = frac.transpose(-1, -2).reshape(x.shape[0], 1, -1).expand(-1, x.shape[1] * nf, -1)
-        weights = weights.reshape(x.shape[0], -1).cpu().numpy().astype(np.float32)
-    if x.shape[0] == 0:
-        return np.empty((0, params.dim(x.shape[1])), dtype=np.float32), weights
-    return _run(x, params, device), weights
+        if tuple(m.shape) != (n, h, w):
+            raise ValueError(f"masks must be (n, H, W) = {(n, h, w)}, got {tuple(m.shape)}")
+        m = m.to(torch.bool)
+        valid = m.cpu().numpy().astype(np.float64)
+        frac = pooling_matrix(h, params.nblocks) @ valid @ pooling_matrix(w, params.nblocks).T  # [row, col]
+        weights = np.repeat(frac.transpose(0, 2, 1).reshape(n, 1, -1), c * params.n_filters, axis=1)
+        return _run(x, params, device, masks=m), weights.reshape(n, -1).astype(np.float32)
 
 
 def prepare_gist_image(pil_image, size: int, gray: bool = False) -> np.ndarray:
