@@ -87,7 +87,11 @@ def main() -> None:
     ap.add_argument("--min-seconds", type=float, default=2.0, help="time each setting for at least this long")
     ap.add_argument("--collection-photos", help="folder of photos to index with --encoders gist")
     ap.add_argument("--no-cuda", action="store_true")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                    help="OpenMP idle threads sleep (PASSIVE) or spin; spinning wastes a shared machine's cores")
     args = ap.parse_args()
+    if args.omp_wait_policy != "default":
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # read once, when torch loads libgomp
 
     import torch
 
@@ -96,6 +100,7 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.no_cuda else [])
     result = {"bench": "gist", "threads": args.threads, "cores": os.cpu_count(), "torch": torch.__version__,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "loadavg_start": round(os.getloadavg()[0], 2), "lear_gist_per_core": LEAR_GIST_PER_CORE}
     for device in devices:
         rows = {}

@@ -313,8 +313,10 @@ def _gabor_energy(y, bank: _Bank, nblocks: int, sub: int):
         k = min(sub, n - s)
         z, a = zbuf[:k], abuf[:k]
         torch.mul(spectrum[s:s + k, :, None], bank.gabor, out=z)
-        torch.fft.ifft2(z, out=z)  # backward norm divides by H*W, as lear-gist does by hand
-        result[s:s + k] = _pool(_magnitude(z, a), bank, nblocks)
+        # Backward norm divides by H*W, as lear-gist does by hand. No out=: torch would transform into a
+        # temporary and copy it over, while a returned tensor reuses the memory freed a step earlier.
+        responses = torch.fft.ifft2(z)
+        result[s:s + k] = _pool(_magnitude(responses, a), bank, nblocks)
     return result
 
 
@@ -326,12 +328,15 @@ def _layout(cells):
 def _chunks(device, channels: int, n_filters: int, height: int, width: int) -> tuple[int, int]:
     """(images per prefilter chunk, images per Gabor sub-chunk).
 
-    On CPU one image at a time through the Gabor bank keeps its responses (7.9 MB at 128 px) in cache;
-    on CUDA a sub-chunk holds about 512 MB of responses, enough to fill the GPU.
+    On CPU a sub-chunk's complex responses stay within ~16 MB, half the L3 cache (7.9 MB per image at
+    128 px), with one image per torch thread when they fit, so each parallel step has work for every
+    thread; on CUDA a sub-chunk holds about 512 MB of responses, enough to fill the GPU.
     """
-    if _device_type(device) == "cpu":
-        return 32, 1
+    import torch
+
     per_image = channels * n_filters * height * width * 8
+    if _device_type(device) == "cpu":
+        return 32, max(1, min(torch.get_num_threads(), (16 << 20) // per_image))
     sub = max(1, (512 << 20) // per_image)
     return max(sub, 256), sub
 
