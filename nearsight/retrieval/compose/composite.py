@@ -28,7 +28,8 @@ class Composite:
 
 
 def composite_candidate(query_rgb: np.ndarray, candidate_rgb: np.ndarray, hole: np.ndarray,
-                        placement: Placement, k: float = DEFAULT_K, max_distance: float | None = None) -> Composite:
+                        placement: Placement, k: float = DEFAULT_K, max_distance: float | None = None,
+                        guide: np.ndarray | None = None, band: float = 6.0) -> Composite:
     """Fill ``hole`` of the query with the candidate placed by ``placement``.
 
     - ``query_rgb``: (H, W, 3) uint8 or float 0..1; ``candidate_rgb``: (h, w, 3) likewise, placed as
@@ -36,6 +37,8 @@ def composite_candidate(query_rgb: np.ndarray, candidate_rgb: np.ndarray, hole: 
     - ``hole``: (H, W) bool.
     - ``max_distance``: farthest px from the hole the seam may wander (None: anywhere the candidate
       covers); bounds the graph's size on large images.
+    - ``guide``, ``band``: search the seam only within ``band`` px of an approximate candidate
+      region (a seam found at low resolution, upsampled); see ``graphcut_seam``.
 
     Seam and blend both work on sRGB in 0..1: the seam's ``k = 0.002`` balances the unary cost
     against gradient differences in those units (as in the paper); in L*a*b* (0..100) the same
@@ -47,7 +50,7 @@ def composite_candidate(query_rgb: np.ndarray, candidate_rgb: np.ndarray, hole: 
     if hole.shape != q.shape[:2]:
         raise InvalidQuery(f"hole {hole.shape} must match the query's size {q.shape[:2]}")
     warped, covered = warp_candidate(c, placement, q.shape[:2])
-    take, cost = graphcut_seam(q, warped, hole, covered, k=k, max_distance=max_distance)
+    take, cost = graphcut_seam(q, warped, hole, covered, k=k, max_distance=max_distance, guide=guide, band=band)
     blended = np.clip(poisson_blend(q, warped, take), 0.0, 1.0)
     # Outside the candidate's region the query is kept bit for bit (the blend's float32 round trip
     # of the target could otherwise differ in the last place).

@@ -1,0 +1,373 @@
+"""Scene completion from a photo collection (Hays & Efros 2007): fill a hole with another photo's pixels.
+
+    from nearsight.retrieval.complete import complete_scene
+    results = complete_scene(coll, Image.open("q.jpg"), Image.open("mask.png"), n=20)
+    Image.fromarray(results[0].image).save("best.jpg")
+
+Stages (``CompletionReport.timings`` names them):
+
+1. ``scene``: masked GIST + colour layout distance over the whole collection, best ``candidates``
+   (``scene_match``).
+2. ``context``: each candidate's thumbnail, fitted to cover the query frame at ``match_side`` px, is
+   searched over every translation and 3 scales for the placement that best matches the context (the
+   pixels within ``context_radius`` of the hole) in L*a*b* and texture (``compose.align``); the graph-cut
+   seam is found there too at that small size, so that every candidate gets all four ranking terms.
+3. ``rank``: scene distance, context SSD, texture difference and seam cost, each standardised over the
+   candidates (z-scores), summed with ``term_weights``.
+4. ``composite``: for the best ``n``, the source photo at full size, the seam again at full size
+   (``compose.seam``) and Poisson blending (``compose.poisson``).
+
+Matching is done at ``match_side`` whatever the photo's size; compositing at the photo's size up to
+``max_side`` on the long side (a larger photo is reduced to that first, and its results have that size).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from .compose.align import (DEFAULT_SCALES, Placement, best_placement, context_mask, resize_image, texture_map,
+                            warp_candidate)
+from .compose.composite import composite_candidate
+from .compose.lab import rgb_to_lab, to_uint8
+from .compose.seam import DEFAULT_K, graphcut_seam
+from .errors import ImageError, ImageTooLarge, InvalidQuery, NearsightError
+from .images import DEFAULT_MAX_PIXELS, to_rgb
+from .scene_match import SceneMatches, describe_query, match_scenes, require_gist, thumbnail_image
+
+__all__ = ["CompletionConfig", "Completion", "CompletionReport", "complete_scene", "complete_scene_report",
+           "prepare_inputs"]
+
+LOG = logging.getLogger(__name__)
+
+TERMS = ("scene", "context", "texture", "seam")
+MIN_SIDE = 32
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    """Scene completion settings; defaults follow the paper where it gives a value.
+
+    - ``candidates``: scenes kept by scene matching (200).
+    - ``gist_weight``, ``colour_weight``: scene distance mix (GIST twice the colour layout).
+    - ``shortlist``: items, by GIST alone, whose colour layout is computed (see ``scene_match``).
+    - ``match_side``: long side (px) of the frame context matching and ranking run at.
+    - ``context_radius``: context ring width in px of the composite frame (80, as in the paper).
+    - ``scales``, ``texture_weight``, ``offset_penalty``: the placement search (``compose.align``).
+    - ``k``: the seam's unary cost factor per px of the composite frame (0.002).
+    - ``seam_radius``: how far (composite px) from the hole the seam may go: the context ring, where
+      the placement was judged, by default. It also bounds the graph's size.
+    - ``seam_band``: at full size the seam is searched within this many px of the matching-size
+      seam, upsampled (a full-size search costs ~8x more for a cut a few % cheaper).
+    - ``max_side``: composites are made at the photo's size up to this long side.
+    - ``max_hole_fraction``: larger holes leave too little context to match against.
+    - ``term_weights``: weights of the standardised (scene, context, texture, seam) terms.
+    """
+    candidates: int = 200
+    gist_weight: float = 2.0
+    colour_weight: float = 1.0
+    shortlist: int = 1000
+    match_side: int = 160
+    context_radius: float = 80.0
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    texture_weight: float = 1.0
+    offset_penalty: float = 50.0
+    k: float = DEFAULT_K
+    seam_radius: float = 80.0
+    seam_band: float = 8.0
+    max_side: int = 1024
+    max_hole_fraction: float = 0.9
+    term_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+
+    def __post_init__(self):
+        if self.candidates < 1 or self.shortlist < 1:
+            raise InvalidQuery(f"candidates and shortlist must be >= 1, got {self.candidates} and {self.shortlist}")
+        if self.match_side < MIN_SIDE or self.max_side < MIN_SIDE:
+            raise InvalidQuery(f"match_side and max_side must be >= {MIN_SIDE}, got {self.match_side}, {self.max_side}")
+        if not 0 < self.max_hole_fraction <= 1:
+            raise InvalidQuery(f"max_hole_fraction must be in (0, 1], got {self.max_hole_fraction}")
+        if len(self.term_weights) != len(TERMS):
+            raise InvalidQuery(f"term_weights needs {len(TERMS)} values {TERMS}, got {self.term_weights}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completed photo.
+
+    - ``image``: (H, W, 3) uint8, the composite (the query's size, reduced to ``max_side`` if larger).
+    - ``score``: higher is better; minus the weighted sum of the standardised terms.
+    - ``id``: the source item's id.
+    - ``terms``: raw costs ``scene``, ``gist``, ``colour``, ``context``, ``texture``, ``seam`` (seam at
+      the matching size), ``seam_full`` (at the composite size), and ``z_<term>`` for the four ranked terms.
+    - ``placement``: where the source went, on the composite grid.
+    - ``region``: (H, W) bool, the pixels that came from the source.
+    """
+    image: np.ndarray
+    score: float
+    id: int
+    terms: dict[str, float]
+    placement: Placement
+    region: np.ndarray
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary (no pixels)."""
+        p = self.placement
+        return {"id": self.id, "score": self.score, "terms": dict(self.terms),
+                "placement": {"dy": p.dy, "dx": p.dx, "scale": p.scale}}
+
+
+@dataclass(frozen=True)
+class CompletionReport:
+    """``completions`` best first, the scene matches they came from, seconds per stage, and the frames."""
+    completions: list[Completion]
+    scenes: SceneMatches
+    timings: dict[str, float] = field(default_factory=dict)
+    composite_size: tuple[int, int] = (0, 0)
+    match_size: tuple[int, int] = (0, 0)
+
+
+# ---------------------------------------------------------------------------------- inputs
+def _image_array(image, max_pixels: int) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"{w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,}")
+        return np.asarray(to_rgb(image), dtype=np.uint8)
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ImageError(f"the image must be RGB (H, W, 3), got an array of shape {a.shape}")
+    if a.shape[0] * a.shape[1] > max_pixels:
+        raise ImageTooLarge(f"{a.shape[1]}x{a.shape[0]} = {a.shape[0] * a.shape[1]:,} pixels is over the limit "
+                            f"of {max_pixels:,}")
+    if a.dtype == np.uint8:
+        return a
+    if np.issubdtype(a.dtype, np.floating):
+        return to_uint8(a)
+    raise ImageError(f"the image must be uint8 or float in 0..1, got dtype {a.dtype}")
+
+
+def _mask_array(mask) -> np.ndarray:
+    """PIL or array mask -> (H, W) bool, True = hole (white)."""
+    if isinstance(mask, Image.Image):
+        if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
+            mask = mask.convert("RGBA")
+            rgba = np.asarray(mask)
+            gray = np.asarray(mask.convert("L"), dtype=np.float32) * (rgba[:, :, 3] / 255.0)
+            return gray > 127
+        return np.asarray(mask.convert("L")) > 127
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[:, :, :3].mean(axis=2) if m.dtype != bool else m.any(axis=2)
+    if m.ndim != 2:
+        raise InvalidQuery(f"the mask must be (H, W) or an image, got an array of shape {np.shape(mask)}")
+    if m.dtype == bool:
+        return m
+    if np.issubdtype(m.dtype, np.floating):
+        return m > 0.5
+    return m > 127
+
+
+def prepare_inputs(image, mask, config: CompletionConfig = CompletionConfig(),
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Validate the query and its mask; return the composite-frame (H, W, 3) uint8 image and (H, W) bool hole.
+
+    Raises ``InvalidQuery`` for a mask of another size, an empty mask or one that covers (nearly)
+    everything, ``ImageError`` for an image too small, ``ImageTooLarge`` over ``max_pixels``.
+    """
+    rgb = _image_array(image, max_pixels)
+    hole = _mask_array(mask)
+    height, width = rgb.shape[:2]
+    if hole.shape != (height, width):
+        raise InvalidQuery(f"the mask is {hole.shape[1]}x{hole.shape[0]} but the image is {width}x{height}; "
+                           f"they must be the same size")
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(f"the image is {width}x{height}; scene completion needs at least {MIN_SIDE} px a side")
+    holes = int(hole.sum())
+    if holes == 0:
+        raise InvalidQuery("the mask marks no pixels (white = the hole to fill); nothing to complete")
+    if holes == hole.size:
+        raise InvalidQuery("the mask covers the whole image; leave the part of the photo to keep black")
+    if holes > config.max_hole_fraction * hole.size:
+        raise InvalidQuery(f"the mask covers {holes / hole.size:.0%} of the image; at most "
+                           f"{config.max_hole_fraction:.0%} can be filled from context")
+    scale = config.max_side / max(height, width)
+    if scale < 1.0:  # composite at most max_side: reduce the photo, and keep every hole pixel a hole
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+        hole = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) > 0
+    return rgb, hole
+
+
+# ------------------------------------------------------------------------------------ frames
+def _fill_hole(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Hole pixels take their nearest valid pixel's value, so gradients at the hole's edge stay real."""
+    _, (iy, ix) = ndimage.distance_transform_edt(hole, return_indices=True)
+    return image[iy, ix]
+
+
+def _shrink_mask(hole: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool -> (h, w) bool where any covered source pixel makes a hole pixel (never loses hole)."""
+    img = Image.fromarray(hole.astype(np.uint8) * 255)
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BOX)) > 0
+
+
+def _grow_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) bool -> (H, W) bool by bilinear interpolation, thresholded at one half."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR)) > 127
+
+
+def _cover_size(src: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
+    """Size (h, w) of ``src`` resized to cover ``frame`` (h, w), aspect kept: the natural placement is centred."""
+    s = max(frame[0] / src[0], frame[1] / src[1])
+    return max(frame[0], round(src[0] * s)), max(frame[1], round(src[1] * s))
+
+
+def _as_float_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """PIL RGB -> (h, w, 3) float32 in 0..1 at ``size`` (area-averaged when shrinking)."""
+    a = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return np.clip(resize_image(a, size), 0.0, 1.0)
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    out = np.full(v.shape, np.inf)
+    if finite.any():
+        mean = v[finite].mean()
+        std = v[finite].std()
+        out[finite] = (v[finite] - mean) / std if std > 0 else 0.0
+    return out
+
+
+def _clamp_to_cover(p: Placement, hole: np.ndarray, scaled: tuple[int, int]) -> Placement | None:
+    """Move a placement the least so the scaled candidate covers the hole's bounding box (None if too small)."""
+    rows = np.flatnonzero(hole.any(axis=1))
+    cols = np.flatnonzero(hole.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    if scaled[0] < y1 - y0 or scaled[1] < x1 - x0:
+        return None
+    dy = int(np.clip(p.dy, y1 - scaled[0], y0))
+    dx = int(np.clip(p.dx, x1 - scaled[1], x0))
+    return replace(p, dy=dy, dx=dx)
+
+
+# ---------------------------------------------------------------------------------- pipeline
+def complete_scene(collection, image, mask, n: int = 20, config: CompletionConfig = CompletionConfig(),
+                   exclude=()) -> list[Completion]:
+    """Fill the white part of ``mask`` in ``image`` from the collection's photos; best ``n`` composites first.
+
+    ``image``: PIL image or (H, W, 3) uint8 array; ``mask``: PIL image or (H, W) array, white/True = hole,
+    the same size. ``exclude``: item ids never to use (the query photo itself, in a benchmark).
+    """
+    return complete_scene_report(collection, image, mask, n=n, config=config, exclude=exclude).completions
+
+
+def complete_scene_report(collection, image, mask, n: int = 20, config: CompletionConfig = CompletionConfig(),
+                          exclude=()) -> CompletionReport:
+    """``complete_scene`` with the scene matches, per-stage timings and frame sizes."""
+    if int(n) < 1:
+        raise InvalidQuery(f"n must be >= 1, got {n}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rgb, hole = prepare_inputs(image, mask, config)
+    height, width = hole.shape
+
+    # 1. Scene matching on the masked descriptors.
+    t = time.perf_counter()
+    require_gist(collection)  # the clear answer before any work
+    encoder = collection.encoder("gist")
+    query = describe_query(rgb, hole, encoder.params, encoder.device)
+    scenes = match_scenes(collection, query, k=config.candidates, gist_weight=config.gist_weight,
+                          colour_weight=config.colour_weight, shortlist=config.shortlist, exclude=exclude)
+    timings["scene"] = time.perf_counter() - t
+
+    # 2. Context matching (and a small seam) for every candidate at the matching size.
+    t = time.perf_counter()
+    f = min(1.0, config.match_side / max(height, width))
+    match_size = (max(MIN_SIDE // 2, round(height * f)), max(MIN_SIDE // 2, round(width * f)))
+    fy, fx = match_size[0] / height, match_size[1] / width
+    hole_m = _shrink_mask(hole, match_size)
+    if hole_m.all():
+        raise InvalidQuery("at the matching size the hole covers the whole image; use a smaller hole")
+    rgb_m = _fill_hole(_as_float_rgb(Image.fromarray(rgb), match_size), hole_m)
+    lab_m = rgb_to_lab(rgb_m)
+    radius_m = max(2.0, config.context_radius * f)
+    ctx_m = context_mask(hole_m, radius_m)
+    tex_m = texture_map(lab_m)
+    k_m = config.k / f  # the same unary cost per composite pixel of distance
+    seam_radius_m = config.seam_radius * f
+    rows = []
+    for rank, item_id in enumerate(scenes.ids):
+        try:
+            thumb = thumbnail_image(collection, int(item_id), None)
+            cand = _as_float_rgb(thumb, _cover_size((thumb.height, thumb.width), match_size))
+            placement = best_placement(lab_m, ctx_m, rgb_to_lab(cand), scales=config.scales,
+                                       texture_weight=config.texture_weight, offset_penalty=config.offset_penalty,
+                                       must_cover=hole_m, query_texture=tex_m)
+            warped, covered = warp_candidate(cand, placement, match_size)
+            take_m, seam = graphcut_seam(rgb_m, warped, hole_m, covered, k=k_m, max_distance=seam_radius_m)
+        except NearsightError as exc:  # one unreadable or unusable candidate never stops a query
+            LOG.debug("candidate %d skipped: %s", int(item_id), exc)
+            continue
+        rows.append((rank, int(item_id), placement, seam, (thumb.height, thumb.width), take_m))
+    timings["context"] = time.perf_counter() - t
+    if not rows:
+        raise InvalidQuery(f"none of the {len(scenes.ids)} best-matching scenes could be placed over the hole")
+
+    # 3. Rank on the four standardised terms.
+    t = time.perf_counter()
+    raw = {
+        "scene": np.array([scenes.distance[r[0]] for r in rows]),
+        "context": np.array([r[2].ssd for r in rows]),
+        "texture": np.array([r[2].texture for r in rows]),
+        "seam": np.array([r[3] for r in rows]),
+    }
+    z = {name: _standardise(values) for name, values in raw.items()}
+    total = sum(w * z[name] for w, name in zip(config.term_weights, TERMS))
+    order = np.argsort(total, kind="stable")
+    timings["rank"] = time.perf_counter() - t
+
+    # 4. Composite the best n at full size (the next in rank order stands in for one that fails).
+    t = time.perf_counter()
+    query_full = _fill_hole(rgb.astype(np.float32) / 255.0, hole)
+    completions: list[Completion] = []
+    for i in order:
+        if len(completions) >= n:
+            break
+        rank, item_id, p_m, seam_m, (th, tw), take_m = rows[i]
+        try:
+            item = collection.item(item_id)
+            src_h, src_w = (item.height, item.width) if item.width and item.height else (th, tw)
+            cover = _cover_size((src_h, src_w), (height, width))
+            source = collection.load_image(item_id, min_side=min(cover))
+            cand = _as_float_rgb(source, _cover_size((source.height, source.width), (height, width)))
+            # The same placement on the composite grid; rounding may need a 1-px nudge to cover the hole.
+            p = replace(p_m, dy=round(p_m.dy / fy), dx=round(p_m.dx / fx))
+            scaled = (max(1, round(cand.shape[0] * p.scale)), max(1, round(cand.shape[1] * p.scale)))
+            p = _clamp_to_cover(p, hole, scaled)
+            if p is None:
+                raise InvalidQuery(f"item {item_id} is too small at full size to cover the hole")
+            guide = _grow_mask(take_m, (height, width))
+            comp = composite_candidate(query_full, cand, hole, p, k=config.k, max_distance=config.seam_radius,
+                                       guide=guide, band=config.seam_band)
+        except NearsightError as exc:
+            LOG.debug("candidate %d not composited: %s", item_id, exc)
+            continue
+        terms = {name: float(raw[name][i]) for name in TERMS}
+        terms.update(gist=float(scenes.gist[rank]), colour=float(scenes.colour[rank]), seam_full=comp.seam_cost)
+        terms.update({f"z_{name}": float(z[name][i]) for name in TERMS})
+        completions.append(Completion(image=to_uint8(comp.rgb), score=-float(total[i]), id=item_id, terms=terms,
+                                      placement=p, region=comp.take))
+    timings["composite"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    if not completions:
+        raise InvalidQuery("no candidate scene could be composited into the hole")
+    return CompletionReport(completions=completions, scenes=scenes, timings=timings,
+                            composite_size=(height, width), match_size=match_size)

@@ -1,0 +1,167 @@
+"""Scene completion end to end on a small gist collection whose right answer is known, and its bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from nearsight.retrieval.complete import CompletionConfig, complete_scene, complete_scene_report, prepare_inputs
+from nearsight.retrieval.errors import ImageError, ImageTooLarge, InvalidQuery, UnknownEncoder
+from nearsight.retrieval.scene_match import colour_layout, weighted_sq_distances
+
+SCENE = (180, 240)   # (H, W) of the big scene the source photo and the query are cut from
+PHOTO = (150, 200)   # (H, W) of every photo
+SHIFT = (8, 10)      # the query is the scene at this offset; the source photo at (0, 0)
+
+
+def scene(seed: int, shape=SCENE) -> np.ndarray:
+    """A photo-like uint8 scene: a smooth colour field, a few soft-edged blobs and fine texture."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    field = ndimage.gaussian_filter(rng.normal(size=(h, w, 3)), (18, 18, 0))
+    field = field / field.std() * 45 + rng.uniform(60, 190, 3)
+    yy, xx = np.mgrid[:h, :w]
+    for _ in range(5):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, 35)
+        blob = 1 / (1 + np.exp(np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2) - r))
+        field += blob[..., None] * rng.uniform(-80, 80, 3)
+    field += ndimage.gaussian_filter(rng.normal(size=(h, w, 3)), (1, 1, 0)) * 12
+    return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def central_hole(shape=PHOTO) -> np.ndarray:
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return ((yy - 70) / 24.0) ** 2 + ((xx - 105) / 30.0) ** 2 <= 1.0
+
+
+@pytest.fixture(scope="module")
+def gist_collection(tmp_path_factory):
+    """10 unrelated photos plus the source photo (item of interest), indexed with gist."""
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+    from nearsight.retrieval.collection import Collection
+
+    root = tmp_path_factory.mktemp("complete")
+    photos = root / "photos"
+    photos.mkdir()
+    big = scene(100)
+    Image.fromarray(big[:PHOTO[0], :PHOTO[1]]).save(photos / "source.png")
+    for i in range(10):
+        Image.fromarray(scene(i, PHOTO)).save(photos / f"other{i:02d}.png")
+    index_paths(str(root / "coll"), [str(photos)], IngestConfig(encoders=("gist",), workers=0, progress=False))
+    coll = Collection.open(root / "coll")
+    source_id = next(i for i in coll.embedding_matrix("gist").ids if coll.item(i).path.endswith("source.png"))
+    query = big[SHIFT[0]:SHIFT[0] + PHOTO[0], SHIFT[1]:SHIFT[1] + PHOTO[1]].copy()
+    yield coll, int(source_id), query
+    coll.close()
+
+
+SMALL = CompletionConfig(context_radius=20, seam_radius=20, match_side=120)
+
+
+def test_completion_comes_from_the_matching_scene(gist_collection):
+    coll, source_id, truth = gist_collection
+    hole = central_hole()
+    query = truth.copy()
+    query[hole] = 0  # nothing of the truth is left in the hole
+    report = complete_scene_report(coll, Image.fromarray(query), hole, n=3, config=SMALL)
+    results = report.completions
+    assert 1 <= len(results) <= 3
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    best = results[0]
+    assert best.id == source_id
+    assert report.scenes.ids[0] == source_id  # scene matching alone already ranks it first
+    # The source sits at the query's offset: placement (-8, -10) on the composite grid, give or take rounding.
+    assert best.placement.scale == 1.0
+    assert abs(best.placement.dy + SHIFT[0]) <= 1 and abs(best.placement.dx + SHIFT[1]) <= 1
+    assert best.image.dtype == np.uint8 and best.image.shape == query.shape
+    # The query's own pixels are kept exactly outside the taken region, and far from the hole everywhere.
+    assert best.region[hole].all()
+    assert np.array_equal(best.image[~best.region], query[~best.region])
+    far = ndimage.distance_transform_edt(~hole) > SMALL.seam_radius
+    assert not best.region[far].any()
+    # The hole is filled with (nearly) the true pixels; a flat fill would be far off.
+    err = np.abs(best.image.astype(float) - truth)[hole].mean()
+    flat = np.abs(truth[~hole].mean(axis=0) - truth.astype(float))[hole].mean()
+    assert err < 6.0 and err < flat / 4
+    # Terms are reported and the timings cover every stage.
+    for key in ("scene", "gist", "colour", "context", "texture", "seam", "seam_full", "z_scene"):
+        assert np.isfinite(best.terms[key])
+    assert set(report.timings) >= {"scene", "context", "rank", "composite", "total"}
+    assert best.to_dict()["id"] == source_id
+
+
+def test_exclude_removes_an_item_and_arrays_are_accepted(gist_collection):
+    coll, source_id, truth = gist_collection
+    hole = central_hole()
+    results = complete_scene(coll, truth, hole.astype(np.uint8) * 255, n=2, config=SMALL, exclude=[source_id])
+    assert results and all(r.id != source_id for r in results)
+    assert all(np.array_equal(r.image[~r.region], truth[~r.region]) for r in results)
+
+
+def test_large_image_is_composited_at_max_side(gist_collection):
+    coll, _, truth = gist_collection
+    big = np.asarray(Image.fromarray(truth).resize((400, 300)))
+    hole = np.asarray(Image.fromarray(central_hole().astype(np.uint8) * 255).resize((400, 300))) > 127
+    config = CompletionConfig(context_radius=20, seam_radius=20, match_side=100, max_side=240, candidates=3)
+    report = complete_scene_report(coll, big, hole, n=1, config=config)
+    assert report.composite_size == (180, 240) and report.match_size == (75, 100)
+    assert report.completions[0].image.shape == (180, 240, 3)
+
+
+def test_bad_inputs_have_clear_errors(gist_collection, collection):
+    coll, _, truth = gist_collection
+    hole = central_hole()
+    with pytest.raises(InvalidQuery, match="mask is 100x50 but the image is 200x150"):
+        complete_scene(coll, truth, np.zeros((50, 100), bool))
+    with pytest.raises(InvalidQuery, match="marks no pixels"):
+        complete_scene(coll, truth, np.zeros(PHOTO, bool))
+    with pytest.raises(InvalidQuery, match="covers the whole image"):
+        complete_scene(coll, truth, Image.new("L", (200, 150), 255))
+    almost = np.ones(PHOTO, bool)
+    almost[:5, :5] = False
+    with pytest.raises(InvalidQuery, match="at most 90%"):
+        complete_scene(coll, truth, almost)
+    with pytest.raises(ImageError, match="at least 32 px"):
+        complete_scene(coll, truth[:20, :20], hole[:20, :20])
+    with pytest.raises(ImageError, match="RGB"):
+        complete_scene(coll, truth[..., 0], hole)
+    with pytest.raises(InvalidQuery, match="n must be"):
+        complete_scene(coll, truth, hole, n=0)
+    # A collection indexed without gist (the shared fixture has only `tiny`).
+    with pytest.raises(UnknownEncoder, match="needs the 'gist' encoder"):
+        complete_scene(collection, truth, hole)
+    # Over the pixel limit: refused before any decoding work; over max_side: reduced, hole kept.
+    with pytest.raises(ImageTooLarge, match="over the limit"):
+        prepare_inputs(truth, hole, max_pixels=1000)
+    rgb, small_hole = prepare_inputs(truth, hole, CompletionConfig(max_side=100))
+    assert rgb.shape == (75, 100, 3) and small_hole.shape == (75, 100)
+    assert small_hole.sum() >= hole.sum() / 4
+
+
+def test_mask_formats():
+    truth = scene(3, PHOTO)
+    hole = central_hole()
+    rgba = np.zeros((*PHOTO, 4), np.uint8)
+    rgba[hole] = 255
+    for mask in (hole, hole.astype(np.uint8) * 255, hole.astype(np.float32), Image.fromarray(hole),
+                 Image.fromarray(hole.astype(np.uint8) * 255).convert("RGB"), Image.fromarray(rgba, "RGBA")):
+        _, got = prepare_inputs(truth, mask)
+        assert np.array_equal(got, hole)
+
+
+def test_weighted_distances_and_colour_layout():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 48)).astype(np.float16)
+    q = rng.normal(size=48).astype(np.float32)
+    w = rng.uniform(size=48).astype(np.float32)
+    direct = ((x.astype(np.float64) - q) ** 2 * w).sum(axis=1)
+    assert np.allclose(weighted_sq_distances(x, q, w, block_rows=128), direct, rtol=1e-4, atol=1e-3)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:, 32:] = 255
+    valid = np.ones((64, 64), bool)
+    valid[:16, :16] = False
+    colour, weights = colour_layout(img, valid, nblocks=4)
+    colour, weights = colour.reshape(4, 4, 3), weights.reshape(4, 4, 3)
+    assert np.allclose(colour[:, :2, 0], 0, atol=1e-3) and np.allclose(colour[:, 2:, 0], 100, atol=1e-3)
+    assert weights[0, 0, 0] == 0 and colour[0, 0, 0] == 0 and weights[1, 1, 0] == 1
