@@ -9,7 +9,8 @@ from PIL import Image
 
 from nearsight.retrieval.encoders import create_encoder
 from nearsight.retrieval.errors import InvalidQuery, UnknownEncoder
-from nearsight.retrieval.gist import GistParams, gist, masked_gist, prepare_gist_image
+from nearsight.retrieval.gist import (GistParams, gist, lowpass_factors, lowpass_matrix, masked_gist,
+                                     prepare_gist_image)
 
 torch = pytest.importorskip("torch")
 
@@ -129,6 +130,18 @@ def reference_gist(img: np.ndarray, nb: int, orientations) -> np.ndarray:
             ey, ex = [k * h // nb for k in range(nb + 1)], [k * w // nb for k in range(nb + 1)]
             res.append([[a[:, ey[r]:ey[r + 1], ex[c]:ex[c + 1]].mean((1, 2)) for r in range(nb)] for c in range(nb)])
     return np.asarray(res).transpose(3, 0, 1, 2).reshape(-1)  # (filter, col, row, channel) -> channel first
+
+
+@pytest.mark.parametrize("n", [138, 266, 47, 18])
+def test_lowpass_factors_reproduce_the_circulant(n):
+    """The prefilter's thin factors equal the dense FFT filter (real for even sizes, complex for odd)."""
+    up, down = lowpass_factors(n, 4.0)
+    dense = lowpass_matrix(n, 4.0)
+    assert np.iscomplexobj(up) == (n % 2 == 1)
+    assert up.shape[1] <= min(n, 45)
+    assert np.abs(up @ down - dense).max() < 1e-9
+    x = np.random.default_rng(n).normal(size=n)
+    np.testing.assert_allclose(dense @ x, np.fft.ifft(np.fft.fft(x) * np.fft.fft(dense[:, 0])), atol=1e-12)
 
 
 @pytest.mark.parametrize("shape,nb,orientations", [

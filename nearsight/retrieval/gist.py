@@ -82,16 +82,48 @@ def gabor_bank(height: int, width: int, orientations: tuple[int, ...]) -> np.nda
     return np.stack(filters)
 
 
+def _lowpass_transfer(n: int, fc: float) -> np.ndarray:
+    """(n,) the prefilter's 1-D Gaussian ``exp(-f^2 / s1^2)`` in FFT order (lear-gist's fftshift of centred f)."""
+    s1 = fc / math.sqrt(math.log(2.0))
+    return np.fft.fftshift(np.exp(-_centred_freqs(n) ** 2 / (s1 * s1)))
+
+
 def lowpass_matrix(n: int, fc: float) -> np.ndarray:
-    """(n, n) complex128 circulant matrix of the prefilter's 1-D Gaussian low-pass along one axis.
+    """(n, n) complex128 circulant matrix of the prefilter's low-pass along one axis: ifft(g * fft(x)).
 
     The 2-D transfer function ``exp(-(fx^2 + fy^2) / s1^2)`` is a product of two 1-D ones, so
-    ``ifft2(fft2(X) * gfc) == Cy @ X @ Cx.T``: two small matrix products replace four FFTs of the
-    awkward padded size (138 = 2 * 3 * 23 at 128 px), which is both faster and batch-friendly.
+    ``ifft2(fft2(X) * gfc) == Cy @ X @ Cx.T``. Dense reference; the computation uses ``lowpass_factors``.
     """
-    s1 = fc / math.sqrt(math.log(2.0))
-    g = np.fft.fftshift(np.exp(-_centred_freqs(n) ** 2 / (s1 * s1)))
+    g = _lowpass_transfer(n, fc)
     return np.fft.ifft(g[:, None] * np.fft.fft(np.eye(n), axis=0), axis=0)
+
+
+def lowpass_factors(n: int, fc: float, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """``lowpass_matrix(n, fc) ~= up @ down``: (n, r) and (r, n), keeping the frequencies whose gain is
+    above ``rtol`` (far under float32 rounding).
+
+    The Gaussian passes about 43 frequencies (|f| <= 21 at fc = 4) whatever the image size, so the
+    138 x 138 circulant (266 x 266 at 256 px) is a rank-43 product of thin matrices: several times
+    fewer flops than dense products, and no FFTs of the awkward padded size (138 = 2 * 3 * 23).
+    Even n gives a real symmetric kernel, factored with cosines and sines (float64, real); odd n
+    (half-integer centred frequencies) a genuinely complex one, factored with complex exponentials.
+    """
+    g = _lowpass_transfer(n, fc)
+    keep = np.flatnonzero(g > rtol * g.max())
+    pos = np.arange(n)
+    if n % 2 == 0:  # g[k] == g[n - k]: pair the two into 2 g[k] cos(2 pi k (a - b) / n)
+        ups, downs = [], []
+        for k in keep[keep <= n // 2]:
+            theta = 2 * math.pi * k * pos / n
+            pair = 0 < k < n // 2
+            ups.append((2 if pair else 1) * g[k] * np.cos(theta))
+            downs.append(np.cos(theta) / n)
+            if pair:
+                ups.append(2 * g[k] * np.sin(theta))
+                downs.append(np.sin(theta) / n)
+        return np.stack(ups, axis=1), np.stack(downs)
+    phase = np.exp(2j * math.pi * np.outer(pos, keep) / n)  # (n, r)
+    return phase * g[keep], phase.conj().T / n
 
 
 def pooling_matrix(n: int, nblocks: int) -> np.ndarray:
@@ -107,7 +139,7 @@ def pooling_matrix(n: int, nblocks: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Bank:
-    # The prefilter's low-pass, mirror padding folded in, as a rank-r product per axis:
+    # The prefilter's low-pass as a rank-r product per axis (see lowpass_factors), mirror padding folded in:
     # low(pad(x)) = up_y @ (down_y @ x @ down_x_t) @ up_x_t; float32, or complex64 for odd sizes.
     down_y: "object"     # (r, H)
     down_x_t: "object"   # (W, r)
@@ -130,31 +162,18 @@ def _mirror_indices(n: int) -> np.ndarray:
     return np.r_[PAD - 1:-1:-1, 0:n, n - 1:n - 1 - PAD:-1]
 
 
-def _low_rank(m: np.ndarray, rtol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
-    """m ~= up @ down, dropping singular values below rtol * max (far under float32 rounding).
-
-    The Gaussian low-pass keeps about 2 * 4.6 * s1 + 1 ~ 45 frequencies whatever the image size, so
-    the 138 x 138 (or 266 x 266) circulant has rank ~45: two thin products cost several times fewer
-    flops than the dense ones, and the gap grows with the image size.
-    """
-    u, s, vh = np.linalg.svd(m, full_matrices=False)
-    r = max(1, int((s > rtol * s[0]).sum()))
-    return u[:, :r] * s[:r], vh[:r]
-
-
 @lru_cache(maxsize=16)
 def _bank(height: int, width: int, nblocks: int, orientations: tuple[int, ...], fc: float, device: str) -> _Bank:
     import torch
 
     def axis(n):
-        c = lowpass_matrix(n + 2 * PAD, fc)
+        up, down = lowpass_factors(n + 2 * PAD, fc)
         pad = np.zeros((n + 2 * PAD, n))
         pad[np.arange(n + 2 * PAD), _mirror_indices(n)] = 1.0
-        # Even padded sizes give a real symmetric kernel; odd ones a genuinely complex one.
-        real = np.abs(c.imag).max() < 1e-12
-        dtype = torch.float32 if real else torch.complex64
-        parts = (*_low_rank(c @ pad), *_low_rank(c[PAD:PAD + n]))  # up, down, crop_up, crop_down
-        return [torch.tensor(p.real if real else p, dtype=dtype, device=device) for p in parts]
+        # The padding folded into the factor (down @ P): no padded copy of any channel is ever made.
+        dtype = torch.complex64 if np.iscomplexobj(up) else torch.float32
+        parts = (up, down @ pad, up[PAD:PAD + n], down)  # up, down, crop_up, crop_down
+        return [torch.tensor(p, dtype=dtype, device=device) for p in parts]
 
     uy, dy, cuy, cdy = axis(height)
     ux, dx, cux, cdx = axis(width)
