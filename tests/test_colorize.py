@@ -275,7 +275,12 @@ def test_neighbour_showing_more_of_the_scene_is_aligned(photos):
     placement = result.placements[1]
     assert placement.scale == pytest.approx(1 / 0.81) and abs(placement.dy + 12) <= 1 and abs(placement.dx + 12) <= 1
     assert result.usage[1] > 0.9
-    assert np.abs(result.lab[..., 1:] - rgb_to_lab(crop)[..., 1:]).mean() < 3.0
+    truth = rgb_to_lab(crop)[..., 1:]
+    # Resampling makes the zoomed neighbour differ a little from the crop, so some chroma is shrunk
+    # by the confidence term; without it the colours come back almost exactly.
+    assert np.abs(result.lab[..., 1:] - truth).mean() < 0.33 * np.abs(truth).mean()
+    exact = colorize_arrays(gray, [photos["coffee"], wide], ColorizeConfig(confidence=0))
+    assert np.abs(exact.lab[..., 1:] - truth).mean() < 3.0
 
 
 def test_large_query_is_matched_small_and_coloured_full_size(photos):
@@ -292,7 +297,7 @@ def test_gamut_is_respected_without_touching_lightness():
     gray = np.full((32, 32), 0.97, np.float32)
     red = np.zeros((32, 32, 3), np.uint8)
     red[..., 0] = 255
-    result = colorize_arrays(gray, [red])
+    result = colorize_arrays(gray, [red], ColorizeConfig(confidence=0))  # keep all of the red
     assert np.abs(rgb_to_lab(result.rgb)[..., 0] - _lightness(gray)).max() < 0.05
     assert result.rgb.min() >= 0 and result.rgb.max() <= 1
     assert (result.rgb[..., 0] > result.rgb[..., 2]).all()  # still reddish
