@@ -218,6 +218,29 @@ def test_region_transfer_matches_each_region(photos):
     assert feathered.shape == source.shape and np.isfinite(feathered).all()
 
 
+def test_feathered_regions_blend_like_a_full_resolution_blur(photos):
+    """Feathered maps are built on a coarse grid; the result matches blurring full-size maps."""
+    from scipy.ndimage import gaussian_filter
+
+    from nearsight.retrieval.compose.transfer import _gain_offset, transfer_regions
+
+    source = np.asarray(Image.fromarray(photos["coffee"]).resize((200, 160), Image.BILINEAR))
+    labels = grid_regions(source.shape[:2], 2, 2)
+    targets = {k: LabStats(np.array([-0.5 - 0.1 * k, 0.02 * k, -0.01 * k]), np.array([0.2, 0.02, 0.01]))
+               for k in range(4)}
+    out = transfer_regions(source, labels, targets, targets[0], feather=24.0, clip=False)
+    lab = rgb_to_lalphabeta(source)
+    maps = np.zeros(lab.shape[:2] + (6,))
+    for k, t in targets.items():
+        here = labels == k
+        g, o = _gain_offset(lab[here].mean(0), lab[here].std(0), t.mean, t.std)
+        maps[here] = np.concatenate([g, o])
+    maps = np.stack([gaussian_filter(maps[..., c], 24.0, mode="nearest") for c in range(6)], axis=-1)
+    direct = lalphabeta_to_rgb(lab * maps[..., :3] + maps[..., 3:])
+    assert np.abs(out - direct).mean() < 3e-3 and np.abs(out - direct).max() < 0.015  # ~1/255 and ~4/255
+    assert np.abs(np.diff(out, axis=1)).max() < np.abs(np.diff(source / 255.0, axis=1)).max() + 0.05
+
+
 def test_reinhard_rejects_bad_input(photos):
     with pytest.raises(InvalidQuery):
         reinhard_transfer(np.zeros((4, 4)), photos["coffee"])

@@ -179,23 +179,37 @@ def transfer_regions(source_rgb, source_labels, targets: dict[int, LabStats], fa
     if label_map.shape != src.shape[:2] or not np.issubdtype(label_map.dtype, np.integer):
         raise InvalidQuery(f"source labels must be an integer (H, W)={src.shape[:2]} map; "
                            f"got {label_map.dtype} {label_map.shape}")
+    if label_map.min() < 0:
+        raise InvalidQuery(f"region labels must be >= 0; got {int(label_map.min())}")
     src_lab = rgb_to_lalphabeta(src)
-    gain = np.ones(src_lab.shape)
-    offset = np.zeros(src_lab.shape)
+    params = {}
     for k in np.unique(label_map):
-        here = label_map == k
-        values = src_lab[here]
+        values = src_lab[label_map == k]
         target = targets.get(int(k), fallback)
-        g, o = _gain_offset(values.mean(axis=0), values.std(axis=0), np.asarray(target.mean, np.float64),
-                            np.asarray(target.std, np.float64))
-        gain[here] = g
-        offset[here] = o
+        params[int(k)] = _gain_offset(values.mean(axis=0), values.std(axis=0), np.asarray(target.mean, np.float64),
+                                      np.asarray(target.std, np.float64))
+    # Per-pixel (gain, offset) maps, 6 channels. Blurred maps are smooth, so with feathering they are
+    # built and blurred on a grid about feather/4 times coarser and upsampled: within ~2/255 of blurring
+    # full-size maps, and a 1600x1200 photo with a 130 px feather takes ~1 s instead of ~10 s.
+    step = max(1, int(feather // 4)) if feather > 0 else 1
+    first = step // 2  # coarse sample j sits on full pixel first + j * step
+    coarse = label_map[first::step, first::step]
+    table = np.zeros((int(label_map.max()) + 1, 6))
+    for k, (g, o) in params.items():
+        table[k] = np.concatenate([g, o])
+    maps = table[coarse]
     if feather > 0:
+        import cv2
         from scipy.ndimage import gaussian_filter
 
-        gain = np.stack([gaussian_filter(gain[..., c], feather, mode="nearest") for c in range(3)], axis=-1)
-        offset = np.stack([gaussian_filter(offset[..., c], feather, mode="nearest") for c in range(3)], axis=-1)
-    out = lalphabeta_to_rgb(src_lab * gain + offset)
+        maps = np.stack([gaussian_filter(maps[..., c], feather / step, mode="nearest") for c in range(6)], axis=-1)
+        if step > 1:
+            h, w = label_map.shape
+            ys = ((np.arange(h, dtype=np.float32) - first) / step)[:, None].repeat(w, axis=1)
+            xs = ((np.arange(w, dtype=np.float32) - first) / step)[None, :].repeat(h, axis=0)
+            maps = np.stack([cv2.remap(maps[..., c].astype(np.float32), xs, ys, cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REPLICATE) for c in range(6)], axis=-1)
+    out = lalphabeta_to_rgb(src_lab * maps[..., :3] + maps[..., 3:])
     return (np.clip(out, 0.0, 1.0) if clip else out).astype(np.float32)
 
 
