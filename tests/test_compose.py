@@ -204,6 +204,21 @@ def test_seam_respects_forced_labels():
         graphcut_seam(query, candidate, hole, covered)
 
 
+def test_guided_seam_stays_in_the_band():
+    shape = (100, 120)
+    rng = np.random.default_rng(5)
+    query = rng.uniform(size=(*shape, 3))
+    candidate = query + rng.normal(size=(*shape, 3)) * 0.02
+    hole = disk(shape, 50, 60, 12)
+    guide = disk(shape, 50, 60, 20)
+    take, cost = graphcut_seam(query, candidate, hole, np.ones(shape, bool), guide=guide, band=3)
+    dist = ndimage.distance_transform_edt(~hole)
+    assert take[hole].all() and take[disk(shape, 50, 60, 16)].all()  # deep inside the guide: forced
+    assert not take[dist > 20 - 12 + 4].any()                           # beyond the band: query
+    full, full_cost = graphcut_seam(query, candidate, hole, np.ones(shape, bool))
+    assert full_cost <= cost + 1e-9  # the unrestricted cut is never worse
+
+
 # ------------------------------------------------------------------------------------ poisson
 def blob_region(shape, frac, seed=0):
     rng = np.random.default_rng(seed)

@@ -10,12 +10,12 @@ Stages (``CompletionReport.timings`` names them):
    (``scene_match``).
 2. ``context``: each candidate's thumbnail, fitted to cover the query frame at ``match_side`` px, is
    searched over every translation and 3 scales for the placement that best matches the context (the
-   pixels within ``context_radius`` of the hole) in L*a*b* and texture (``compose.align``); the graph-cut
-   seam is found there too at that small size, so that every candidate gets all four ranking terms.
-3. ``rank``: scene distance, context SSD, texture difference and seam cost, each standardised over the
-   candidates (z-scores), summed with ``term_weights``.
-4. ``composite``: for the best ``n``, the source photo at full size, the seam again at full size
-   (``compose.seam``) and Poisson blending (``compose.poisson``).
+   pixels within ``context_radius`` of the hole) in L*a*b* and texture (``compose.align``).
+3. ``seam``: the graph-cut seam at that small size for the ``seam_pool`` best candidates by scene,
+   context and texture; then the ranking on all four terms, each standardised over the candidates
+   (z-scores) and summed with ``term_weights``.
+4. ``composite``: for the best ``n``, the source photo at full size, the seam again at full size in a
+   band around the small one (``compose.seam``), and Poisson blending (``compose.poisson``).
 
 Matching is done at ``match_side`` whatever the photo's size; compositing at the photo's size up to
 ``max_side`` on the long side (a larger photo is reduced to that first, and its results have that size).
@@ -65,6 +65,9 @@ class CompletionConfig:
       seam, upsampled (a full-size search costs ~8x more for a cut a few % cheaper).
     - ``max_side``: composites are made at the photo's size up to this long side.
     - ``max_hole_fraction``: larger holes leave too little context to match against.
+    - ``seam_pool``: candidates, best by the other three terms, whose seam is computed and which are
+      ranked on all four (the seam is the costliest stage per candidate).
+    - ``workers``: threads for the per-candidate stages (1: none).
     - ``term_weights``: weights of the standardised (scene, context, texture, seam) terms.
     """
     candidates: int = 200
@@ -81,11 +84,14 @@ class CompletionConfig:
     seam_band: float = 8.0
     max_side: int = 1024
     max_hole_fraction: float = 0.9
+    seam_pool: int = 60
+    workers: int = 1
     term_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     def __post_init__(self):
-        if self.candidates < 1 or self.shortlist < 1:
-            raise InvalidQuery(f"candidates and shortlist must be >= 1, got {self.candidates} and {self.shortlist}")
+        if min(self.candidates, self.shortlist, self.seam_pool, self.workers) < 1:
+            raise InvalidQuery(f"candidates, shortlist, seam_pool and workers must be >= 1, got {self.candidates}, "
+                               f"{self.shortlist}, {self.seam_pool}, {self.workers}")
         if self.match_side < MIN_SIDE or self.max_side < MIN_SIDE:
             raise InvalidQuery(f"match_side and max_side must be >= {MIN_SIDE}, got {self.match_side}, {self.max_side}")
         if not 0 < self.max_hole_fraction <= 1:
@@ -258,6 +264,120 @@ def _clamp_to_cover(p: Placement, hole: np.ndarray, scaled: tuple[int, int]) -> 
     return replace(p, dy=dy, dx=dx)
 
 
+# ---------------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class _Frame:
+    """The query at the matching size: what every candidate is compared with."""
+    size: tuple[int, int]        # (h, w) matching frame
+    scale: tuple[float, float]   # (fy, fx) matching px per composite px
+    rgb: np.ndarray              # (h, w, 3) float32 0..1, hole filled from its border
+    lab: np.ndarray              # (h, w, 3) float32
+    hole: np.ndarray             # (h, w) bool, conservative (any hole pixel below makes a hole pixel)
+    context: np.ndarray          # (h, w) bool
+    texture: np.ndarray          # (h, w) float32
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    rank: int                    # position in the scene matches
+    id: int
+    size: tuple[int, int]        # thumbnail (h, w)
+    image: np.ndarray            # (h', w', 3) float32 0..1, covering the matching frame
+    placement: Placement         # on the matching frame
+
+
+def _match_frame(rgb: np.ndarray, hole: np.ndarray, config: CompletionConfig) -> _Frame:
+    height, width = hole.shape
+    f = min(1.0, config.match_side / max(height, width))
+    size = (max(MIN_SIDE // 2, round(height * f)), max(MIN_SIDE // 2, round(width * f)))
+    hole_m = _shrink_mask(hole, size)
+    if hole_m.all():
+        raise InvalidQuery("at the matching size the hole covers the whole image; use a smaller hole")
+    rgb_m = _fill_hole(_as_float_rgb(Image.fromarray(rgb), size), hole_m)
+    lab_m = rgb_to_lab(rgb_m)
+    return _Frame(size=size, scale=(size[0] / height, size[1] / width), rgb=rgb_m, lab=lab_m, hole=hole_m,
+                  context=context_mask(hole_m, max(2.0, config.context_radius * f)), texture=texture_map(lab_m))
+
+
+def _place(frame: _Frame, config: CompletionConfig, rank: int, item_id: int, thumb: Image.Image) -> _Candidate | None:
+    try:
+        cand = _as_float_rgb(thumb, _cover_size((thumb.height, thumb.width), frame.size))
+        placement = best_placement(frame.lab, frame.context, rgb_to_lab(cand), scales=config.scales,
+                                   texture_weight=config.texture_weight, offset_penalty=config.offset_penalty,
+                                   must_cover=frame.hole, query_texture=frame.texture)
+    except NearsightError as exc:
+        LOG.debug("candidate %d not placed: %s", item_id, exc)
+        return None
+    return _Candidate(rank, item_id, (thumb.height, thumb.width), cand, placement)
+
+
+def _small_seam(frame: _Frame, config: CompletionConfig, cand: _Candidate) -> tuple[np.ndarray | None, float]:
+    f = frame.scale[1]
+    warped, covered = warp_candidate(cand.image, cand.placement, frame.size)
+    try:
+        # k per matching px = k per composite px / f: the same cost for the same distance in the photo.
+        return graphcut_seam(frame.rgb, warped, frame.hole, covered, k=config.k / f,
+                             max_distance=config.seam_radius * f)
+    except NearsightError as exc:
+        LOG.debug("candidate %d has no seam: %s", cand.id, exc)
+        return None, float("inf")
+
+
+def _load_source(collection, item_id: int, size: tuple[int, int]) -> Image.Image | NearsightError:
+    """The candidate's photo, decoded no larger than the composite needs (JPEG draft)."""
+    try:
+        item = collection.item(item_id)
+        cover = _cover_size((item.height, item.width), size) if item.width and item.height else size
+        return collection.load_image(item_id, min_side=min(cover))
+    except NearsightError as exc:
+        return exc
+
+
+def _composite(query: np.ndarray, hole: np.ndarray, frame: _Frame, config: CompletionConfig, cand: _Candidate,
+               take_m: np.ndarray, source) -> tuple[Placement, object] | None:
+    if isinstance(source, NearsightError):
+        LOG.debug("candidate %d has no source image: %s", cand.id, source)
+        return None
+    height, width = hole.shape
+    try:
+        image = _as_float_rgb(source, _cover_size((source.height, source.width), (height, width)))
+        # The same placement on the composite grid; rounding may need a 1-px nudge to cover the hole.
+        p = cand.placement
+        p = replace(p, dy=round(p.dy / frame.scale[0]), dx=round(p.dx / frame.scale[1]))
+        scaled = (max(1, round(image.shape[0] * p.scale)), max(1, round(image.shape[1] * p.scale)))
+        p = _clamp_to_cover(p, hole, scaled)
+        if p is None:
+            raise InvalidQuery(f"item {cand.id} is too small at full size to cover the hole")
+        comp = composite_candidate(query, image, hole, p, k=config.k, max_distance=config.seam_radius,
+                                   guide=_grow_mask(take_m, (height, width)), band=config.seam_band)
+    except NearsightError as exc:
+        LOG.debug("candidate %d not composited: %s", cand.id, exc)
+        return None
+    return p, comp
+
+
+class _Serial:
+    """``map`` in the calling thread (workers=1): no pool, plain tracebacks."""
+
+    def map(self, fn, items):
+        return map(fn, items)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(workers: int):
+    """Threads for the per-candidate work: FFTs, sparse products and most numpy loops release the GIL."""
+    if workers <= 1:
+        return _Serial()
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nearsight-complete")
+
+
 # ---------------------------------------------------------------------------------- pipeline
 def complete_scene(collection, image, mask, n: int = 20, config: CompletionConfig = CompletionConfig(),
                    exclude=()) -> list[Completion]:
@@ -288,86 +408,64 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
                           colour_weight=config.colour_weight, shortlist=config.shortlist, exclude=exclude)
     timings["scene"] = time.perf_counter() - t
 
-    # 2. Context matching (and a small seam) for every candidate at the matching size.
+    # 2. Context matching for every candidate at the matching size.
     t = time.perf_counter()
-    f = min(1.0, config.match_side / max(height, width))
-    match_size = (max(MIN_SIDE // 2, round(height * f)), max(MIN_SIDE // 2, round(width * f)))
-    fy, fx = match_size[0] / height, match_size[1] / width
-    hole_m = _shrink_mask(hole, match_size)
-    if hole_m.all():
-        raise InvalidQuery("at the matching size the hole covers the whole image; use a smaller hole")
-    rgb_m = _fill_hole(_as_float_rgb(Image.fromarray(rgb), match_size), hole_m)
-    lab_m = rgb_to_lab(rgb_m)
-    radius_m = max(2.0, config.context_radius * f)
-    ctx_m = context_mask(hole_m, radius_m)
-    tex_m = texture_map(lab_m)
-    k_m = config.k / f  # the same unary cost per composite pixel of distance
-    seam_radius_m = config.seam_radius * f
-    rows = []
+    frame = _match_frame(rgb, hole, config)
+    thumbs = []
     for rank, item_id in enumerate(scenes.ids):
         try:
-            thumb = thumbnail_image(collection, int(item_id), None)
-            cand = _as_float_rgb(thumb, _cover_size((thumb.height, thumb.width), match_size))
-            placement = best_placement(lab_m, ctx_m, rgb_to_lab(cand), scales=config.scales,
-                                       texture_weight=config.texture_weight, offset_penalty=config.offset_penalty,
-                                       must_cover=hole_m, query_texture=tex_m)
-            warped, covered = warp_candidate(cand, placement, match_size)
-            take_m, seam = graphcut_seam(rgb_m, warped, hole_m, covered, k=k_m, max_distance=seam_radius_m)
-        except NearsightError as exc:  # one unreadable or unusable candidate never stops a query
+            thumbs.append((rank, int(item_id), thumbnail_image(collection, int(item_id), None)))
+        except NearsightError as exc:  # one unreadable candidate never stops a query
             LOG.debug("candidate %d skipped: %s", int(item_id), exc)
-            continue
-        rows.append((rank, int(item_id), placement, seam, (thumb.height, thumb.width), take_m))
-    timings["context"] = time.perf_counter() - t
-    if not rows:
-        raise InvalidQuery(f"none of the {len(scenes.ids)} best-matching scenes could be placed over the hole")
+    with _pool(config.workers) as pool:
+        placed = list(pool.map(lambda job: _place(frame, config, *job), thumbs))
+        cands = [c for c in placed if c is not None]
+        timings["context"] = time.perf_counter() - t
+        if not cands:
+            raise InvalidQuery(f"none of the {len(scenes.ids)} best-matching scenes could be placed over the hole")
 
-    # 3. Rank on the four standardised terms.
-    t = time.perf_counter()
-    raw = {
-        "scene": np.array([scenes.distance[r[0]] for r in rows]),
-        "context": np.array([r[2].ssd for r in rows]),
-        "texture": np.array([r[2].texture for r in rows]),
-        "seam": np.array([r[3] for r in rows]),
-    }
-    z = {name: _standardise(values) for name, values in raw.items()}
-    total = sum(w * z[name] for w, name in zip(config.term_weights, TERMS))
-    order = np.argsort(total, kind="stable")
-    timings["rank"] = time.perf_counter() - t
+        # 3. The seam at the matching size for the best candidates by the other three terms, then the
+        # four-term ranking among those (a candidate outside that pool could not make the top n).
+        t = time.perf_counter()
+        raw = {"scene": np.array([scenes.distance[c.rank] for c in cands], dtype=np.float64),
+               "context": np.array([c.placement.ssd for c in cands]),
+               "texture": np.array([c.placement.texture for c in cands])}
+        z = {name: _standardise(values) for name, values in raw.items()}
+        partial = sum(w * z[name] for w, name in zip(config.term_weights, TERMS[:3]))
+        pool_rows = np.argsort(partial, kind="stable")[:max(config.seam_pool, n)]
+        seams = list(pool.map(lambda i: _small_seam(frame, config, cands[i]), pool_rows))
+        raw["seam"] = np.full(len(cands), np.inf)
+        takes = {}
+        for i, (take_m, cost) in zip(pool_rows, seams):
+            raw["seam"][i] = cost
+            takes[i] = take_m
+        z["seam"] = _standardise(raw["seam"])
+        total = partial + config.term_weights[3] * z["seam"]
+        order = [int(i) for i in np.argsort(total, kind="stable") if np.isfinite(total[i])]
+        timings["seam"] = time.perf_counter() - t
 
-    # 4. Composite the best n at full size (the next in rank order stands in for one that fails).
-    t = time.perf_counter()
-    query_full = _fill_hole(rgb.astype(np.float32) / 255.0, hole)
-    completions: list[Completion] = []
-    for i in order:
-        if len(completions) >= n:
-            break
-        rank, item_id, p_m, seam_m, (th, tw), take_m = rows[i]
-        try:
-            item = collection.item(item_id)
-            src_h, src_w = (item.height, item.width) if item.width and item.height else (th, tw)
-            cover = _cover_size((src_h, src_w), (height, width))
-            source = collection.load_image(item_id, min_side=min(cover))
-            cand = _as_float_rgb(source, _cover_size((source.height, source.width), (height, width)))
-            # The same placement on the composite grid; rounding may need a 1-px nudge to cover the hole.
-            p = replace(p_m, dy=round(p_m.dy / fy), dx=round(p_m.dx / fx))
-            scaled = (max(1, round(cand.shape[0] * p.scale)), max(1, round(cand.shape[1] * p.scale)))
-            p = _clamp_to_cover(p, hole, scaled)
-            if p is None:
-                raise InvalidQuery(f"item {item_id} is too small at full size to cover the hole")
-            guide = _grow_mask(take_m, (height, width))
-            comp = composite_candidate(query_full, cand, hole, p, k=config.k, max_distance=config.seam_radius,
-                                       guide=guide, band=config.seam_band)
-        except NearsightError as exc:
-            LOG.debug("candidate %d not composited: %s", item_id, exc)
-            continue
-        terms = {name: float(raw[name][i]) for name in TERMS}
-        terms.update(gist=float(scenes.gist[rank]), colour=float(scenes.colour[rank]), seam_full=comp.seam_cost)
-        terms.update({f"z_{name}": float(z[name][i]) for name in TERMS})
-        completions.append(Completion(image=to_uint8(comp.rgb), score=-float(total[i]), id=item_id, terms=terms,
-                                      placement=p, region=comp.take))
+        # 4. Composite the best n at full size (the next in rank order stands in for one that fails).
+        t = time.perf_counter()
+        query_full = _fill_hole(rgb.astype(np.float32) / 255.0, hole)
+        completions: list[Completion] = []
+        while len(completions) < n and order:
+            batch, order = order[:n - len(completions)], order[n - len(completions):]
+            sources = [_load_source(collection, cands[i].id, (height, width)) for i in batch]
+            jobs = [(query_full, hole, frame, config, cands[i], takes[i], src) for i, src in zip(batch, sources)]
+            for i, result in zip(batch, pool.map(lambda job: _composite(*job), jobs)):
+                if result is None:
+                    continue
+                placement, comp = result
+                c = cands[i]
+                terms = {name: float(raw[name][i]) for name in TERMS}
+                terms.update(gist=float(scenes.gist[c.rank]), colour=float(scenes.colour[c.rank]),
+                             seam_full=comp.seam_cost)
+                terms.update({f"z_{name}": float(z[name][i]) for name in TERMS})
+                completions.append(Completion(image=to_uint8(comp.rgb), score=-float(total[i]), id=c.id,
+                                              terms=terms, placement=placement, region=comp.take))
     timings["composite"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     if not completions:
         raise InvalidQuery("no candidate scene could be composited into the hole")
     return CompletionReport(completions=completions, scenes=scenes, timings=timings,
-                            composite_size=(height, width), match_size=match_size)
+                            composite_size=(height, width), match_size=frame.size)
