@@ -170,6 +170,94 @@ def fit_pca_command(collection, encoder, dim, shortlist):
                f"pre-filter recall@10 with a {shortlist}-item shortlist: {recall:.3f}")
 
 
+def _save_image(image, out: str) -> None:
+    """Write a PIL image; a clear error for a path that cannot be written or has no image extension."""
+    import os
+
+    from ..retrieval.errors import InvalidQuery
+
+    try:
+        image.save(out)
+    except (ValueError, KeyError):
+        raise InvalidQuery(f"cannot tell the image format from {out!r}; use .jpg, .png or .webp") from None
+    except OSError as exc:
+        raise InvalidQuery(f"cannot write {out}: {exc}") from None
+    click.echo(f"wrote {os.path.abspath(out)}")
+
+
+@main.command()
+@COLLECTION
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--mask", required=True, type=click.Path(dir_okay=False), help="Mask image: white = the hole to fill.")
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the composites (completion-01.jpg, ...) and results.json.")
+@click.option("-n", type=click.IntRange(1, 200), default=20, show_default=True, help="How many composites.")
+def complete(collection, image, mask, outdir, n):
+    """Scene completion (Hays & Efros 2007): fill the masked hole from the collection's photos (needs gist)."""
+    import os
+
+    from PIL import Image
+
+    from ..retrieval.collection import Collection
+    from ..retrieval.complete import complete_scene
+    from ..retrieval.images import load_image
+
+    query = load_image(image)
+    hole = load_image(mask).convert("L")
+    completions = complete_scene(Collection.open(collection), query, hole, n=n)
+    os.makedirs(outdir, exist_ok=True)
+    summary = []
+    for rank, c in enumerate(completions, 1):
+        name = f"completion-{rank:02d}.jpg"
+        Image.fromarray(c.image).save(os.path.join(outdir, name), quality=92)
+        summary.append({"rank": rank, "file": name, **c.to_dict()})
+        click.echo(f"{rank:3d}  item {c.id:8d}  score {c.score:8.3f}  {name}")
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump({"image": os.path.abspath(image), "mask": os.path.abspath(mask), "completions": summary}, f, indent=1)
+    click.echo(f"wrote {len(completions)} composites to {os.path.abspath(outdir)}")
+
+
+@main.command()
+@COLLECTION
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="Output image file (.jpg, .png).")
+@click.option("-n", "--neighbors", type=click.IntRange(1, 64), default=8, show_default=True)
+def colorize(collection, image, output, neighbors):
+    """Colour a grayscale or sepia photo from its nearest neighbours (gist-gray, tiny-gray)."""
+    from ..retrieval.collection import Collection
+    from ..retrieval.colorize import colorize as colorize_image
+
+    result = colorize_image(Collection.open(collection), image, n_neighbors=neighbors)
+    for warning in result.warnings:
+        click.echo(f"note: {warning}", err=True)
+    click.echo("chroma from items " + ", ".join(f"{i} ({u:.0%})" for i, u in zip(result.neighbor_ids, result.usage) if u > 0))
+    _save_image(result.image(), output)
+
+
+@main.command()
+@COLLECTION
+@click.argument("photo", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, help="Output image file (.jpg, .png).")
+@click.option("--like", "like_id", type=int, help="Take the colours of this collection item.")
+@click.option("--reference", type=click.Path(dir_okay=False), help="Take the colours of this image file.")
+@click.option("-n", "--neighbors", type=click.IntRange(1, 64), default=5, show_default=True,
+              help="Without --like/--reference: the mean colours of this many nearest neighbours.")
+@click.option("--per-region", is_flag=True, help="Transfer per cell of a 3x3 grid of aligned regions.")
+def recolor(collection, photo, output, like_id, reference, neighbors, per_region):
+    """Reinhard colour transfer toward a reference, an item, or the photo's own nearest neighbours."""
+    from ..retrieval.collection import Collection
+    from ..retrieval.colorize import recolor as recolor_image
+
+    coll = None if reference is not None else Collection.open(collection)
+    result = recolor_image(coll, photo, like_id=like_id, reference=reference, n_neighbors=neighbors,
+                           per_region=per_region)
+    for warning in result.warnings:
+        click.echo(f"note: {warning}", err=True)
+    if result.reference_ids:
+        click.echo("colours of items " + ", ".join(map(str, result.reference_ids)))
+    _save_image(result.image(), output)
+
+
 @main.command("encoders")
 def list_encoders_command():
     """List the registered encoders."""
