@@ -38,7 +38,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+# The same per-call math threads as `nearsight serve` (--blas-threads 1), so the in-process baseline is
+# the server's work without HTTP: 16 concurrent searches each spawning BLAS threads oversubscribe the cores.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,6 +67,8 @@ def parse_args():
     p.add_argument("--exact-requests", type=int, default=32, help="Exact (no pre-filter) searches, each way.")
     p.add_argument("--exact-concurrency", type=int, default=4,
                    help="Concurrency of the exact run (each exact search holds a float32 block of 64k rows).")
+    p.add_argument("--sequential-requests", type=int, default=200,
+                   help="Also one at a time (concurrency 1): the unqueued latency and the per-request HTTP cost.")
     p.add_argument("--time-limit", type=float, default=240, help="Seconds per timed phase at most.")
     p.add_argument("--fuzz-examples", type=int, default=50)
     p.add_argument("--fuzz-timeout", type=float, default=300)
@@ -333,14 +340,16 @@ def main() -> None:
         coll.search(**q)
     local = run_in_process(coll, queries, args.concurrency, args.time_limit)
     local_exact = run_in_process(coll, exact_queries, args.exact_concurrency, args.time_limit) if exact_queries else None
-    print(f"in-process  prefilter={args.prefilter}: {_line(local)}", flush=True)
+    local_seq = run_in_process(coll, queries[:args.sequential_requests], 1, args.time_limit)
+    print(f"in-process  prefilter={args.prefilter}: {_line(local)}; one at a time: {_line(local_seq)}", flush=True)
 
     server = Server(directory, args.server_threads)
     try:
         warm = run_http(server.port, queries[:args.concurrency], args.concurrency, args.time_limit)
         assert warm["errors"] == 0, warm["error_samples"]
         remote = run_http(server.port, queries, args.concurrency, args.time_limit)
-        print(f"HTTP        prefilter={args.prefilter}: {_line(remote)}", flush=True)
+        remote_seq = run_http(server.port, queries[:args.sequential_requests], 1, args.time_limit)
+        print(f"HTTP        prefilter={args.prefilter}: {_line(remote)}; one at a time: {_line(remote_seq)}", flush=True)
         remote_exact = run_http(server.port, exact_queries, args.exact_concurrency, args.time_limit) if exact_queries else None
         fuzzed = fuzz(server.url, args.fuzz_examples, args.fuzz_timeout, args.seed)
         print(f"schemathesis: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, "
@@ -358,6 +367,9 @@ def main() -> None:
         "http_over_in_process_p99": _ratio(remote["p99_ms"], local["p99_ms"]),
         "throughput_http_over_in_process": _ratio(remote["qps"], local["qps"]),
         "result_mismatches": _mismatches(remote["answers"], local["answers"]),
+        "sequential": {"http": _public(remote_seq), "in_process": _public(local_seq),
+                       "http_over_in_process_p50": _ratio(remote_seq["p50_ms"], local_seq["p50_ms"]),
+                       "http_cost_p50_ms": round(remote_seq["p50_ms"] - local_seq["p50_ms"], 2)},
         "exact": None if not exact_queries else {
             "concurrency": args.exact_concurrency, "http": _public(remote_exact), "in_process": _public(local_exact),
             "http_over_in_process_p50": _ratio(remote_exact["p50_ms"], local_exact["p50_ms"]),

@@ -280,8 +280,19 @@ def list_encoders_command():
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
               help="Decompression-bomb guard for uploaded images.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, device):
+@click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Threads each request's numpy/torch math may use; more than 1 oversubscribes the cores "
+                   "when several requests run at once (unless OMP_NUM_THREADS etc. are set).")
+def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, device, blas_threads):
     """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
+    import os
+
+    # Before numpy or torch load: their thread pools size themselves from these at import.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(blas_threads))
+    if "numpy" in sys.modules:
+        logging.getLogger(__name__).warning("numpy was imported before serve; --blas-threads has no effect")
+
     from waitress import create_server
 
     from .app import ServerConfig, create_app, install_reload_signal
