@@ -545,3 +545,37 @@ def test_openapi_schemas_describe_real_answers(client):
           "#/components/schemas/SearchRequest")
     with pytest.raises(jsonschema.ValidationError):
         check({"id": 1, "text": "two kinds"}, "#/components/schemas/SearchRequest")
+
+
+def test_image_endpoint_helpers_read_uploads_and_ids_and_answer_jpeg(built):
+    """read_image_request / image_response, the input and output of the image endpoints (complete, colorize)."""
+    from PIL import ImageOps
+
+    from nearsight.server.api import image_response, read_image_request
+
+    app = create_app(ServerConfig(str(built[0]), token=None, max_upload_bytes=50_000))
+
+    @app.post("/test/mirror")
+    def mirror():
+        image, fields = read_image_request(frozenset({"strength"}))
+        assert set(fields) <= {"strength"}
+        return image_response(ImageOps.mirror(image))
+
+    client = app.test_client()
+    try:
+        photo = make_photo(3)
+        for kw in ({"json": {"image": _b64(_jpeg(photo)), "strength": 2}}, {"json": {"id": 3}},
+                   {"data": {"image": (io.BytesIO(_jpeg(photo)), "a.jpg"), "strength": "2"},
+                    "content_type": "multipart/form-data"}):
+            r = client.post("/test/mirror", **kw)
+            assert r.status_code == 200 and r.mimetype == "image/jpeg" and r.headers["Cache-Control"] == "no-store"
+            out = np.asarray(Image.open(io.BytesIO(r.data)), dtype=np.float32)
+            assert out.shape == (72, 96, 3)
+            assert np.abs(out - np.asarray(ImageOps.mirror(photo), dtype=np.float32)).mean() < 8
+        _error(client.post("/test/mirror", json={"image": _b64(_jpeg(photo)), "id": 3}), 400, "invalid_query")
+        _error(client.post("/test/mirror", json={"id": 3, "other": 1}), 400, "invalid_query")
+        _error(client.post("/test/mirror", json={"id": 999}), 404, "unknown_item")
+        _error(client.post("/test/mirror", json={"image": _b64(b"text")}), 415, "not_an_image")
+        _error(client.post("/test/mirror", json={"image": _b64(_bomb_png(60_000, 60_000))}), 413, "image_too_large")
+    finally:
+        app.extensions["nearsight"].holder.collection.close()

@@ -259,6 +259,7 @@ def read_image_request(fields: frozenset[str] = frozenset()) -> tuple:
     rest = {k: v for k, v in body.items() if k in fields}
     if "id" in body:
         item_id = _check_term_value("id", body["id"])
+        _live_item(item_id)
         return state().holder.collection.load_image(item_id), rest
     return _decode_upload(_b64_image(body["image"])), rest
 
