@@ -1,0 +1,141 @@
+"""The entry point ``nearsight build-index`` and the end of ``nearsight index`` call: build, update or rebuild
+the index of one encoder of a collection, tune it to a target recall and save it atomically.
+
+Decisions, in order: an explicit ``rebuild``; no index yet; a changed metric, dimension or factory; a stale
+index (IVF trained on a tenth of what it holds now, or many deletions); an automatic choice whose kind has
+changed as the collection grew (Flat -> HNSW -> IVF). Otherwise the saved index is updated in place: new items
+are added under their ids, deleted ones removed, and it is re-tuned when anything changed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..errors import NearsightError
+from .build import build_index
+from .plan import parse_size, plan_from_factory, plan_index
+from .storage import load_index, read_meta, sync_with_source
+from .tuning import tune
+
+LOG = logging.getLogger(__name__)
+
+
+def _metric_of(collection_dir: str, encoder: str, source) -> str:
+    metric = getattr(source, "metric", None)
+    if metric:
+        return metric
+    try:
+        with open(os.path.join(collection_dir, "collection.json")) as f:
+            encoders = json.load(f).get("encoders", {})
+    except (OSError, ValueError):
+        encoders = {}
+    entry = encoders.get(encoder) if isinstance(encoders, dict) else next(
+        (e for e in encoders if isinstance(e, dict) and e.get("name") == encoder), None)
+    if isinstance(entry, dict) and entry.get("metric") in ("ip", "l2"):
+        return entry["metric"]
+    raise NearsightError(f"metric of encoder {encoder!r} unknown: pass metric= ('ip' or 'l2')")
+
+
+def build_collection_index(collection_dir: str, encoder: str, source, factory: str | None = None,
+                           auto: bool = True, target_recall: float = 0.95, k: int = 10, max_memory=None, *,
+                           metric: str | None = None, mode: str = "auto", rebuild: bool = False,
+                           max_file_bytes=None, n_queries: int = 200, use_gpu: bool | None = None,
+                           live=None, seed: int = 0, progress=None) -> dict:
+    """Build, update or rebuild the index of ``encoder`` under ``collection_dir/indexes``; returns a report.
+
+    - ``source``: the encoder's VectorSource (ids, float16 vectors, reconstruct).
+    - ``factory``: a FAISS factory key ("HNSW32", "IVF4096,PQ64x4fs", "LSHr"...); None with ``auto`` = choose
+      from (n, d, metric, ``max_memory``, ``mode``); None without ``auto`` = keep the saved index's key.
+    - ``max_memory``: memory budget for the index ("2G", bytes; None = half the RAM).
+    - ``max_file_bytes``: split the index over files of at most this size.
+    - ``live``: a loaded VectorIndex that keeps answering during the work and is swapped to the new one at the
+      end (``replace_with``); files are replaced by atomic renames, so other processes are safe too.
+
+    Report keys: encoder, action ("built", "rebuilt", "updated", "unchanged"), reason, factory, kind, metric,
+    dim, ntotal, added, removed, build_seconds, tune_seconds, recall_at_k, k, target_recall, target_met,
+    search_params, latency_ms, latency_ms_single, index_bytes, bytes_per_vector, files, plan_reasons,
+    needs_rebuild.
+    """
+    t0 = time.perf_counter()
+    metric = metric or _metric_of(collection_dir, encoder, source)
+    ids = np.asarray(source.ids, dtype=np.int64)
+    n, d = len(ids), int(source.vectors.shape[1])
+    if n == 0:
+        raise NearsightError(f"encoder {encoder!r} has no embeddings in {collection_dir}; nothing to index")
+    budget = parse_size(max_memory) if max_memory is not None else None
+
+    meta = read_meta(collection_dir, encoder)
+    existing = None
+    if meta is not None:
+        existing = load_index(collection_dir, encoder, source=source, mmap=bool(meta.get("on_disk")), sync=False)
+
+    want = None
+    if factory:
+        want = plan_from_factory(factory, n, d, metric, mode)
+    elif auto or existing is None:
+        want = plan_index(n, d, metric, budget, mode)
+
+    reason = None
+    if rebuild:
+        reason = "rebuild requested"
+    elif existing is None:
+        reason = "no index yet"
+    elif existing.metric != metric or existing.dim != d:
+        reason = f"the index is {existing.metric}/{existing.dim}-d, the embeddings {metric}/{d}-d"
+    elif factory and factory != existing.factory:
+        reason = f"factory changed from {existing.factory!r} to {factory!r}"
+    elif existing.needs_rebuild:
+        reason = existing.rebuild_reason
+    elif want is not None and not factory and existing.info.get("auto", True) and want.kind != existing.kind:
+        reason = f"the automatic choice for {n} vectors is now {want.factory!r} (was {existing.factory!r})"
+
+    added = removed = 0
+    if reason is not None:
+        plan = want or plan_from_factory(existing.factory, n, d, metric, mode)
+        LOG.info("building %s for %s: %s", plan.factory, encoder, reason)
+        index = build_index(source.vectors, ids, metric, plan, source=source, use_gpu=use_gpu,
+                            max_file_bytes=max_file_bytes, seed=seed, progress=progress)
+        index.update_info(auto=factory is None, built_reason=reason)
+        action = "built" if existing is None else "rebuilt"
+        added = n
+    else:
+        index = existing
+        changes = sync_with_source(index, source)
+        added, removed = changes["added"], changes["removed"]
+        action = "updated" if (added or removed) else "unchanged"
+        if index.needs_rebuild:     # the additions made it stale: build afresh now rather than next time
+            return build_collection_index(collection_dir, encoder, source, factory, auto, target_recall, k,
+                                          max_memory, metric=metric, mode=mode, rebuild=True,
+                                          max_file_bytes=max_file_bytes, n_queries=n_queries, use_gpu=use_gpu,
+                                          live=live, seed=seed, progress=progress)
+
+    info = index.info
+    retune = (action != "unchanged" or "recall_at_k" not in info or info.get("k") != k
+              or info.get("target_recall") != target_recall)
+    tuned = tune(index, source, target_recall=target_recall, k=k, n_queries=n_queries, seed=seed) if retune \
+        else {key: info.get(key) for key in ("search_params", "recall_at_k", "k", "target_recall", "target_met",
+                                             "latency_ms", "latency_ms_single", "tune_seconds")}
+    saved = index.save(collection_dir, encoder, max_file_bytes=max_file_bytes)
+    if live is not None and live is not index:
+        live.replace_with(index)
+    index_bytes = int(sum(f["bytes"] for f in saved["files"]))
+    report = {
+        "encoder": encoder, "action": action, "reason": reason, "factory": index.factory, "kind": index.kind,
+        "metric": metric, "dim": d, "ntotal": index.ntotal, "added": int(added), "removed": int(removed),
+        "build_seconds": index.info.get("build_seconds") if reason else None,
+        "tune_seconds": tuned.get("tune_seconds") if retune else 0.0,
+        "recall_at_k": tuned.get("recall_at_k"), "k": k, "target_recall": target_recall,
+        "target_met": tuned.get("target_met"), "search_params": tuned.get("search_params"),
+        "latency_ms": tuned.get("latency_ms"), "latency_ms_single": tuned.get("latency_ms_single"),
+        "index_bytes": index_bytes, "bytes_per_vector": round(index_bytes / max(index.ntotal, 1), 2),
+        "files": [f["file"] for f in saved["files"]],
+        "plan_reasons": list((index.info.get("plan") or {}).get("reasons", [])),
+        "needs_rebuild": index.needs_rebuild, "seconds": round(time.perf_counter() - t0, 3),
+    }
+    LOG.info("index %s of %s: %s (%s), recall@%d %.3f", index.factory, encoder, action, reason or "in place",
+             k, report["recall_at_k"] or 0.0)
+    return report

@@ -1,0 +1,297 @@
+"""Which index to build: a FAISS factory key chosen from (n, d, metric, memory budget), with the reasons.
+
+No data and no faiss import are needed here, so the choice can be shown (and tested) before anything is built.
+
+The grid, from small to large collections:
+
+- ``Flat``: exact search while a brute-force scan is cheap (n <= FLAT_MAX_N) and fits the budget.
+- ``HNSW32`` (float32 vectors in the graph): the fastest at high recall when 4d + 8M + 24 bytes a vector fit;
+  ``HNSW32,SQ8`` (1 byte a dimension, re-ranked exactly) when only that fits.
+- ``IVFk,PQmx4fs`` (4-bit fast-scan PQ), ``OPQm,IVFk,PQmx4fs`` when the code is compressed hard (d/m >= 8),
+  candidates re-ranked exactly from the float16 embedding shards; ``compact`` mode keeps it at <= 64 bytes a vector.
+- ``IVFk,PQm`` loaded memory-mapped (inverted lists stay on disk) when not even the compact codes fit in memory.
+- ``LSHr``: sign bits of a random rotation, Hamming distance, training-free; on request (mode="lsh").
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from ..errors import NearsightError
+
+MODES = ("auto", "speed", "compact", "lsh")
+KINDS = ("flat", "hnsw", "ivf", "lsh", "other")
+
+FLAT_MAX_N = 50_000          # a brute-force scan of 50k x 512 floats is ~1 ms a query on one core
+IVF_MIN_N = 10_000           # fewer vectors than this train poor coarse centroids; stay exact
+HNSW_MAX_N = 20_000_000      # beyond this an HNSW build takes too long on one machine; IVF instead
+HNSW_M = 32
+COMPACT_BYTES = 64           # compact mode: at most this many bytes a vector in memory, ids included
+ID_BYTES = 8
+STALE_GROWTH = 10.0          # IVF training is stale once the index holds this many times what it was built on
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What to build and why.
+
+    - ``factory``: FAISS index factory key (the configuration language, saved beside the index).
+    - ``kind``: "flat", "hnsw", "ivf", "lsh" or "other" (any other factory key, searched as given).
+    - ``rerank``: re-rank candidates with exact distances from the float16 shards (lossy codes).
+    - ``train_size``: vectors sampled to train (0: training-free).
+    - ``bytes_per_vector`` / ``memory_bytes``: estimated size in memory (on disk when ``on_disk``).
+    - ``on_disk``: inverted lists are memory-mapped from the index file rather than loaded.
+    - ``opq_check``: at build, measure how unevenly the training sample's energy falls on the PQ sub-spaces
+      and prepend an OPQ rotation when it is uneven (where OPQ pays; it costs a long training otherwise).
+    """
+    factory: str
+    kind: str
+    metric: str
+    dim: int
+    n: int
+    rerank: bool
+    train_size: int
+    bytes_per_vector: float
+    memory_bytes: int
+    on_disk: bool = False
+    mode: str = "auto"
+    ef_construction: int = 80
+    opq_check: bool = False
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        return d
+
+
+# -- sizes ----------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+
+
+def parse_size(text) -> int:
+    """"2G", "512M", "1.5GiB", "64k", "1000" -> bytes (binary multiples: 1K = 1024). Ints pass through."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise NearsightError(f"a size must be positive, got {text!r}")
+        return int(text)
+    m = _SIZE.match(str(text))
+    if not m:
+        raise NearsightError(f"cannot read {text!r} as a size; use a number with an optional K, M, G or T suffix")
+    value = float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower())
+    if value <= 0:
+        raise NearsightError(f"a size must be positive, got {text!r}")
+    return int(value)
+
+
+def default_memory_budget() -> int:
+    """Half the physical memory: the rest is for the embeddings, the store and the process itself."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+# -- factory keys ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FactoryParts:
+    """What a factory key says, as far as sizing and tuning need: kind, lossy codes, code size."""
+    kind: str
+    lossy: bool
+    needs_training: bool
+    hnsw_m: int = 0
+    nlist: int = 0
+    pq_m: int = 0
+    pq_bits: int = 8
+    fast_scan: bool = False
+    opq: bool = False
+    storage: str = "Flat"     # "Flat", "SQ8", "SQ4", "SQfp16", "PQ", "LSH"
+
+
+_IVF = re.compile(r"IVF(\d+)")
+_PQ = re.compile(r"(?<![O])PQ(\d+)(?:x(\d+))?(fsr|fs)?")
+_HNSW = re.compile(r"^HNSW(\d+)(?:[_,](\w+))?$")
+
+
+def parse_factory(factory: str) -> FactoryParts:
+    key = factory.replace(" ", "")
+    if key in ("Flat", "IDMap,Flat"):
+        return FactoryParts("flat", lossy=False, needs_training=False)
+    if re.fullmatch(r"LSH(r?)(t?)", key):
+        return FactoryParts("lsh", lossy=True, needs_training=key.endswith("t"), storage="LSH")
+    m = _HNSW.match(key)
+    if m:
+        storage = m.group(2) or "Flat"
+        return FactoryParts("hnsw", lossy=storage != "Flat", needs_training=storage not in ("Flat", "SQfp16"),
+                            hnsw_m=int(m.group(1)), storage=storage)
+    ivf = _IVF.search(key)
+    if ivf:
+        pq = _PQ.search(key.split("IVF", 1)[1])
+        opq = key.startswith("OPQ")
+        if pq:
+            return FactoryParts("ivf", lossy=True, needs_training=True, nlist=int(ivf.group(1)),
+                                pq_m=int(pq.group(1)), pq_bits=int(pq.group(2) or 8), fast_scan=bool(pq.group(3)),
+                                opq=opq, storage="PQ")
+        tail = key.rsplit(",", 1)[-1]
+        return FactoryParts("ivf", lossy=tail != "Flat", needs_training=True, nlist=int(ivf.group(1)),
+                            opq=opq, storage=tail)
+    return FactoryParts("other", lossy=True, needs_training=True)
+
+
+def _storage_bytes(storage: str, d: int) -> float:
+    return {"Flat": 4.0 * d, "SQ8": float(d), "SQ6": 0.75 * d, "SQ4": 0.5 * d, "SQfp16": 2.0 * d,
+            "SQbf16": 2.0 * d, "LSH": d / 8}.get(storage, 4.0 * d)
+
+
+def estimate_size(factory: str, d: int) -> tuple[float, int]:
+    """(bytes a vector, fixed bytes) of an index built from ``factory``, ids included; an upper-side estimate."""
+    p = parse_factory(factory)
+    if p.kind == "flat":
+        return 4.0 * d + ID_BYTES, 0
+    if p.kind == "lsh":
+        return d / 8 + ID_BYTES, 4 * d * d if "r" in factory else 0
+    if p.kind == "hnsw":
+        # level 0 holds 2M links, upper levels add ~M/(M-1) more; offsets (8) + level (4) + id map (8)
+        links = 4 * (2 * p.hnsw_m + p.hnsw_m / max(p.hnsw_m - 1, 1))
+        return _storage_bytes(p.storage, d) + links + 20 + ID_BYTES, 8 * d * 4
+    if p.kind == "ivf":
+        fixed = 4 * d * p.nlist + (4 * d * d if p.opq else 0)
+        if p.storage == "PQ":
+            code = math.ceil(p.pq_m * p.pq_bits / 8)
+            fixed += 4 * d * (1 << p.pq_bits)
+            if p.fast_scan:
+                fixed += p.nlist * 32 * code // 2      # lists are padded to blocks of 32 codes
+            return code + ID_BYTES, fixed
+        return _storage_bytes(p.storage, d) + ID_BYTES, fixed
+    return 4.0 * d + ID_BYTES, 0
+
+
+# -- the choice -----------------------------------------------------------------------------------
+
+def _nlist(n: int) -> int:
+    """About 2 sqrt(n) lists as a power of two, with >= 39 training points a centroid."""
+    nlist = 2 ** round(math.log2(max(2 * math.sqrt(max(n, 1)), 16)))
+    while nlist > 16 and n < 39 * nlist:
+        nlist //= 2
+    return int(min(max(nlist, 16), 65536))
+
+
+def _ivf_train_size(n: int, nlist: int, pq_bits: int = 4) -> int:
+    """>= 39 points a coarse centroid and a PQ centroid (faiss's minimum), 64 a centroid when n allows."""
+    return int(min(n, max(39 * nlist, 39 * (1 << pq_bits), min(64 * nlist, 262_144))))
+
+
+def _even_divisors(d: int, cap: float) -> list[int]:
+    return [m for m in range(2, d + 1, 2) if d % m == 0 and m <= cap]
+
+
+def _plan(factory, kind, metric, d, n, mode, reasons, *, train_size=0, on_disk=False, ef_c=80,
+          opq_check=False) -> IndexPlan:
+    bpv, fixed = estimate_size(factory, d)
+    return IndexPlan(factory=factory, kind=kind, metric=metric, dim=d, n=n,
+                     rerank=parse_factory(factory).lossy, train_size=int(train_size),
+                     bytes_per_vector=float(bpv), memory_bytes=int(fixed if on_disk else bpv * n + fixed),
+                     on_disk=on_disk, mode=mode, ef_construction=ef_c, opq_check=opq_check,
+                     reasons=tuple(reasons))
+
+
+def _check(n, d, metric, mode):
+    if not isinstance(n, (int,)) or n < 0:
+        raise NearsightError(f"n must be a non-negative int, got {n!r}")
+    if not isinstance(d, int) or d <= 0:
+        raise NearsightError(f"d must be a positive int, got {d!r}")
+    if metric not in ("ip", "l2"):
+        raise NearsightError(f"metric must be 'ip' or 'l2', got {metric!r}")
+    if mode not in MODES:
+        raise NearsightError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "auto") -> IndexPlan:
+    """Choose an index for n vectors of dimension d. ``max_memory_bytes``: int or "2G"; None = half the RAM.
+
+    ``mode``: "auto" (the fastest index that fits, HNSW only up to HNSW_MAX_N vectors because of its build
+    time), "speed" (HNSW whenever it fits, however long the build), "compact" (<= 64 bytes a vector in memory),
+    "lsh" (training-free binary codes).
+    """
+    n = int(n)
+    _check(n, d, metric, mode)
+    budget = parse_size(max_memory_bytes) if max_memory_bytes is not None else default_memory_budget()
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    reasons: list[str] = []
+
+    if mode == "lsh":
+        return _plan("LSHr", "lsh", metric, d, n, mode,
+                     [f"LSH on request: {d} sign bits of a random rotation, no training; "
+                      "Hamming candidates are re-ranked exactly from the embeddings"])
+
+    flat_bytes = n * (4 * d + ID_BYTES)
+    small = n <= FLAT_MAX_N if mode != "compact" else n < IVF_MIN_N
+    if small and flat_bytes <= budget:
+        return _plan("Flat", "flat", metric, d, n, mode,
+                     [f"{n} vectors: an exact scan is fast enough (<= {FLAT_MAX_N if mode != 'compact' else IVF_MIN_N})",
+                      f"needs {gib(flat_bytes)} of a {gib(budget)} budget"])
+    if small:
+        reasons.append(f"exact Flat needs {gib(flat_bytes)}, over the {gib(budget)} budget")
+
+    if mode in ("auto", "speed"):
+        if n > HNSW_MAX_N and mode == "auto":
+            reasons.append(f"{n} vectors: more than {HNSW_MAX_N} make an HNSW build too slow")
+        else:
+            for storage in ("", ",SQ8"):
+                factory = f"HNSW{HNSW_M}{storage}"
+                bpv, fixed = estimate_size(factory, d)
+                need = n * bpv + fixed
+                if need <= budget:
+                    reasons.append(f"{factory} needs {gib(need)} ({bpv:.0f} B/vector), within the {gib(budget)} budget")
+                    if storage:
+                        reasons.append("8-bit scalar codes in the graph; candidates re-ranked exactly")
+                    return _plan(factory, "hnsw", metric, d, n, mode, reasons,
+                                 train_size=min(n, 65536) if storage else 0)
+                reasons.append(f"{factory} needs {gib(need)}, over the {gib(budget)} budget")
+
+    nlist = _nlist(n)
+    train = _ivf_train_size(n, nlist)
+    _, fixed_probe = estimate_size(f"IVF{nlist},PQ8x4fs", d)
+    room = (budget - fixed_probe) / max(n, 1) - ID_BYTES           # code bytes a vector the budget allows
+    cap = COMPACT_BYTES - ID_BYTES if mode == "compact" else d / 8  # 4-bit codes: bytes = m / 2
+    ms = _even_divisors(d, 2 * min(cap, room))
+    if ms:
+        m = ms[-1]
+        factory = f"IVF{nlist},PQ{m}x4fs"
+        reasons.append(f"IVF{nlist} with {m} 4-bit fast-scan codes ({m // 2 + ID_BYTES} B/vector"
+                       f"{', compact mode' if mode == 'compact' else ''}), trained on {train} sampled vectors")
+        opq_check = d // m >= 4
+        if opq_check:
+            reasons.append(f"{d // m} dimensions a sub-quantizer: an OPQ rotation is added at build if the "
+                           "sample's energy is unevenly spread over the sub-spaces")
+        reasons.append("candidates re-ranked exactly from the float16 embeddings")
+        return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, opq_check=opq_check)
+
+    # not even the smallest fast-scan code fits: 8-bit PQ with inverted lists memory-mapped from disk
+    ms8 = _even_divisors(d, min(64, d / 2))
+    m = ms8[-1] if ms8 else 1
+    factory = f"IVF{nlist},PQ{m}"
+    train = _ivf_train_size(n, nlist, 8)
+    reasons.append(f"no in-memory code fits {gib(budget)} for {n} vectors: IVF{nlist},PQ{m} with inverted lists "
+                   "memory-mapped from disk; candidates re-ranked exactly from the float16 embeddings")
+    return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, on_disk=True)
+
+
+def plan_from_factory(factory: str, n: int, d: int, metric: str, mode: str = "auto") -> IndexPlan:
+    """The plan for an explicit factory key (``--factory``): its kind, re-ranking and training sample."""
+    _check(int(n), d, metric, mode if mode in MODES else "auto")
+    parts = parse_factory(factory)
+    if parts.kind == "ivf":
+        if parts.nlist > n and n > 0:
+            raise NearsightError(f"factory {factory!r} asks for {parts.nlist} lists but only {n} vectors exist")
+        train = _ivf_train_size(n, parts.nlist, parts.pq_bits if parts.storage == "PQ" else 4)
+    elif parts.needs_training:
+        train = min(n, 65536)
+    else:
+        train = 0
+    return _plan(factory, parts.kind, metric, d, int(n), mode, [f"factory {factory!r} given explicitly"],
+                 train_size=train)

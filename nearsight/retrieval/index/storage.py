@@ -1,0 +1,219 @@
+"""Index files: ``DIR/indexes/<encoder>.faiss`` (+ ``<encoder>.001.faiss``... when split), the trained empty
+index new segments start from (``<encoder>.trained.faiss``, IVF only) and ``<encoder>.json``.
+
+Writes are atomic: every file goes to a temporary name, is fsynced, then renamed over the old one, and the JSON
+(which lists the files and their sizes) is renamed last; a reader that catches the renames half-way sees sizes
+that disagree with the JSON and reads again. Files of segments that have not changed are not rewritten.
+A process that has the old files memory-mapped keeps its mapping (the old inode) until it swaps indexes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+
+import faiss
+import numpy as np
+
+from ..errors import NearsightError
+from . import backend
+from .backend import SearchParams
+from .vector_index import ExactIndex, Segment, VectorIndex
+
+LOG = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def index_dir(collection_dir: str) -> str:
+    return os.path.join(collection_dir, "indexes")
+
+
+def segment_name(encoder: str, i: int) -> str:
+    return f"{encoder}.faiss" if i == 0 else f"{encoder}.{i:03d}.faiss"
+
+
+def meta_path(collection_dir: str, encoder: str) -> str:
+    return os.path.join(index_dir(collection_dir), f"{encoder}.json")
+
+
+def read_meta(collection_dir: str, encoder: str) -> dict | None:
+    """The saved ``<encoder>.json`` (what ``nearsight info`` shows), or None when no index is saved."""
+    try:
+        with open(meta_path(collection_dir, encoder)) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        _fsync_file(path)
+    except OSError:
+        pass   # some filesystems refuse fsync on directories
+
+
+def _tmp(path: str) -> str:
+    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_bytes=None) -> dict:
+    """Write the index of ``encoder`` under ``collection_dir/indexes`` atomically; returns the JSON written.
+
+    ``max_file_bytes``: the size limit a file was planned for (``build_index(max_file_bytes=)`` splits the
+    index into segments that fit); a file over it is reported in the log, not silently accepted.
+    """
+    from .plan import parse_size
+    limit = parse_size(max_file_bytes) if max_file_bytes is not None else index.info.get("max_file_bytes")
+    directory = index_dir(collection_dir)
+    os.makedirs(directory, exist_ok=True)
+    renames: list[tuple[str, str]] = []
+    try:
+        with index._lock.shared():     # a consistent snapshot: adds wait, searches go on
+            s = index._s
+            files = []
+            for i, seg in enumerate(s.segments):
+                final = os.path.join(directory, segment_name(encoder, i))
+                if seg.dirty or seg.file != os.path.abspath(final) or not os.path.exists(final):
+                    tmp = _tmp(final)
+                    faiss.write_index(backend.to_cpu(seg.index), tmp)
+                    _fsync_file(tmp)
+                    renames.append((tmp, final))
+                    size = os.path.getsize(tmp)
+                else:
+                    size = os.path.getsize(final)
+                if limit and size > limit:
+                    LOG.warning("%s is %d bytes, over the %d-byte file limit", final, size, limit)
+                files.append({"file": segment_name(encoder, i), "bytes": size, "ntotal": seg.ntotal})
+            trained = None
+            if s.template is not None:
+                trained = os.path.join(directory, f"{encoder}.trained.faiss")
+                tmp = _tmp(trained)
+                s.template.tofile(tmp)
+                _fsync_file(tmp)
+                renames.append((tmp, trained))
+            meta = index.describe()
+            meta.update(format=FORMAT, encoder=encoder, files=files, saved_at=time.time(),
+                        trained_file=os.path.basename(trained) if trained else None,
+                        tombstone_ids=[int(t) for t in s.tombstones])
+            if limit:
+                meta["max_file_bytes"] = int(limit)
+            final_meta = meta_path(collection_dir, encoder)
+            tmp = _tmp(final_meta)
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            renames.append((tmp, final_meta))
+            for tmp, final in renames:
+                os.replace(tmp, final)
+            renames = []
+            _fsync_dir(directory)
+            for i, seg in enumerate(s.segments):
+                seg.file = os.path.abspath(os.path.join(directory, segment_name(encoder, i)))
+                seg.dirty = False
+            # segments beyond the count (a rebuild into fewer files) and a template no longer needed
+            i = len(s.segments) or 1
+            while os.path.exists(os.path.join(directory, segment_name(encoder, i))):
+                os.remove(os.path.join(directory, segment_name(encoder, i)))
+                i += 1
+            if trained is None and os.path.exists(os.path.join(directory, f"{encoder}.trained.faiss")):
+                os.remove(os.path.join(directory, f"{encoder}.trained.faiss"))
+            index._s.info.update({k: meta[k] for k in ("files", "saved_at")})
+            return meta
+    finally:
+        for tmp, _ in renames:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def load_index(collection_dir: str, encoder: str, source=None, mmap: bool = True, *, metric: str | None = None,
+               use_gpu: bool | None = None, sync: bool = True) -> VectorIndex:
+    """Open the saved index of ``encoder``; ``mmap`` keeps on-disk IVF lists and flat codes in the file.
+
+    ``source`` (the collection's ``VectorSource``) is needed to re-rank lossy codes. With ``sync`` the index
+    is brought in line with it: vectors the index lacks (added with ``--no-index``) are added in memory and
+    ids it holds that the source no longer has (deleted items) are removed or tombstoned; ``save`` persists
+    that. Without a saved index, returns an ``ExactIndex`` over ``source`` (``metric`` needed then).
+    """
+    meta = None
+    for attempt in range(5):
+        meta = read_meta(collection_dir, encoder)
+        if meta is None:
+            break
+        try:
+            index = _open(collection_dir, encoder, meta, source, mmap)
+            break
+        except _Changed:
+            time.sleep(0.05 * (attempt + 1))   # a save is renaming files right now
+    else:
+        raise NearsightError(f"the index files of {encoder!r} in {index_dir(collection_dir)} keep changing; "
+                             "is a build still running?")
+    if meta is None:
+        if source is None or metric is None:
+            raise NearsightError(f"no index for encoder {encoder!r} in {index_dir(collection_dir)}, and no "
+                                 "vectors (source=, metric=) to search exactly")
+        return ExactIndex(source, metric)
+    if metric is not None and metric != index.metric:
+        raise NearsightError(f"index of {encoder!r} uses metric {index.metric!r}, asked for {metric!r}")
+    if source is not None and sync:
+        sync_with_source(index, source)
+    if backend.want_gpu(use_gpu):
+        index.to_gpu()
+    return index
+
+
+class _Changed(Exception):
+    pass
+
+
+def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> VectorIndex:
+    directory = index_dir(collection_dir)
+    segments = []
+    for rec in meta["files"]:
+        path = os.path.join(directory, rec["file"])
+        try:
+            if os.path.getsize(path) != rec["bytes"]:
+                raise _Changed(path)
+        except FileNotFoundError:
+            raise _Changed(path) from None
+        idx, mapped = backend.read_index(path, mmap, meta["factory"])
+        if idx.ntotal != rec["ntotal"]:
+            raise _Changed(path)
+        segments.append(Segment(idx, writable=not mapped, dirty=False, file=os.path.abspath(path)))
+    template = None
+    if meta.get("trained_file"):
+        template = np.fromfile(os.path.join(directory, meta["trained_file"]), dtype=np.uint8)
+    info = {k: v for k, v in meta.items() if k not in ("tombstone_ids",)}
+    return VectorIndex(segments, factory=meta["factory"], metric=meta["metric"], dim=int(meta["dim"]),
+                       params=SearchParams.from_dict(meta.get("search_params")), rerank=bool(meta.get("rerank")),
+                       source=source, template=template, capacity=meta.get("segment_capacity"), info=info,
+                       tombstones=meta.get("tombstone_ids"), ef_construction=meta.get("ef_construction"))
+
+
+def sync_with_source(index: VectorIndex, source, block: int = 65536) -> dict:
+    """Add the source's vectors the index lacks and remove ids the source no longer holds.
+    Returns ``{"added": n, "removed": m}``."""
+    src = np.unique(np.asarray(source.ids, dtype=np.int64))
+    held = np.concatenate([backend.indexed_ids(s.index) for s in index.segments] or [np.zeros(0, np.int64)])
+    held = np.setdiff1d(held, index.tombstones)
+    new = np.setdiff1d(src, held, assume_unique=True)
+    gone = np.setdiff1d(held, src)
+    removed = index.remove(gone) if len(gone) else 0
+    added = 0
+    for start in range(0, len(new), block):
+        chunk = new[start:start + block]
+        added += index.add(source.reconstruct(chunk), chunk)
+    if added or removed:
+        LOG.info("index synced with the collection: %d added, %d removed", added, removed)
+    return {"added": int(added), "removed": int(removed)}

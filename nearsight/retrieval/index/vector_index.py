@@ -1,0 +1,483 @@
+"""A searchable index over item ids: one or more faiss segments, search parameters, exact re-ranking.
+
+A ``VectorIndex`` is a list of *segments*, each a faiss index holding a disjoint set of item ids with the
+same factory key (and, for IVF, the same trained quantizer). One segment is the usual case; more appear when
+an index is split to keep each file under a size limit, or when vectors are added to an index whose segments
+are memory-mapped read-only (they go into a new in-memory segment). Search runs on every segment and merges,
+so for IVF the result equals that of one index (the lists probed are the same).
+
+Re-ranking: lossy codes (PQ, SQ, LSH bits) only shortlist ``k * k_factor`` candidates; their exact distances
+come from the collection's float16 embeddings (``source.reconstruct``), so the distances returned are always
+faiss's: inner product (higher is closer) for "ip", squared L2 for "l2".
+
+Concurrency: searches share a read lock; ``add``, ``remove`` and ``replace_with`` take it exclusively. A
+rebuild happens on a separate object and is swapped in with ``replace_with`` once complete, so queries keep
+being answered by the old index meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from ..errors import InvalidQuery, NearsightError
+from . import backend
+from .backend import SearchParams
+from .plan import STALE_GROWTH, parse_factory
+from .source import iter_blocks
+
+LOG = logging.getLogger(__name__)
+
+FLT_MAX = float(np.finfo(np.float32).max)
+TOMBSTONE_REBUILD = 0.2      # rebuild once this fraction of the stored vectors are deleted ones
+
+
+class _RWLock:
+    """Many readers or one writer; a waiting writer stops new readers so it cannot starve."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self):
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+@dataclass
+class Segment:
+    """One faiss index with its own ids. ``writable`` is False for memory-mapped ones (never add to those);
+    ``dirty`` means it differs from its file (``file``, a name inside the indexes directory)."""
+    index: faiss.Index
+    writable: bool = True
+    dirty: bool = True
+    file: str | None = None
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+
+@dataclass
+class _State:
+    segments: list
+    params: SearchParams
+    info: dict
+    template: np.ndarray | None
+    tombstones: np.ndarray
+    selector: object = None        # faiss IDSelectorNot over the tombstones (kept alive here)
+    selector_batch: object = None
+
+
+def as_queries(queries, dim: int) -> np.ndarray:
+    """Validate queries: (nq, d) or (d,) of any float dtype -> (nq, d) float32 C-contiguous."""
+    q = np.asarray(queries)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise InvalidQuery(f"queries must be (nq, {dim}), got shape {np.shape(queries)}")
+    if not np.issubdtype(q.dtype, np.number):
+        raise InvalidQuery(f"queries must be numbers, got dtype {q.dtype}")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if not np.isfinite(q).all():
+        raise InvalidQuery("queries contain NaN or infinite values")
+    return q
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidQuery(f"k must be a positive int, got {k!r}")
+    return int(k)
+
+
+def worst(metric_ascending: bool) -> float:
+    return FLT_MAX if metric_ascending else -FLT_MAX
+
+
+def merge_results(Ds: list, Is: list, k: int, ascending: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-segment (nq, k_i) results into the best k per query; -1 ids sort last."""
+    if len(Ds) == 1 and Ds[0].shape[1] >= k:
+        return Ds[0][:, :k], Is[0][:, :k]
+    D = np.concatenate(Ds, axis=1)
+    I = np.concatenate(Is, axis=1)
+    key = np.where(I < 0, np.inf, D if ascending else -D.astype(np.float64))
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+    if D.shape[1] < k:
+        pad = k - D.shape[1]
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=worst(ascending))
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+    return D, I
+
+
+def exact_rerank(queries: np.ndarray, candidates: np.ndarray, k: int, source, metric: str,
+                 chunk_bytes: int = 32 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k among candidate ids. queries (nq, d) float32, candidates (nq, c) int64 (-1 = none).
+
+    Each candidate vector is fetched once (``source.reconstruct`` on the unique ids), then distances are
+    computed per chunk of queries. Returns D (nq, k) float32 (faiss convention) and I (nq, k) int64.
+    """
+    nq, c = candidates.shape
+    d = queries.shape[1]
+    ascending = metric != "ip"
+    valid = candidates >= 0
+    uids = np.unique(candidates[valid])
+    D = np.full((nq, k), worst(ascending), dtype=np.float32)
+    I = np.full((nq, k), -1, dtype=np.int64)
+    if not len(uids):
+        return D, I
+    X = source.reconstruct(uids)
+    pos = np.searchsorted(uids, np.where(valid, candidates, uids[0]))
+    xnorm = np.einsum("ij,ij->i", X, X) if ascending else None
+    step = max(1, chunk_bytes // max(1, c * d * 4))
+    for s in range(0, nq, step):
+        q = queries[s:s + step]
+        P = pos[s:s + step]
+        ip = np.einsum("qd,qcd->qc", q, X[P])
+        if ascending:
+            dist = xnorm[P] - 2 * ip + np.einsum("ij,ij->i", q, q)[:, None]
+            np.maximum(dist, 0, out=dist)
+            key = np.where(valid[s:s + step], dist, np.inf)
+        else:
+            dist = ip
+            key = np.where(valid[s:s + step], -dist, np.inf)
+        kk = min(k, c)
+        part = np.argpartition(key, kk - 1, axis=1)[:, :kk] if kk < c else np.tile(np.arange(c), (len(q), 1))
+        order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, 1), axis=1, kind="stable"), 1)
+        ok = np.take_along_axis(valid[s:s + step], order, 1)
+        D[s:s + step, :kk] = np.where(ok, np.take_along_axis(dist, order, 1), worst(ascending))
+        I[s:s + step, :kk] = np.where(ok, np.take_along_axis(candidates[s:s + step], order, 1), -1)
+    return D, I
+
+
+class VectorIndex:
+    """Approximate (or exact) k-NN over item ids. Made by ``build_index`` or ``load_index``.
+
+    - ``search(queries (nq, d) float32, k) -> (D (nq, k) float32, I (nq, k) int64)``; -1 ids pad.
+    - ``add(vectors (n, d), ids (n,) int64)``: incremental, no rebuild.
+    - ``remove(ids)``: deleted items never come back from search.
+    - ``needs_rebuild`` / ``rebuild_reason``: IVF training stale (10x growth) or many deletions.
+    - ``save(collection_dir, encoder)``: ``DIR/indexes/<encoder>.faiss`` + ``<encoder>.json``.
+    """
+
+    def __init__(self, segments: list, *, factory: str, metric: str, dim: int, params: SearchParams | None = None,
+                 rerank: bool = False, source=None, template: np.ndarray | None = None,
+                 capacity: int | None = None, info: dict | None = None, tombstones=None,
+                 ef_construction: int | None = None):
+        if metric not in ("ip", "l2"):
+            raise NearsightError(f"metric must be 'ip' or 'l2', got {metric!r}")
+        self.factory = factory
+        self.kind = parse_factory(factory).kind
+        self.metric = metric
+        self.dim = int(dim)
+        self.rerank = bool(rerank)
+        self.source = source
+        self.capacity = int(capacity) if capacity else None
+        self.ef_construction = ef_construction
+        self._lock = _RWLock()
+        self._gpu = False
+        self._s = _State(list(segments), params or SearchParams(), dict(info or {}), template,
+                         np.zeros(0, np.int64))
+        if tombstones is not None and len(tombstones):
+            self._set_tombstones(self._s, np.asarray(tombstones, dtype=np.int64))
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def segments(self) -> list:
+        return list(self._s.segments)
+
+    @property
+    def params(self) -> SearchParams:
+        return self._s.params
+
+    @property
+    def info(self) -> dict:
+        """Metadata saved in ``<encoder>.json``: build and tuning figures (measured recall, latency)."""
+        return self._s.info
+
+    @property
+    def stored(self) -> int:
+        """Vectors held in the segments, deleted (tombstoned) ones included."""
+        return sum(s.ntotal for s in self._s.segments)
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors: stored minus tombstoned."""
+        return self.stored - len(self._s.tombstones)
+
+    @property
+    def tombstones(self) -> np.ndarray:
+        return self._s.tombstones
+
+    @property
+    def max_id(self) -> int:
+        return int(self._s.info.get("max_id", -1))
+
+    @property
+    def rebuild_reason(self) -> str | None:
+        """Why this index should be rebuilt, or None."""
+        info = self._s.info
+        if self.kind == "ivf":
+            base = int(info.get("trained_ntotal") or 0)
+            if base and self.stored >= STALE_GROWTH * base:
+                return (f"IVF training is stale: trained when the index held {base} vectors, "
+                        f"it now holds {self.stored} (>= {STALE_GROWTH:g}x)")
+        dead = len(self._s.tombstones)
+        if self.stored and dead > TOMBSTONE_REBUILD * self.stored:
+            return f"{dead} of {self.stored} stored vectors are deleted items"
+        return None
+
+    @property
+    def needs_rebuild(self) -> bool:
+        return self.rebuild_reason is not None
+
+    def set_params(self, params: SearchParams) -> None:
+        with self._lock.exclusive():
+            self._s.params = params
+            self._s.info["search_params"] = params.to_dict()
+
+    def update_info(self, **fields) -> None:
+        with self._lock.exclusive():
+            self._s.info.update(fields)
+
+    # -- search -----------------------------------------------------------------------------------
+    def search(self, queries, k: int, params: SearchParams | None = None, rerank: bool | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest items of each query. queries (nq, d) or (d,) float; returns D (nq, k) float32 and
+        I (nq, k) int64 item ids, best first, -1 where fewer than k exist.
+
+        ``params`` overrides the tuned search parameters for this call; ``rerank=False`` returns the index's
+        own distances (PQ estimates; Hamming bit counts for LSH) without touching the embeddings.
+        """
+        q = as_queries(queries, self.dim)
+        k = _check_k(k)
+        with self._lock.shared():
+            s = self._s
+            p = params or s.params
+            do_rerank = self.rerank if rerank is None else bool(rerank)
+            if do_rerank and self.source is None:
+                raise NearsightError(f"index {self.factory!r} re-ranks candidates from the embeddings; "
+                                     "open it with the collection's vectors (source=)")
+            kk = k * max(1, int(p.k_factor)) if do_rerank else k
+            D, I = self._search_segments(s, q, kk, p)
+            if do_rerank:
+                return exact_rerank(q, I, k, self.source, self.metric)
+            return D[:, :k], I[:, :k]
+
+    def _search_segments(self, s: _State, q: np.ndarray, kk: int, p: SearchParams):
+        ascending = None
+        Ds, Is = [], []
+        for seg in s.segments:
+            if seg.ntotal == 0:
+                continue
+            if backend.is_gpu(seg.index):
+                D, I = self._search_gpu(seg, s, q, kk, p)
+            else:
+                fp = backend.faiss_params(self.kind, p, s.selector)
+                D, I = seg.index.search(q, kk, params=fp) if fp is not None else seg.index.search(q, kk)
+            Ds.append(D)
+            Is.append(I)
+            ascending = backend.raw_ascending(seg.index)
+        if not Ds:
+            asc = self.metric != "ip"
+            return (np.full((len(q), kk), worst(asc), np.float32), np.full((len(q), kk), -1, np.int64))
+        return merge_results(Ds, Is, kk, ascending)
+
+    def _search_gpu(self, seg: Segment, s: _State, q: np.ndarray, kk: int, p: SearchParams):
+        """faiss-gpu takes nprobe from SearchParametersIVF but no IDSelector: over-fetch by the tombstones
+        (at most 1024 more) and filter them here."""
+        extra = min(len(s.tombstones), 1024)
+        fp = backend.faiss_params(self.kind, p, None) if self.kind == "ivf" else None
+        D, I = seg.index.search(q, kk + extra, params=fp) if fp is not None else seg.index.search(q, kk + extra)
+        if extra:
+            dead = np.isin(I, s.tombstones)
+            order = np.argsort(dead, axis=1, kind="stable")
+            D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+            I[np.take_along_axis(dead, order, 1)] = -1
+        return D[:, :kk], I[:, :kk]
+
+    # -- updates ----------------------------------------------------------------------------------
+    def _new_segment(self, s: _State) -> Segment:
+        if s.template is not None:
+            index = backend.deserialize(s.template)
+        else:
+            index = backend.make_index(self.factory, self.dim, self.metric, self.ef_construction)
+            if not index.is_trained:
+                raise NearsightError(f"index {self.factory!r} needs training and has no trained template")
+        return Segment(backend.to_gpu(index) if self._gpu else index, writable=True, dirty=True)
+
+    def add(self, vectors, ids, block: int = 65536) -> int:
+        """Add vectors (n, d) (any float dtype, or an iterable of blocks) under item ids (n,) int64.
+
+        Fills the last writable segment up to ``capacity`` vectors, then opens new segments; memory-mapped
+        segments are never written. Returns the number of vectors added.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if hasattr(vectors, "shape") and (vectors.ndim != 2 or vectors.shape[1] != self.dim):
+            raise InvalidQuery(f"vectors must be (n, {self.dim}), got shape {vectors.shape}")
+        if len(ids) == 0:
+            return 0
+        if (ids < 0).any():
+            raise InvalidQuery(f"item ids must be >= 0, got {int(ids.min())}")
+        if len(np.unique(ids)) != len(ids):
+            raise InvalidQuery("ids to add contain duplicates")
+        added = 0
+        with self._lock.exclusive():
+            s = self._s
+            if int(ids.min()) <= int(s.info.get("max_id", -1)):
+                present = np.concatenate([backend.indexed_ids(g.index) for g in s.segments] or [np.zeros(0, np.int64)])
+                clash = np.intersect1d(ids, present)
+                if len(clash):
+                    raise InvalidQuery(f"item id {int(clash[0])} is already in the index")
+            for x, bid in iter_blocks(vectors, ids, block):
+                if x.shape[1] != self.dim:
+                    raise InvalidQuery(f"vectors must be (n, {self.dim}), got a block of shape {x.shape}")
+                start = 0
+                while start < len(x):
+                    seg = s.segments[-1] if s.segments else None
+                    if seg is None or not seg.writable or (self.capacity and seg.ntotal >= self.capacity):
+                        seg = self._new_segment(s)
+                        s.segments.append(seg)
+                    room = len(x) - start if not self.capacity else min(len(x) - start, self.capacity - seg.ntotal)
+                    seg.index.add_with_ids(x[start:start + room], bid[start:start + room])
+                    seg.dirty = True
+                    start += room
+                    added += room
+            s.info["max_id"] = max(int(s.info.get("max_id", -1)), int(ids.max()))
+            s.info["ntotal"] = self.stored - len(s.tombstones)
+        return added
+
+    def remove(self, ids) -> int:
+        """Delete item ids. Writable IVF / Flat / LSH segments drop them; HNSW graphs and memory-mapped
+        segments cannot, so their ids become tombstones that search filters out. Returns how many were held."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if not len(ids):
+            return 0
+        with self._lock.exclusive():
+            s = self._s
+            held = np.concatenate([backend.indexed_ids(g.index) for g in s.segments] or [np.zeros(0, np.int64)])
+            ids = np.setdiff1d(np.intersect1d(ids, held), s.tombstones)
+            if not len(ids):
+                return 0
+            left = ids
+            for seg in s.segments:
+                if not seg.writable or not len(left):
+                    continue
+                mine = np.intersect1d(left, backend.indexed_ids(seg.index))
+                if not len(mine):
+                    continue
+                try:
+                    seg.index.remove_ids(faiss.IDSelectorBatch(mine))
+                    seg.dirty = True
+                    left = np.setdiff1d(left, mine)
+                except RuntimeError:
+                    pass   # HNSW cannot delete: tombstones
+            if len(left):
+                self._set_tombstones(s, np.union1d(s.tombstones, left))
+            s.info["ntotal"] = self.stored - len(s.tombstones)
+            return int(len(ids))
+
+    @staticmethod
+    def _set_tombstones(s: _State, tombstones: np.ndarray) -> None:
+        s.tombstones = np.ascontiguousarray(tombstones, dtype=np.int64)
+        if len(s.tombstones):
+            s.selector_batch = faiss.IDSelectorBatch(s.tombstones)
+            s.selector = faiss.IDSelectorNot(s.selector_batch)
+        else:
+            s.selector_batch = s.selector = None
+
+    def replace_with(self, other: "VectorIndex") -> None:
+        """Swap in another index's content (a finished rebuild); waits only for searches in flight."""
+        with self._lock.exclusive():
+            for name in ("factory", "kind", "metric", "dim", "rerank", "capacity", "ef_construction", "_gpu"):
+                setattr(self, name, getattr(other, name))
+            if other.source is not None:
+                self.source = other.source
+            self._s = other._s
+
+    def to_gpu(self) -> "VectorIndex":
+        """Move the segments faiss-gpu supports to the GPU(s) for search; a no-op without a GPU."""
+        if backend.gpu_count() == 0:
+            return self
+        with self._lock.exclusive():
+            self._gpu = True
+            for seg in self._s.segments:
+                if not backend.is_gpu(seg.index):
+                    seg.index = backend.to_gpu(seg.index)
+        return self
+
+    # -- persistence ------------------------------------------------------------------------------
+    def save(self, collection_dir: str, encoder: str, max_file_bytes=None) -> dict:
+        """Write ``DIR/indexes/<encoder>.faiss`` (+ ``<encoder>.NNN.faiss`` segments) and ``<encoder>.json``
+        atomically; returns the metadata written."""
+        from .storage import save_index
+        return save_index(self, collection_dir, encoder, max_file_bytes=max_file_bytes)
+
+    def describe(self) -> dict:
+        """The metadata of this index as saved in ``<encoder>.json``."""
+        s = self._s
+        info = dict(s.info)
+        info.update(factory=self.factory, kind=self.kind, metric=self.metric, dim=self.dim, rerank=self.rerank,
+                    ntotal=self.ntotal, stored=self.stored, segments=len(s.segments),
+                    search_params=s.params.to_dict(), tombstones=int(len(s.tombstones)),
+                    needs_rebuild=self.needs_rebuild, rebuild_reason=self.rebuild_reason)
+        if self.capacity:
+            info["segment_capacity"] = self.capacity
+        return info
+
+    def memory_bytes(self) -> int:
+        """Bytes of the segments as serialized (what they take in memory when not memory-mapped)."""
+        with self._lock.shared():
+            return int(sum(len(backend.serialize(seg.index)) for seg in self._s.segments))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.factory!r}, metric={self.metric!r}, dim={self.dim}, "
+                f"ntotal={self.ntotal}, segments={len(self._s.segments)}, params={self.params.to_dict()})")
+
+
+class ExactIndex(VectorIndex):
+    """Exact search (faiss IndexFlatIP / IndexFlatL2) over a source's vectors, with the VectorIndex interface;
+    what a collection searches when no index has been built."""
+
+    def __init__(self, source, metric: str, block: int = 65536):
+        d = int(source.vectors.shape[1])
+        index = backend.make_index("Flat", d, metric)
+        t0 = time.perf_counter()
+        for x, bid in iter_blocks(source.vectors, source.ids, block):
+            index.add_with_ids(x, bid)
+        ids = np.asarray(source.ids)
+        super().__init__([Segment(index)], factory="Flat", metric=metric, dim=d, source=source,
+                         info={"exact": True, "recall_at_k": 1.0, "max_id": int(ids.max()) if len(ids) else -1,
+                               "build_seconds": round(time.perf_counter() - t0, 3), "ntotal": int(len(ids))})

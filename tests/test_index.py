@@ -1,0 +1,430 @@
+"""ANN index layer: plan grid, recall against exact search for every kind, incremental add, mmap and sharded
+save / load, LSH bit-level correctness, answers during a rebuild. Small seeded data; the whole file runs in
+well under a minute on two cores."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import faiss
+import numpy as np
+import pytest
+
+from nearsight.retrieval.errors import InvalidQuery, NearsightError
+from nearsight.retrieval.index import (ArraySource, ExactIndex, IndexPlan, SearchParams, VectorSource,
+                                       build_collection_index, build_index, exact_knn, load_index, parse_size,
+                                       plan_from_factory, plan_index, recall_at_k, tune)
+from nearsight.retrieval.index import backend
+from nearsight.retrieval.index.plan import estimate_size, parse_factory
+
+
+def clustered(n: int, d: int, seed: int = 0, normalise: bool = True, nc: int = 40) -> np.ndarray:
+    """(n, d) float32: Gaussian clusters with noise comparable to their spread (neither trivial nor random)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((nc, d)).astype(np.float32)
+    x = centres[rng.integers(0, nc, n)] + 0.7 * rng.standard_normal((n, d)).astype(np.float32)
+    if normalise:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def held_out_recall(index, base: np.ndarray, ids: np.ndarray, metric: str, q: np.ndarray, k: int = 10) -> float:
+    """Recall@k of ``index`` on fresh queries ``q`` (not in the index) against exact search."""
+    _, truth = exact_knn(q, base, ids, k, metric)
+    _, I = index.search(q, k)
+    return recall_at_k(I, truth, k)
+
+
+@pytest.fixture(scope="module")
+def data():
+    n, d = 6000, 32
+    x = clustered(n, d)
+    ids = np.arange(n, dtype=np.int64) * 3 + 5           # ids are not row numbers
+    return x, ids, ArraySource(x.astype(np.float16), ids)
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """Queries from the same distribution as ``data`` but not in it."""
+    return clustered(6100, 32)[6000:]
+
+
+# -- plan -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 500, 40_000, 300_000, 2_000_000, 50_000_000, 400_000_000])
+@pytest.mark.parametrize("d", [64, 512, 960])
+@pytest.mark.parametrize("budget", ["256M", "4G", "64G"])
+@pytest.mark.parametrize("mode", ["auto", "speed", "compact"])
+def test_plan_grid(n, d, budget, mode):
+    plan = plan_index(n, d, "ip", budget, mode)
+    limit = parse_size(budget)
+    assert isinstance(plan, IndexPlan) and plan.reasons
+    assert plan.memory_bytes <= limit, plan
+    parts = parse_factory(plan.factory)
+    assert plan.kind == parts.kind and plan.rerank == parts.lossy
+    if n <= 10_000:
+        assert plan.factory == "Flat"
+    if plan.kind == "hnsw":
+        assert mode != "compact" and plan.factory.startswith("HNSW32")
+    if plan.kind == "ivf":
+        assert plan.rerank and 0 < plan.train_size <= n
+        assert n >= 39 * parts.nlist or parts.nlist == 16
+        if mode == "compact" and not plan.on_disk:
+            assert plan.bytes_per_vector <= 64
+    if plan.on_disk:
+        assert not parts.fast_scan
+    if mode == "compact" and n > 10_000:
+        assert plan.kind == "ivf"
+    # the key is one faiss understands (no training needed to parse it)
+    faiss.index_factory(d, plan.factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def test_plan_prefers_larger_structures_as_n_grows_and_budget_shrinks():
+    assert plan_index(5_000, 512, "ip", "4G").factory == "Flat"
+    assert plan_index(1_000_000, 512, "ip", "4G").factory == "HNSW32"
+    assert plan_index(1_000_000, 512, "ip", "1G").factory == "HNSW32,SQ8"   # float32 HNSW needs ~2.2 GiB
+    assert plan_index(1_000_000, 512, "ip", "512M").kind == "ivf"
+    assert plan_index(10_000_000, 960, "l2", "32G").factory == "HNSW32,SQ8"
+    tight = plan_index(100_000_000, 512, "ip", "512M")
+    assert tight.on_disk and tight.memory_bytes <= parse_size("512M")
+    lsh = plan_index(1_000_000, 512, "ip", mode="lsh")
+    assert lsh.factory == "LSHr" and lsh.train_size == 0 and lsh.rerank
+    with pytest.raises(NearsightError, match="mode"):
+        plan_index(10, 8, "ip", mode="fast")
+    with pytest.raises(NearsightError, match="metric"):
+        plan_index(10, 8, "cosine")
+
+
+def test_parse_size():
+    assert parse_size("2G") == 2 << 30
+    assert parse_size("512M") == 512 << 20
+    assert parse_size("1.5GiB") == 3 << 29
+    assert parse_size("64k") == 65536
+    assert parse_size(1000) == 1000 and parse_size("1000") == 1000
+    for bad in ("", "lots", "-1G", "0", "2X"):
+        with pytest.raises(NearsightError, match="size"):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "LSHr"])
+def test_size_estimate_is_close_to_the_real_size(factory, data):
+    x, ids, source = data
+    index = build_index(x, ids, "ip", plan_from_factory(factory, len(x), x.shape[1], "ip"), source=source)
+    real = index.memory_bytes()
+    bpv, fixed = estimate_size(factory, x.shape[1])
+    assert 0.75 * real <= bpv * len(x) + fixed <= 1.6 * real + 65536
+
+
+# -- recall of every kind -------------------------------------------------------------------------
+
+KINDS = [("Flat", 1.0), ("HNSW32", 0.9), ("IVF32,PQ8x6", 0.9), ("IVF32,PQ16x4fs", 0.9),
+         ("OPQ8,IVF32,PQ8x4fs", 0.9), ("LSHr", 0.9), ("HNSW16,SQ8", 0.9)]
+
+
+@pytest.mark.parametrize("factory,target", KINDS)
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_recall_against_exact_search(factory, target, metric):
+    n, d = 10_000, 32
+    x = clustered(n + 100, d, seed=3, normalise=metric == "ip")
+    x, fresh = x[:n], x[n:]
+    ids = np.arange(n, dtype=np.int64) * 2 + 11
+    source = ArraySource(x.astype(np.float16), ids)
+    index = build_index(source.vectors, ids, metric, plan_from_factory(factory, n, d, metric), source=source)
+    result = tune(index, source, target_recall=target, k=10, n_queries=100)
+    assert result["target_met"] and result["recall_at_k"] >= target
+    assert index.info["recall_at_k"] == result["recall_at_k"] and result["latency_ms"] > 0
+    # fresh queries: the tuned setting generalises (a little slack for 100 queries)
+    assert held_out_recall(index, x, ids, metric, fresh) >= target - 0.05
+    # distances follow faiss conventions and belong to the returned ids
+    q = clustered(5, d, seed=9, normalise=metric == "ip")
+    D, I = index.search(q, 10)
+    assert D.dtype == np.float32 and I.dtype == np.int64 and D.shape == I.shape == (5, 10)
+    X = source.reconstruct(I.ravel()).reshape(5, 10, d)
+    exact = np.einsum("qd,qkd->qk", q, X) if metric == "ip" else ((X - q[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(D, exact, rtol=1e-3, atol=1e-3)
+    assert (np.diff(D, axis=1) <= 1e-6).all() if metric == "ip" else (np.diff(D, axis=1) >= -1e-6).all()
+
+
+def test_search_validates_and_pads(data):
+    x, ids, source = data
+    index = ExactIndex(ArraySource(x[:5], ids[:5]), "l2")
+    D, I = index.search(x[0], 8)                       # a single (d,) query is accepted
+    assert I.shape == (1, 8) and I[0, 0] == ids[0] and D[0, 0] == pytest.approx(0, abs=1e-5)
+    assert (I[0, 5:] == -1).all() and set(I[0, :5]) == set(ids[:5])
+    assert (D[0, 5:] >= 1e38).all()
+    for bad in (np.zeros((2, 3)), np.zeros((2, 32, 1)), np.array([["a"] * 32])):
+        with pytest.raises(InvalidQuery):
+            index.search(bad, 3)
+    with pytest.raises(InvalidQuery, match="k must"):
+        index.search(x[:1], 0)
+    with pytest.raises(InvalidQuery, match="NaN"):
+        index.search(np.full((1, 32), np.nan), 1)
+
+
+def test_exact_index_matches_faiss_flat(data):
+    x, ids, source = data
+    index = ExactIndex(source, "ip")
+    q = clustered(20, 32, seed=5)
+    D, I = index.search(q, 7)
+    flat = faiss.IndexFlatIP(32)
+    flat.add(source.vectors.astype(np.float32))
+    D2, I2 = flat.search(q, 7)
+    np.testing.assert_array_equal(I, ids[I2])
+    np.testing.assert_allclose(D, D2, rtol=1e-5)
+    assert isinstance(source, VectorSource)
+
+
+def test_build_from_an_iterator_of_blocks(data, fresh):
+    x, ids, source = data
+    blocks = (x[i:i + 1000] for i in range(0, len(x), 1000))
+    index = build_index(blocks, ids, "ip", plan_from_factory("IVF16,PQ8x4fs", len(x), 32, "ip"), source=source)
+    assert index.ntotal == len(x) and index.info["trained_on"] > 0
+    tune(index, source, 0.9, n_queries=200)
+    assert held_out_recall(index, x, ids, "ip", fresh) >= 0.85
+
+
+# -- incremental add, removal, staleness ----------------------------------------------------------
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "LSHr"])
+def test_incremental_add_keeps_ids(factory, data):
+    x, ids, source = data
+    half = len(x) // 2
+    index = build_index(x[:half], ids[:half], "ip", plan_from_factory(factory, half, 32, "ip"), source=source)
+    added = index.add(x[half:].astype(np.float16), ids[half:])     # float16 input is accepted
+    assert added == len(x) - half and index.ntotal == len(x) and index.max_id == int(ids.max())
+    # every vector finds itself under its own id, old and new alike
+    probe = np.r_[0:50, half:half + 50]
+    _, I = index.search(x[probe], 1, params=SearchParams(nprobe=16, efSearch=64, k_factor=32))
+    assert (I[:, 0] == ids[probe]).mean() >= 0.95
+    with pytest.raises(InvalidQuery, match="already in the index"):
+        index.add(x[:1], ids[:1])
+
+
+def test_ivf_training_goes_stale_after_tenfold_growth(data):
+    x, ids, source = data
+    index = build_index(x[:550], ids[:550], "ip", plan_from_factory("IVF8,Flat", 550, 32, "ip"), source=source)
+    assert not index.needs_rebuild
+    index.add(x[550:5499], ids[550:5499])
+    assert not index.needs_rebuild
+    index.add(x[5499:5500], ids[5499:5500])
+    assert index.needs_rebuild and "stale" in index.rebuild_reason
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs"])
+def test_removed_items_never_come_back(factory, data):
+    x, ids, source = data
+    index = build_index(x, ids, "ip", plan_from_factory(factory, len(x), 32, "ip"), source=source)
+    gone = ids[:300]
+    assert index.remove(np.r_[gone, 10**9]) == 300            # an unknown id is ignored
+    assert index.ntotal == len(x) - 300
+    _, I = index.search(x[:300], 5, params=SearchParams(nprobe=16, efSearch=64, k_factor=32))
+    assert not np.isin(I, gone).any()
+    if factory.startswith("HNSW"):
+        assert len(index.tombstones) == 300                   # HNSW cannot delete: filtered at search
+
+
+# -- persistence ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF16,PQ8x6", "IVF16,PQ8x4fs", "LSHr", "Flat"])
+def test_save_and_mmap_load(factory, data, tmp_path):
+    x, ids, source = data
+    index = build_index(x, ids, "ip", plan_from_factory(factory, len(x), 32, "ip"), source=source)
+    tune(index, source, 0.9, n_queries=50)
+    meta = index.save(str(tmp_path), "clip")
+    assert os.path.exists(tmp_path / "indexes" / "clip.faiss")
+    saved = json.loads((tmp_path / "indexes" / "clip.json").read_text())
+    for key in ("factory", "search_params", "recall_at_k", "latency_ms", "ntotal", "trained_on",
+                "build_seconds", "metric", "dim", "k"):
+        assert key in saved, key
+    assert saved["factory"] == factory and saved["ntotal"] == len(x) and saved == json.loads(json.dumps(meta))
+    q = clustered(20, 32, seed=7)
+    D0, I0 = index.search(q, 10)
+    loaded = load_index(str(tmp_path), "clip", source=source, mmap=True)
+    assert loaded.params == index.params and loaded.ntotal == len(x)
+    D1, I1 = loaded.search(q, 10)
+    np.testing.assert_array_equal(I0, I1)
+    np.testing.assert_allclose(D0, D1, rtol=1e-5)
+    seg = loaded.segments[0]
+    if factory == "IVF16,PQ8x6":     # on-disk inverted lists
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(seg.index).invlists)
+        assert isinstance(lists, faiss.OnDiskInvertedLists) and not seg.writable
+    # adding to a memory-mapped index goes to a new in-memory segment, never into the mapping
+    extra = clustered(30, 32, seed=8)
+    extra_ids = np.arange(30, dtype=np.int64) + 10**6
+    both = ArraySource(np.r_[x, extra].astype(np.float16), np.r_[ids, extra_ids])
+    loaded.source = both
+    loaded.add(extra, extra_ids)
+    if not seg.writable:
+        assert len(loaded.segments) == 2
+    _, I = loaded.search(extra, 1, params=SearchParams(nprobe=16, efSearch=64, k_factor=32))
+    assert (I[:, 0] == extra_ids).mean() >= 0.9
+    loaded.save(str(tmp_path), "clip")
+    again = load_index(str(tmp_path), "clip", source=both, mmap=False)
+    assert again.ntotal == len(x) + 30
+    np.testing.assert_array_equal(again.search(extra, 1, params=loaded.params)[1], loaded.search(extra, 1)[1])
+
+
+def test_load_syncs_with_the_collection(data, tmp_path):
+    x, ids, source = data
+    index = build_index(x[:5000], ids[:5000], "ip", plan_from_factory("HNSW16", 5000, 32, "ip"), source=source)
+    index.save(str(tmp_path), "e")
+    # the collection since gained 1000 items (--no-index) and lost 100
+    now = ArraySource(x[100:].astype(np.float16), ids[100:])
+    loaded = load_index(str(tmp_path), "e", source=now)
+    assert loaded.ntotal == len(x) - 100
+    _, I = loaded.search(x[:200], 3, params=SearchParams(efSearch=64))
+    assert not np.isin(I, ids[:100]).any()
+    _, I = loaded.search(x[5000:5050], 1, params=SearchParams(efSearch=64))
+    assert (I[:, 0] == ids[5000:5050]).mean() >= 0.95
+
+
+def test_sharded_save_and_load(data, tmp_path):
+    x, ids, source = data
+    q = clustered(30, 32, seed=4)
+    for factory in ("IVF16,PQ8x4fs", "HNSW16", "Flat"):
+        whole = build_index(x, ids, "ip", plan_from_factory(factory, len(x), 32, "ip"), source=source)
+        limit = whole.memory_bytes() // 3
+        shards = build_index(x, ids, "ip", plan_from_factory(factory, len(x), 32, "ip"), source=source,
+                             max_file_bytes=limit)
+        assert len(shards.segments) >= 3 and shards.ntotal == len(x)
+        meta = shards.save(str(tmp_path), factory.replace(",", "_"))
+        files = [tmp_path / "indexes" / f["file"] for f in meta["files"]]
+        assert len(files) == len(shards.segments) and all(f.exists() for f in files)
+        assert all(f.stat().st_size <= limit for f in files), [f.stat().st_size for f in files]
+        loaded = load_index(str(tmp_path), factory.replace(",", "_"), source=source, mmap=True)
+        assert len(loaded.segments) == len(files)
+        p = SearchParams(nprobe=16, efSearch=128, k_factor=4)
+        D, I = loaded.search(q, 10, params=p)
+        Dw, Iw = whole.search(q, 10, params=p)
+        if factory == "Flat":
+            np.testing.assert_array_equal(I, Iw)
+            np.testing.assert_allclose(D, Dw, rtol=1e-5)
+        else:   # HNSW: separate graphs; IVF: same lists probed, candidate ties may split differently
+            assert recall_at_k(I, Iw, 10) >= 0.95
+        # a rebuild into one file removes the old segment files
+        whole.save(str(tmp_path), factory.replace(",", "_"))
+        assert sorted(p.name for p in (tmp_path / "indexes").glob(factory.replace(",", "_") + ".*faiss")) == \
+            [factory.replace(",", "_") + ".faiss"] + ([factory.replace(",", "_") + ".trained.faiss"]
+                                                      if factory.startswith("IVF") else [])
+
+
+# -- LSH ------------------------------------------------------------------------------------------
+
+def test_lsh_hamming_is_popcount_of_xor_of_sign_bits(data, fresh):
+    x, ids, source = data
+    index = build_index(x, ids, "ip", plan_from_factory("LSH", len(x), 32, "ip"), source=source)
+    q = fresh[:10]
+    D, I = index.search(q, 20, rerank=False)                   # raw Hamming distances
+    bits = lambda v: np.packbits(v > 0, axis=1, bitorder="little")
+    db, qb = bits(x), bits(q)
+    ham = np.unpackbits(qb[:, None, :] ^ db[None, :, :], axis=2).sum(axis=2)     # (10, n)
+    row = np.searchsorted(ids, I)
+    np.testing.assert_array_equal(D.astype(int), np.take_along_axis(ham, row, axis=1))
+    kth = np.sort(ham, axis=1)[:, 19]
+    assert (D[:, -1] == kth).all()                              # they are the 20 smallest distances
+    # re-ranked: exact inner products of the Hamming candidates, recall near exact with depth
+    Dr, Ir = index.search(q, 10, params=SearchParams(k_factor=64))
+    _, truth = exact_knn(q, x, ids, 10, "ip")
+    assert recall_at_k(Ir, truth, 10) >= 0.9
+    np.testing.assert_allclose(Dr, np.einsum("qd,qkd->qk", q, source.reconstruct(Ir.ravel()).reshape(10, 10, 32)),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_lsh_needs_no_training():
+    plan = plan_index(1000, 16, "l2", mode="lsh")
+    assert backend.make_index(plan.factory, 16, "l2").is_trained
+
+
+# -- collection entry point, rebuild under load ---------------------------------------------------
+
+def test_build_collection_index_lifecycle(data, tmp_path):
+    x, ids, _ = data
+    d = str(tmp_path)
+    first = build_collection_index(d, "tiny", ArraySource(x[:4000].astype(np.float16), ids[:4000]),
+                                   metric="ip", target_recall=0.9, n_queries=50)
+    assert first["action"] == "built" and first["factory"] == "Flat" and first["recall_at_k"] == 1.0
+    assert first["files"] == ["tiny.faiss"] and first["ntotal"] == 4000
+    again = build_collection_index(d, "tiny", ArraySource(x[:4000].astype(np.float16), ids[:4000]), metric="ip",
+                                   target_recall=0.9)
+    assert again["action"] == "unchanged" and again["tune_seconds"] == 0.0
+    grown = ArraySource(np.r_[x[100:4000], x[4000:]].astype(np.float16), np.r_[ids[100:4000], ids[4000:]])
+    upd = build_collection_index(d, "tiny", grown, metric="ip", n_queries=50)
+    assert upd["action"] == "updated" and upd["added"] == len(x) - 4000 and upd["removed"] == 100
+    assert upd["ntotal"] == len(x) - 100
+    # an explicit factory forces a rebuild, recorded with its reason and measured recall
+    re = build_collection_index(d, "tiny", grown, factory="IVF16,PQ8x4fs", metric="ip", target_recall=0.9,
+                                n_queries=50)
+    assert re["action"] == "rebuilt" and "factory changed" in re["reason"] and re["target_met"]
+    saved = json.loads((tmp_path / "indexes" / "tiny.json").read_text())
+    assert saved["factory"] == "IVF16,PQ8x4fs" and saved["recall_at_k"] == re["recall_at_k"]
+    assert saved["k"] == 10 and saved["trained_on"] > 0 and saved["curve"]
+    with pytest.raises(NearsightError, match="metric"):
+        build_collection_index(str(tmp_path / "other"), "tiny", grown)
+
+
+def test_collection_answers_while_its_index_is_rebuilt(data, tmp_path):
+    x, ids, source = data
+    d = str(tmp_path)
+    build_collection_index(d, "e", source, factory="HNSW16", metric="ip", n_queries=50)
+    live = load_index(d, "e", source=source)
+    q = x[:64]
+    answers, errors, stop = [], [], threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            try:
+                _, I = live.search(q, 5)
+                answers.append((time.perf_counter(), live.factory, float((I[:, 0] == ids[:64]).mean())))
+                # another process opening the index mid-rebuild sees a complete one, old or new
+                load_index(d, "e", source=source, mmap=True).search(q[:2], 1)
+            except Exception as exc:  # noqa: BLE001 - any failure is the test's failure
+                errors.append(exc)
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        report = build_collection_index(d, "e", source, factory="IVF16,PQ8x4fs", metric="ip", live=live,
+                                        target_recall=0.9, n_queries=50)
+        t1 = time.perf_counter()
+        time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:3]
+    during = [a for a in answers if t0 <= a[0] <= t1]
+    assert len(during) >= 3, "searches were blocked during the rebuild"
+    kinds = [a[1] for a in answers]
+    swap = kinds.index("IVF16,PQ8x4fs")
+    assert set(kinds[:swap]) == {"HNSW16"} and set(kinds[swap:]) == {"IVF16,PQ8x4fs"}   # one clean swap
+    assert sum(a[1] == "HNSW16" for a in during) >= 3          # the old index answered during the rebuild
+    assert all(a[2] >= 0.95 for a in answers)
+    assert report["action"] == "rebuilt" and live.factory == "IVF16,PQ8x4fs"
+    assert answers[-1][1] == "IVF16,PQ8x4fs"
+
+
+def test_load_without_an_index_searches_exactly(data, tmp_path):
+    x, ids, source = data
+    index = load_index(str(tmp_path), "none", source=source, metric="l2")
+    assert isinstance(index, ExactIndex) and index.ntotal == len(x)
+    with pytest.raises(NearsightError, match="no index"):
+        load_index(str(tmp_path), "none")
+
+
+def test_gpu_code_path_with_a_stand_in_gpu(data, monkeypatch):
+    """No GPU here: fake one whose 'copies' are the CPU index, to run the GPU branches end to end."""
+    x, ids, source = data
+    moved = []
+    monkeypatch.setattr(backend, "gpu_count", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda index, co=None: moved.append(index) or index,
+                        raising=False)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", lambda: type("Co", (), {})(), raising=False)
+    plan = plan_from_factory("IVF16,PQ8x6", len(x), 32, "ip")
+    gpu = build_index(x, ids, "ip", plan, source=source, use_gpu=None)
+    assert gpu.info["gpu"] and moved                      # clustering index and segments went "to the GPU"
+    cpu = build_index(x, ids, "ip", plan, source=source, use_gpu=False)
+    q = clustered(10, 32, seed=2)
+    np.testing.assert_array_equal(gpu.search(q, 5)[1], cpu.search(q, 5)[1])
