@@ -19,6 +19,7 @@ from ..errors import InvalidQuery, NearsightError
 from . import backend
 from .backend import SearchParams
 from .plan import IndexPlan, estimate_size, parse_factory
+from .rerank import RerankStore, by_id_layout_ok
 from .source import iter_blocks
 from .vector_index import Segment, VectorIndex
 
@@ -100,12 +101,14 @@ def segment_capacity(factory: str, d: int, trained_bytes: int, max_file_bytes: i
 
 
 def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_gpu: bool | None = None,
-                max_file_bytes=None, seed: int = 0, block: int = 65536, progress=None) -> VectorIndex:
+                max_file_bytes=None, seed: int = 0, block: int = 65536, progress=None,
+                rerank_store: bool = True) -> VectorIndex:
     """Build an index of ``plan.factory`` over ``vectors`` under item ``ids``.
 
     - ``vectors``: (n, d) array of any float dtype (a float16 memmap is fine) or an iterable of (b, d) blocks
       whose concatenation aligns with ``ids`` (n,) int64.
-    - ``source``: the collection's VectorSource, needed to search a re-ranking plan (lossy codes).
+    - ``source``: the collection's VectorSource; kept for re-ranking when there is no float16 store
+      (``rerank_store=False``, or ids too sparse for a row-per-id layout) and for tuning.
     - ``max_file_bytes``: split the index into segments whose files stay under this size ("2G" works).
     - ``use_gpu``: None = use faiss-gpu when a GPU is present.
     - ``progress``: optional callable(done, total).
@@ -154,9 +157,12 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
         info["max_file_bytes"] = limit
     if opq is not None:
         info["opq_check"] = opq
+    # lossy codes re-rank from a float16 store by item id, filled as vectors are added (see rerank.py);
+    # ids too sparse for that layout re-rank from ``source`` instead
+    store = RerankStore.empty(d, metric) if plan.rerank and rerank_store and by_id_layout_ok(ids) else None
     index = VectorIndex([Segment(first)], factory=plan.factory, metric=metric,
                         dim=d, params=initial_params(plan), rerank=plan.rerank, source=source, template=template,
-                        capacity=capacity, info=info, ef_construction=plan.ef_construction)
+                        capacity=capacity, info=info, ef_construction=plan.ef_construction, store=store)
     if gpu:
         index.to_gpu()
     # an iterator that was partly read for the training sample: the blocks read first, then the rest

@@ -1,5 +1,6 @@
 """Index files: ``DIR/indexes/<encoder>.faiss`` (+ ``<encoder>.001.faiss``... when split), the trained empty
-index new segments start from (``<encoder>.trained.faiss``, IVF only) and ``<encoder>.json``.
+index new segments start from (``<encoder>.trained.faiss``, IVF only), the float16 re-ranking rows by id
+(``<encoder>.vectors.faiss``, lossy codes only; see rerank.py) and ``<encoder>.json``.
 
 Writes are atomic: every file goes to a temporary name, is fsynced, then renamed over the old one, and the JSON
 (which lists the files and their sizes) is renamed last; a reader that catches the renames half-way sees sizes
@@ -20,6 +21,7 @@ import numpy as np
 from ..errors import NearsightError
 from . import backend
 from .backend import SearchParams
+from .rerank import RerankStore
 from .vector_index import ExactIndex, Segment, VectorIndex
 
 LOG = logging.getLogger(__name__)
@@ -33,6 +35,10 @@ def index_dir(collection_dir: str) -> str:
 
 def segment_name(encoder: str, i: int) -> str:
     return f"{encoder}.faiss" if i == 0 else f"{encoder}.{i:03d}.faiss"
+
+
+def vectors_name(encoder: str, i: int) -> str:
+    return f"{encoder}.vectors.faiss" if i == 0 else f"{encoder}.vectors.{i:03d}.faiss"
 
 
 def meta_path(collection_dir: str, encoder: str) -> str:
@@ -95,6 +101,23 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
                 if limit and size > limit:
                     LOG.warning("%s is %d bytes, over the %d-byte file limit", final, size, limit)
                 files.append({"file": segment_name(encoder, i), "bytes": size, "ntotal": seg.ntotal})
+            vectors_rec = []
+            if s.store is not None:
+                # one file, memory-mapped on load; split by rows when a file limit is set and it is over it
+                per_file = s.store.rows if not limit else max(1, (limit - 4096) // (2 * s.store.d))
+                chunks = [(a, min(a + per_file, s.store.rows)) for a in range(0, max(s.store.rows, 1), per_file)]
+                for j, (a, b) in enumerate(chunks):
+                    final = os.path.join(directory, vectors_name(encoder, j))
+                    if len(chunks) == 1 and not s.store.dirty and s.store.file == os.path.abspath(final) \
+                            and os.path.exists(final):
+                        size = os.path.getsize(final)
+                    else:
+                        tmp = _tmp(final)
+                        faiss.write_index(s.store.index if len(chunks) == 1 else s.store.chunk(a, b), tmp)
+                        _fsync_file(tmp)
+                        renames.append((tmp, final))
+                        size = os.path.getsize(tmp)
+                    vectors_rec.append({"file": os.path.basename(final), "bytes": size, "rows": b - a})
             trained = None
             if s.template is not None:
                 trained = os.path.join(directory, f"{encoder}.trained.faiss")
@@ -103,7 +126,7 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
                 _fsync_file(tmp)
                 renames.append((tmp, trained))
             meta = index.describe()
-            meta.update(format=FORMAT, encoder=encoder, files=files, saved_at=time.time(),
+            meta.update(format=FORMAT, encoder=encoder, files=files, saved_at=time.time(), vectors_files=vectors_rec,
                         trained_file=os.path.basename(trained) if trained else None,
                         tombstone_ids=[int(t) for t in s.tombstones])
             if limit:
@@ -122,6 +145,10 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
             for i, seg in enumerate(s.segments):
                 seg.file = os.path.abspath(os.path.join(directory, segment_name(encoder, i)))
                 seg.dirty = False
+            if s.store is not None:
+                s.store.file = os.path.abspath(os.path.join(directory, vectors_rec[0]["file"])) \
+                    if len(vectors_rec) == 1 else None
+                s.store.dirty = False
             # segments beyond the count (a rebuild into fewer files) and a template no longer needed
             i = len(s.segments) or 1
             while os.path.exists(os.path.join(directory, segment_name(encoder, i))):
@@ -129,6 +156,10 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
                 i += 1
             if trained is None and os.path.exists(os.path.join(directory, f"{encoder}.trained.faiss")):
                 os.remove(os.path.join(directory, f"{encoder}.trained.faiss"))
+            j = len(vectors_rec)
+            while os.path.exists(os.path.join(directory, vectors_name(encoder, j))):
+                os.remove(os.path.join(directory, vectors_name(encoder, j)))
+                j += 1
             index._s.info.update({k: meta[k] for k in ("files", "saved_at")})
             return meta
     finally:
@@ -191,6 +222,19 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
         if idx.ntotal != rec["ntotal"]:
             raise _Changed(path)
         segments.append(Segment(idx, writable=not mapped, dirty=False, file=os.path.abspath(path)))
+    store = None
+    recs = meta.get("vectors_files") or []
+    for rec in recs:
+        path = os.path.join(directory, rec["file"])
+        try:
+            if os.path.getsize(path) != rec["bytes"]:
+                raise _Changed(path)
+        except FileNotFoundError:
+            raise _Changed(path) from None
+    if recs:
+        paths = [os.path.join(directory, rec["file"]) for rec in recs]
+        store = RerankStore.load(paths, mmap)
+        store.file = os.path.abspath(paths[0]) if len(paths) == 1 else None
     template = None
     if meta.get("trained_file"):
         template = np.fromfile(os.path.join(directory, meta["trained_file"]), dtype=np.uint8)
@@ -198,7 +242,8 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
     return VectorIndex(segments, factory=meta["factory"], metric=meta["metric"], dim=int(meta["dim"]),
                        params=SearchParams.from_dict(meta.get("search_params")), rerank=bool(meta.get("rerank")),
                        source=source, template=template, capacity=meta.get("segment_capacity"), info=info,
-                       tombstones=meta.get("tombstone_ids"), ef_construction=meta.get("ef_construction"))
+                       tombstones=meta.get("tombstone_ids"), ef_construction=meta.get("ef_construction"),
+                       store=store)
 
 
 def sync_with_source(index: VectorIndex, source, block: int = 65536) -> dict:

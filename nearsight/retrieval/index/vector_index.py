@@ -84,6 +84,8 @@ class Segment:
     writable: bool = True
     dirty: bool = True
     file: str | None = None
+    refiner: object = None          # faiss IndexRefine over this segment and the store it was made for
+    refiner_for: object = None
 
     @property
     def ntotal(self) -> int:
@@ -99,6 +101,7 @@ class _State:
     tombstones: np.ndarray
     selector: object = None        # faiss IDSelectorNot over the tombstones (kept alive here)
     selector_batch: object = None
+    store: object = None           # RerankStore: float16 rows by id for exact re-ranking
 
 
 def as_queries(queries, dim: int) -> np.ndarray:
@@ -195,7 +198,7 @@ class VectorIndex:
     def __init__(self, segments: list, *, factory: str, metric: str, dim: int, params: SearchParams | None = None,
                  rerank: bool = False, source=None, template: np.ndarray | None = None,
                  capacity: int | None = None, info: dict | None = None, tombstones=None,
-                 ef_construction: int | None = None):
+                 ef_construction: int | None = None, store=None):
         if metric not in ("ip", "l2"):
             raise NearsightError(f"metric must be 'ip' or 'l2', got {metric!r}")
         self.factory = factory
@@ -209,7 +212,7 @@ class VectorIndex:
         self._lock = _RWLock()
         self._gpu = False
         self._s = _State(list(segments), params or SearchParams(), dict(info or {}), template,
-                         np.zeros(0, np.int64))
+                         np.zeros(0, np.int64), store=store)
         if tombstones is not None and len(tombstones):
             self._set_tombstones(self._s, np.asarray(tombstones, dtype=np.int64))
 
@@ -287,6 +290,8 @@ class VectorIndex:
             s = self._s
             p = params or s.params
             do_rerank = self.rerank if rerank is None else bool(rerank)
+            if do_rerank and s.store is not None and not self._gpu:
+                return self._search_refined(s, q, k, p)
             if do_rerank and self.source is None:
                 raise NearsightError(f"index {self.factory!r} re-ranks candidates from the embeddings; "
                                      "open it with the collection's vectors (source=)")
@@ -295,6 +300,41 @@ class VectorIndex:
             if do_rerank:
                 return exact_rerank(q, I, k, self.source, self.metric)
             return D[:, :k], I[:, :k]
+
+    def _search_refined(self, s: _State, q: np.ndarray, k: int, p: SearchParams):
+        """Each segment shortlists k * k_factor candidates and faiss re-ranks them from the float16 store."""
+        Ds, Is = [], []
+        for seg in s.segments:
+            if seg.ntotal == 0:
+                continue
+            if seg.refiner is None or seg.refiner_for is not s.store.index:
+                seg.refiner, seg.refiner_for = s.store.refiner(seg.index, self.metric), s.store.index
+            base = backend.faiss_params(self.kind, p, s.selector)
+            rp = faiss.IndexRefineSearchParameters()
+            kq, kf = k, float(max(1, int(p.k_factor)))
+            if self.kind == "lsh" and self.metric == "ip":
+                # IndexRefine leaves padded slots with the base's distance: +FLT_MAX from a Hamming (L2) base,
+                # which an inner-product heap would rank first. LSH is exhaustive, so asking for no more than
+                # the segment's live vectors means no padding.
+                live = seg.ntotal - len(s.tombstones)
+                if live <= 0:
+                    continue
+                kb = min(k * int(kf), live)
+                kq = min(k, kb)
+                kf = kb / kq
+            rp.k_factor = kf
+            if base is not None:
+                rp.base_index_params = base
+            D, I = seg.refiner.search(q, kq, params=rp)
+            if kq < k:
+                D = np.pad(D, ((0, 0), (0, k - kq)), constant_values=worst(False))
+                I = np.pad(I, ((0, 0), (0, k - kq)), constant_values=-1)
+            Ds.append(D)
+            Is.append(I)
+        if not Ds:
+            asc = self.metric != "ip"
+            return np.full((len(q), k), worst(asc), np.float32), np.full((len(q), k), -1, np.int64)
+        return merge_results(Ds, Is, k, self.metric != "ip")
 
     def _search_segments(self, s: _State, q: np.ndarray, kk: int, p: SearchParams):
         ascending = None
@@ -364,6 +404,8 @@ class VectorIndex:
             for x, bid in iter_blocks(vectors, ids, block):
                 if x.shape[1] != self.dim:
                     raise InvalidQuery(f"vectors must be (n, {self.dim}), got a block of shape {x.shape}")
+                if s.store is not None:
+                    s.store.put(bid, x)        # first: a segment must never return an id without its row
                 start = 0
                 while start < len(x):
                     seg = s.segments[-1] if s.segments else None
@@ -455,6 +497,8 @@ class VectorIndex:
                     needs_rebuild=self.needs_rebuild, rebuild_reason=self.rebuild_reason)
         if self.capacity:
             info["segment_capacity"] = self.capacity
+        if s.store is not None:
+            info["rerank_store"] = {"rows": s.store.rows, "bytes": s.store.nbytes, "dtype": "float16"}
         return info
 
     def memory_bytes(self) -> int:
