@@ -159,7 +159,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
         mem = sum(faiss_index_bytes(s.index) for s in index.segments)
         emit(rows, **common, config=f"ours-{mode}", factory=index.factory, build_s=build_s,
              bytes_per_vector=mem / n, rerank_bytes_per_vector_on_disk=2 * d if index.rerank else 0,
-             plan_reasons=list(plan.reasons), opq_check=index.info.get("opq_check"))
+             plan_reasons=list(plan.reasons))
         seg = index.segments[0].index
         if index.rerank:
             # faiss's own re-ranking: IndexRefineFlat over float32 rows in memory (ids here are 0..n-1)

@@ -6,7 +6,6 @@ adding streams float32 blocks so a float16 memmap of millions of vectors is neve
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
@@ -57,33 +56,6 @@ def training_sample(vectors, ids: np.ndarray, size: int, seed: int = 0):
     return sample, taken, blocks
 
 
-OPQ_IMBALANCE = 2.0     # max / mean energy of the PQ sub-spaces above which a rotation pays
-
-
-def subspace_imbalance(sample: np.ndarray, m: int) -> float:
-    """max / mean of the variance that falls in each of the m contiguous PQ sub-spaces of (n, d) ``sample``.
-    1.0 is balanced (a random rotation's data); PQ wastes bits on the quiet sub-spaces as it grows."""
-    d = sample.shape[1]
-    if m <= 0 or d % m:
-        return 1.0
-    var = sample.var(axis=0, dtype=np.float64).reshape(m, d // m).sum(axis=1)
-    return float(var.max() / max(var.mean(), 1e-30))
-
-
-def with_opq_if_it_pays(plan: IndexPlan, sample: np.ndarray) -> tuple[IndexPlan, dict]:
-    """The plan, with an OPQ rotation prepended when the sample's sub-spaces are unbalanced."""
-    parts = parse_factory(plan.factory)
-    ratio = subspace_imbalance(sample, parts.pq_m)
-    use = ratio >= OPQ_IMBALANCE and not parts.opq
-    check = {"subspace_imbalance": round(ratio, 3), "threshold": OPQ_IMBALANCE, "opq": use}
-    if not use:
-        return plan, check
-    reason = (f"OPQ rotation: the sample's PQ sub-spaces are unbalanced (max/mean energy {ratio:.1f} "
-              f">= {OPQ_IMBALANCE})")
-    return dataclasses.replace(plan, factory=f"OPQ{parts.pq_m},{plan.factory}",
-                               reasons=plan.reasons + (reason,)), check
-
-
 def segment_capacity(factory: str, d: int, trained_bytes: int, max_file_bytes: int | None) -> int | None:
     """How many vectors one segment file may hold to stay under ``max_file_bytes`` (None: no limit)."""
     if not max_file_bytes:
@@ -126,16 +98,12 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
     t0 = time.perf_counter()
 
     first = backend.make_index(plan.factory, d, metric, plan.ef_construction)
-    pending, rest, trained_on, opq = [], None, 0, None
+    pending, rest, trained_on = [], None, 0
     if not first.is_trained:
         size = plan.train_size or min(n, 65536)
         sample, pending, rest = training_sample(vectors, ids, size, seed)
         if len(sample) == 0:
             raise NearsightError(f"index {plan.factory!r} needs training vectors and none were given")
-        if plan.opq_check:
-            plan, opq = with_opq_if_it_pays(plan, sample)
-            if opq["opq"]:
-                first = backend.make_index(plan.factory, d, metric, plan.ef_construction)
         clustering = backend.gpu_clustering(first) if gpu else None
         t_train = time.perf_counter()
         first.train(sample)
@@ -155,8 +123,6 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
             "built_at": time.time()}
     if limit:
         info["max_file_bytes"] = limit
-    if opq is not None:
-        info["opq_check"] = opq
     # lossy codes re-rank from a float16 store by item id, filled as vectors are added (see rerank.py);
     # ids too sparse for that layout re-rank from ``source`` instead
     store = RerankStore.empty(d, metric) if plan.rerank and rerank_store and by_id_layout_ok(ids) else None

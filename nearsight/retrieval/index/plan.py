@@ -7,8 +7,11 @@ The grid, from small to large collections:
 - ``Flat``: exact search while a brute-force scan is cheap (n <= FLAT_MAX_N) and fits the budget.
 - ``HNSW32`` (float32 vectors in the graph): the fastest at high recall when 4d + 8M + 24 bytes a vector fit;
   ``HNSW32,SQ8`` (1 byte a dimension, re-ranked exactly) when only that fits.
-- ``IVFk,PQmx4fs`` (4-bit fast-scan PQ), ``OPQm,IVFk,PQmx4fs`` when the code is compressed hard (d/m >= 8),
-  candidates re-ranked exactly from the float16 embedding shards; ``compact`` mode keeps it at <= 64 bytes a vector.
+- ``OPQm,IVFk,PQmx4fs`` (OPQ rotation, 4-bit fast-scan PQ), candidates re-ranked exactly from float16 rows;
+  ``compact`` mode keeps codes, ids and the fixed parts (quantizer, rotation) at <= 64 bytes a vector. OPQ pays
+  at these compressions (>= 4 dimensions a sub-quantizer): on GIST-like data (energy uneven over dimensions)
+  PQ alone cannot reach recall@10 0.95 even re-ranking 32k candidates, with OPQ it does at 16k; on CLIP-like
+  data the same recall comes ~35% faster (scripts/bench_index.py datasets, 50k vectors).
 - ``IVFk,PQm`` loaded memory-mapped (inverted lists stay on disk) when not even the compact codes fit in memory.
 - ``LSHr``: sign bits of a random rotation, Hamming distance, training-free; on request (mode="lsh").
 """
@@ -24,7 +27,8 @@ from ..errors import NearsightError
 MODES = ("auto", "speed", "compact", "lsh")
 KINDS = ("flat", "hnsw", "ivf", "lsh", "other")
 
-FLAT_MAX_N = 50_000          # a brute-force scan of 50k x 512 floats is ~1 ms a query on one core
+FLAT_MAX_N = 20_000          # exact while a scan is a few ms a query; HNSW is >10x faster beyond this
+SPEED_FLAT_MAX_N = 5_000     # speed mode moves to HNSW sooner
 IVF_MIN_N = 10_000           # fewer vectors than this train poor coarse centroids; stay exact
 HNSW_MAX_N = 20_000_000      # beyond this an HNSW build takes too long on one machine; IVF instead
 HNSW_M = 32
@@ -43,8 +47,6 @@ class IndexPlan:
     - ``train_size``: vectors sampled to train (0: training-free).
     - ``bytes_per_vector`` / ``memory_bytes``: estimated size in memory (on disk when ``on_disk``).
     - ``on_disk``: inverted lists are memory-mapped from the index file rather than loaded.
-    - ``opq_check``: at build, measure how unevenly the training sample's energy falls on the PQ sub-spaces
-      and prepend an OPQ rotation when it is uneven (where OPQ pays; it costs a long training otherwise).
     """
     factory: str
     kind: str
@@ -58,7 +60,6 @@ class IndexPlan:
     on_disk: bool = False
     mode: str = "auto"
     ef_construction: int = 80
-    opq_check: bool = False
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
@@ -189,14 +190,12 @@ def _even_divisors(d: int, cap: float) -> list[int]:
     return [m for m in range(2, d + 1, 2) if d % m == 0 and m <= cap]
 
 
-def _plan(factory, kind, metric, d, n, mode, reasons, *, train_size=0, on_disk=False, ef_c=80,
-          opq_check=False) -> IndexPlan:
+def _plan(factory, kind, metric, d, n, mode, reasons, *, train_size=0, on_disk=False, ef_c=80) -> IndexPlan:
     bpv, fixed = estimate_size(factory, d)
     return IndexPlan(factory=factory, kind=kind, metric=metric, dim=d, n=n,
                      rerank=parse_factory(factory).lossy, train_size=int(train_size),
                      bytes_per_vector=float(bpv), memory_bytes=int(fixed if on_disk else bpv * n + fixed),
-                     on_disk=on_disk, mode=mode, ef_construction=ef_c, opq_check=opq_check,
-                     reasons=tuple(reasons))
+                     on_disk=on_disk, mode=mode, ef_construction=ef_c, reasons=tuple(reasons))
 
 
 def _check(n, d, metric, mode):
@@ -229,11 +228,10 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
                       "Hamming candidates are re-ranked exactly from the embeddings"])
 
     flat_bytes = n * (4 * d + ID_BYTES)
-    small = n <= FLAT_MAX_N if mode != "compact" else n < IVF_MIN_N
+    small = n <= {"auto": FLAT_MAX_N, "speed": SPEED_FLAT_MAX_N}.get(mode, IVF_MIN_N - 1)
     if small and flat_bytes <= budget:
         return _plan("Flat", "flat", metric, d, n, mode,
-                     [f"{n} vectors: an exact scan is fast enough (<= {FLAT_MAX_N if mode != 'compact' else IVF_MIN_N})",
-                      f"needs {gib(flat_bytes)} of a {gib(budget)} budget"])
+                     [f"{n} vectors: an exact scan is fast enough", f"needs {gib(flat_bytes)} of a {gib(budget)} budget"])
     if small:
         reasons.append(f"exact Flat needs {gib(flat_bytes)}, over the {gib(budget)} budget")
 
@@ -255,21 +253,29 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
 
     nlist = _nlist(n)
     train = _ivf_train_size(n, nlist)
-    _, fixed_probe = estimate_size(f"IVF{nlist},PQ8x4fs", d)
-    room = (budget - fixed_probe) / max(n, 1) - ID_BYTES           # code bytes a vector the budget allows
-    cap = COMPACT_BYTES - ID_BYTES if mode == "compact" else d / 8  # 4-bit codes: bytes = m / 2
-    ms = _even_divisors(d, 2 * min(cap, room))
-    if ms:
-        m = ms[-1]
-        factory = f"IVF{nlist},PQ{m}x4fs"
-        reasons.append(f"IVF{nlist} with {m} 4-bit fast-scan codes ({m // 2 + ID_BYTES} B/vector"
-                       f"{', compact mode' if mode == 'compact' else ''}), trained on {train} sampled vectors")
-        opq_check = d // m >= 4
-        if opq_check:
-            reasons.append(f"{d // m} dimensions a sub-quantizer: an OPQ rotation is added at build if the "
-                           "sample's energy is unevenly spread over the sub-spaces")
-        reasons.append("candidates re-ranked exactly from the float16 embeddings")
-        return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, opq_check=opq_check)
+    cap = d / 8     # 4-bit codes, m <= d/4: at least 4 dimensions a sub-quantizer, where OPQ pays
+    fallback = None
+    for m in reversed(_even_divisors(d, 2 * cap)):
+        factory = f"OPQ{m},IVF{nlist},PQ{m}x4fs"
+        bpv, fixed = estimate_size(factory, d)
+        if n * bpv + fixed > budget:
+            continue
+        per_vector = bpv + fixed / max(n, 1)
+        if fallback is None and bpv <= COMPACT_BYTES:
+            fallback = (m, factory, per_vector)
+        if mode == "compact" and per_vector > COMPACT_BYTES:
+            continue
+        reasons.append(f"OPQ{m},IVF{nlist},PQ{m}x4fs: {m} 4-bit fast-scan codes, {per_vector:.0f} B/vector in "
+                       f"memory with the quantizer and rotation{' (compact mode)' if mode == 'compact' else ''}; "
+                       f"trained on {train} sampled vectors")
+        reasons.append("candidates re-ranked exactly from float16 rows")
+        return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train)
+    if fallback is not None:      # compact mode where the fixed parts alone break 64 B/vector at this n
+        m, factory, per_vector = fallback
+        reasons.append(f"{factory}: {per_vector:.0f} B/vector; at {n} vectors the quantizer and rotation alone "
+                       f"push it over {COMPACT_BYTES} B/vector (codes and ids are {m // 2 + ID_BYTES} B)")
+        reasons.append("candidates re-ranked exactly from float16 rows")
+        return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train)
 
     # not even the smallest fast-scan code fits: 8-bit PQ with inverted lists memory-mapped from disk
     ms8 = _even_divisors(d, min(64, d / 2))

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -38,42 +38,43 @@ TOMBSTONE_REBUILD = 0.2      # rebuild once this fraction of the stored vectors 
 
 
 class _RWLock:
-    """Many readers or one writer; a waiting writer stops new readers so it cannot starve."""
+    """Many readers or one writer, cheap for readers (a search must not pay more than a microsecond or so).
+    A writer takes ``_write`` first, so new readers queue behind it, then waits for readers in flight."""
 
     def __init__(self):
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()     # guards _readers
+        self._write = threading.Lock()
         self._readers = 0
-        self._writer = False
-        self._waiting = 0
+
+    def acquire_shared(self) -> None:
+        with self._write:
+            with self._mutex:
+                self._readers += 1
+
+    def release_shared(self) -> None:
+        with self._mutex:
+            self._readers -= 1
 
     @contextmanager
     def shared(self):
-        with self._cond:
-            while self._writer or self._waiting:
-                self._cond.wait()
-            self._readers += 1
+        self.acquire_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+            self.release_shared()
 
     @contextmanager
     def exclusive(self):
-        with self._cond:
-            self._waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting -= 1
-            self._writer = True
+        self._write.acquire()
         try:
+            while True:
+                with self._mutex:
+                    if self._readers == 0:
+                        break
+                time.sleep(0.0002)
             yield
         finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+            self._write.release()
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Segment:
     file: str | None = None
     refiner: object = None          # faiss IndexRefine over this segment and the store it was made for
     refiner_for: object = None
+    on_gpu: bool = False
 
     @property
     def ntotal(self) -> int:
@@ -102,10 +104,16 @@ class _State:
     selector: object = None        # faiss IDSelectorNot over the tombstones (kept alive here)
     selector_batch: object = None
     store: object = None           # RerankStore: float16 rows by id for exact re-ranking
+    params_cache: dict = field(default_factory=dict)   # faiss SearchParameters objects, read-only once made
 
 
 def as_queries(queries, dim: int) -> np.ndarray:
     """Validate queries: (nq, d) or (d,) of any float dtype -> (nq, d) float32 C-contiguous."""
+    if type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2 \
+            and queries.shape[1] == dim and queries.flags.c_contiguous:
+        if not np.isfinite(queries).all():
+            raise InvalidQuery("queries contain NaN or infinite values")
+        return queries          # the common case, without copies
     q = np.asarray(queries)
     if q.ndim == 1:
         q = q[None, :]
@@ -269,6 +277,8 @@ class VectorIndex:
     def set_params(self, params: SearchParams) -> None:
         with self._lock.exclusive():
             self._s.params = params
+            if len(self._s.params_cache) > 256:
+                self._s.params_cache.clear()
             self._s.info["search_params"] = params.to_dict()
 
     def update_info(self, **fields) -> None:
@@ -286,7 +296,9 @@ class VectorIndex:
         """
         q = as_queries(queries, self.dim)
         k = _check_k(k)
-        with self._lock.shared():
+        lock = self._lock
+        lock.acquire_shared()
+        try:
             s = self._s
             p = params or s.params
             do_rerank = self.rerank if rerank is None else bool(rerank)
@@ -300,6 +312,15 @@ class VectorIndex:
             if do_rerank:
                 return exact_rerank(q, I, k, self.source, self.metric)
             return D[:, :k], I[:, :k]
+        finally:
+            lock.release_shared()
+
+    def _faiss_params(self, s: _State, p: SearchParams):
+        key = ("base", p)
+        fp = s.params_cache.get(key, False)
+        if fp is False:
+            fp = s.params_cache[key] = backend.faiss_params(self.kind, p, s.selector)
+        return fp
 
     def _search_refined(self, s: _State, q: np.ndarray, k: int, p: SearchParams):
         """Each segment shortlists k * k_factor candidates and faiss re-ranks them from the float16 store."""
@@ -309,8 +330,6 @@ class VectorIndex:
                 continue
             if seg.refiner is None or seg.refiner_for is not s.store.index:
                 seg.refiner, seg.refiner_for = s.store.refiner(seg.index, self.metric), s.store.index
-            base = backend.faiss_params(self.kind, p, s.selector)
-            rp = faiss.IndexRefineSearchParameters()
             kq, kf = k, float(max(1, int(p.k_factor)))
             if self.kind == "lsh" and self.metric == "ip":
                 # IndexRefine leaves padded slots with the base's distance: +FLT_MAX from a Hamming (L2) base,
@@ -322,9 +341,16 @@ class VectorIndex:
                 kb = min(k * int(kf), live)
                 kq = min(k, kb)
                 kf = kb / kq
-            rp.k_factor = kf
-            if base is not None:
-                rp.base_index_params = base
+            key = ("refine", p, kf)
+            rp = s.params_cache.get(key)
+            if rp is None:
+                rp = faiss.IndexRefineSearchParameters()
+                rp.k_factor = kf
+                base = self._faiss_params(s, p)
+                if base is not None:
+                    rp.base_index_params = base
+                    rp.referenced_base = base          # keep the base parameters alive with it
+                s.params_cache[key] = rp
             D, I = seg.refiner.search(q, kq, params=rp)
             if kq < k:
                 D = np.pad(D, ((0, 0), (0, k - kq)), constant_values=worst(False))
@@ -340,20 +366,19 @@ class VectorIndex:
         ascending = None
         Ds, Is = [], []
         for seg in s.segments:
-            if seg.ntotal == 0:
-                continue
-            if backend.is_gpu(seg.index):
+            if seg.on_gpu:
                 D, I = self._search_gpu(seg, s, q, kk, p)
             else:
-                fp = backend.faiss_params(self.kind, p, s.selector)
+                fp = self._faiss_params(s, p)
                 D, I = seg.index.search(q, kk, params=fp) if fp is not None else seg.index.search(q, kk)
             Ds.append(D)
             Is.append(I)
-            ascending = backend.raw_ascending(seg.index)
+        if len(Ds) == 1:
+            return Ds[0], Is[0]
         if not Ds:
             asc = self.metric != "ip"
             return (np.full((len(q), kk), worst(asc), np.float32), np.full((len(q), kk), -1, np.int64))
-        return merge_results(Ds, Is, kk, ascending)
+        return merge_results(Ds, Is, kk, backend.raw_ascending(s.segments[0].index))
 
     def _search_gpu(self, seg: Segment, s: _State, q: np.ndarray, kk: int, p: SearchParams):
         """faiss-gpu takes nprobe from SearchParametersIVF but no IDSelector: over-fetch by the tombstones
@@ -376,7 +401,10 @@ class VectorIndex:
             index = backend.make_index(self.factory, self.dim, self.metric, self.ef_construction)
             if not index.is_trained:
                 raise NearsightError(f"index {self.factory!r} needs training and has no trained template")
-        return Segment(backend.to_gpu(index) if self._gpu else index, writable=True, dirty=True)
+        if self._gpu:
+            moved = backend.to_gpu(index)
+            return Segment(moved, writable=True, dirty=True, on_gpu=backend.is_gpu(moved))
+        return Segment(index, writable=True, dirty=True)
 
     def add(self, vectors, ids, block: int = 65536) -> int:
         """Add vectors (n, d) (any float dtype, or an iterable of blocks) under item ids (n,) int64.
@@ -454,6 +482,7 @@ class VectorIndex:
     @staticmethod
     def _set_tombstones(s: _State, tombstones: np.ndarray) -> None:
         s.tombstones = np.ascontiguousarray(tombstones, dtype=np.int64)
+        s.params_cache.clear()       # cached parameters carry the old selector
         if len(s.tombstones):
             s.selector_batch = faiss.IDSelectorBatch(s.tombstones)
             s.selector = faiss.IDSelectorNot(s.selector_batch)
@@ -476,8 +505,10 @@ class VectorIndex:
         with self._lock.exclusive():
             self._gpu = True
             for seg in self._s.segments:
-                if not backend.is_gpu(seg.index):
+                if not seg.on_gpu:
                     seg.index = backend.to_gpu(seg.index)
+                    seg.on_gpu = backend.is_gpu(seg.index)
+            self._s.params_cache.clear()
         return self
 
     # -- persistence ------------------------------------------------------------------------------
