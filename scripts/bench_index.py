@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from nearsight.retrieval.index import (ArraySource, SearchParams, build_index, exact_knn, plan_index,  # noqa: E402
-                                       recall_at_k, tune)
+from nearsight.retrieval.index import (ArraySource, build_index, exact_knn, load_index,  # noqa: E402
+                                       plan_index, recall_at_k, tune)
 from nearsight.retrieval.index.tuning import EFS  # noqa: E402
 
 TARGETS = (0.90, 0.95, 0.99)
@@ -126,7 +126,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
     def measure_ours(config, index, raw_search_factory):
         for target in TARGETS:
             t0 = time.perf_counter()
-            tuned = tune(index, source, target_recall=target, k=K, n_queries=args.tune_queries)
+            tuned = tune(index, source, target_recall=target, k=K, holdout_ids=holdout)
             tune_s = time.perf_counter() - t0
             p = index.params
             _, I = index.search(queries, K)
@@ -153,10 +153,16 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
     for mode in ("speed", "compact"):
         refine = flat = None
         plan = plan_index(n, d, metric, args.max_memory, mode)
+        # as build_collection_index does: a sample stays out of the index and is what tuning measures on
+        holdout = np.random.default_rng(args.seed).choice(ids, args.tune_queries, replace=False)
         t0 = time.perf_counter()
-        index = build_index(source.vectors, ids, metric, plan, source=source)
+        index = build_index(source.vectors, ids, metric, plan, source=source, skip_ids=holdout)
         build_s = time.perf_counter() - t0
         mem = sum(faiss_index_bytes(s.index) for s in index.segments)
+        # served as a collection serves it: saved, then loaded memory-mapped (the float16 re-rank rows stay
+        # in the file and are paged in as queries touch them)
+        index.save(workdir, f"{name}-{mode}")
+        index = load_index(workdir, f"{name}-{mode}", source=source, mmap=True)
         emit(rows, **common, config=f"ours-{mode}", factory=index.factory, build_s=build_s,
              bytes_per_vector=mem / n, rerank_bytes_per_vector_on_disk=2 * d if index.rerank else 0,
              plan_reasons=list(plan.reasons))

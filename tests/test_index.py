@@ -176,6 +176,18 @@ def test_exact_index_matches_faiss_flat(data):
     assert isinstance(source, VectorSource)
 
 
+def test_tuning_on_held_out_vectors(data, fresh):
+    x, ids, source = data
+    held = ids[::30]
+    index = build_index(x, ids, "ip", plan_from_factory("HNSW16", len(x), 32, "ip"), skip_ids=held)
+    assert index.ntotal == len(x) - len(held)
+    result = tune(index, source, target_recall=0.9, holdout_ids=held)
+    assert result["tuned_on"] == "held-out" and result["target_met"]
+    assert held_out_recall(index, x, ids, "ip", fresh) >= 0.85
+    given = tune(index, source, target_recall=0.9, queries=fresh)
+    assert given["tuned_on"] == "given" and given["recall_at_k"] >= 0.9
+
+
 def test_build_from_an_iterator_of_blocks(data, fresh):
     x, ids, source = data
     blocks = (x[i:i + 1000] for i in range(0, len(x), 1000))
@@ -386,6 +398,7 @@ def test_build_collection_index_lifecycle(data, tmp_path):
     saved = json.loads((tmp_path / "indexes" / "tiny.json").read_text())
     assert saved["factory"] == "IVF16,PQ8x4fs" and saved["recall_at_k"] == re["recall_at_k"]
     assert saved["k"] == 10 and saved["trained_on"] > 0 and saved["curve"]
+    assert saved["tuned_on"] == "held-out" and saved["ntotal"] == len(x) - 100    # held-out items went back in
     with pytest.raises(NearsightError, match="metric"):
         build_collection_index(str(tmp_path / "other"), "tiny", grown)
 

@@ -74,7 +74,7 @@ def segment_capacity(factory: str, d: int, trained_bytes: int, max_file_bytes: i
 
 def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_gpu: bool | None = None,
                 max_file_bytes=None, seed: int = 0, block: int = 65536, progress=None,
-                rerank_store: bool = True) -> VectorIndex:
+                rerank_store: bool = True, skip_ids=None) -> VectorIndex:
     """Build an index of ``plan.factory`` over ``vectors`` under item ``ids``.
 
     - ``vectors``: (n, d) array of any float dtype (a float16 memmap is fine) or an iterable of (b, d) blocks
@@ -84,6 +84,7 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
     - ``max_file_bytes``: split the index into segments whose files stay under this size ("2G" works).
     - ``use_gpu``: None = use faiss-gpu when a GPU is present.
     - ``progress``: optional callable(done, total).
+    - ``skip_ids``: ids left out of the index (held out for tuning, added afterwards with ``add``).
     """
     from .plan import parse_size
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
@@ -133,10 +134,14 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
         index.to_gpu()
     # an iterator that was partly read for the training sample: the blocks read first, then the rest
     blocks = itertools.chain(pending, rest) if rest is not None else iter_blocks(vectors, ids, block)
+    skip = np.unique(np.asarray(skip_ids, dtype=np.int64)) if skip_ids is not None else None
     done = 0
     for x, bid in blocks:
-        index.add(x, bid)
         done += len(x)
+        if skip is not None and len(skip):
+            keep = ~np.isin(bid, skip)
+            x, bid = x[keep], bid[keep]
+        index.add(x, bid)
         if progress is not None:
             progress(done, n)
     if done != n:

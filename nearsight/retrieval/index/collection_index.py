@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from ..errors import NearsightError
+from . import backend
 from .build import build_index
 from .plan import parse_size, plan_from_factory, plan_index
 from .storage import load_index, read_meta, sync_with_source
@@ -94,18 +95,25 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
         reason = f"the automatic choice for {n} vectors is now {want.factory!r} (was {existing.factory!r})"
 
     added = removed = 0
+    rng = np.random.default_rng(seed)
     if reason is not None:
         plan = want or plan_from_factory(existing.factory, n, d, metric, mode)
         LOG.info("building %s for %s: %s", plan.factory, encoder, reason)
+        # a sample stays out of the index while it is tuned: recall measured on vectors it has never seen
+        holdout = rng.choice(ids, min(n_queries, n // 10), replace=False) if n >= 1000 else None
         index = build_index(source.vectors, ids, metric, plan, source=source, use_gpu=use_gpu,
-                            max_file_bytes=max_file_bytes, seed=seed, progress=progress)
+                            max_file_bytes=max_file_bytes, seed=seed, progress=progress, skip_ids=holdout)
         index.update_info(auto=factory is None, built_reason=reason)
         action = "built" if existing is None else "rebuilt"
         added = n
     else:
         index = existing
-        changes = sync_with_source(index, source)
-        added, removed = changes["added"], changes["removed"]
+        # new items are held-out queries for free: tune before they go in, when there are enough of them
+        new = np.setdiff1d(ids, np.concatenate([backend.indexed_ids(s.index) for s in index.segments]
+                                               or [np.zeros(0, np.int64)]))
+        holdout = rng.choice(new, min(n_queries, len(new)), replace=False) if len(new) >= 50 else None
+        changes = sync_with_source(index, source, hold=holdout)
+        added, removed = changes["added"] + (len(holdout) if holdout is not None else 0), changes["removed"]
         action = "updated" if (added or removed) else "unchanged"
         if index.needs_rebuild:     # the additions made it stale: build afresh now rather than next time
             return build_collection_index(collection_dir, encoder, source, factory, auto, target_recall, k,
@@ -116,9 +124,13 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     info = index.info
     retune = (action != "unchanged" or "recall_at_k" not in info or info.get("k") != k
               or info.get("target_recall") != target_recall)
-    tuned = tune(index, source, target_recall=target_recall, k=k, n_queries=n_queries, seed=seed) if retune \
+    tuned = tune(index, source, target_recall=target_recall, k=k, n_queries=n_queries, seed=seed,
+                 holdout_ids=holdout) if retune \
         else {key: info.get(key) for key in ("search_params", "recall_at_k", "k", "target_recall", "target_met",
                                              "latency_ms", "latency_ms_single", "tune_seconds")}
+    if holdout is not None and len(holdout):
+        holdout = np.sort(holdout)
+        index.add(source.reconstruct(holdout), holdout)
     saved = index.save(collection_dir, encoder, max_file_bytes=max_file_bytes)
     if live is not None and live is not index:
         live.replace_with(index)

@@ -57,6 +57,10 @@ class RerankStore:
             return np.zeros((0, self.d), np.float16)
         return faiss.rev_swig_ptr(self.index.codes.data(), self.nbytes).view(np.float16).reshape(self.rows, self.d)
 
+    def reconstruct(self, ids) -> np.ndarray:
+        """Item ids (m,) -> (m, d) float32 (the VectorSource interface, for re-ranking outside faiss)."""
+        return self._view()[np.asarray(ids, dtype=np.int64)].astype(np.float32)
+
     def covers(self, ids: np.ndarray) -> bool:
         return len(ids) == 0 or int(np.max(ids)) < self.rows
 

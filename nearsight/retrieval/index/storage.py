@@ -246,13 +246,17 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
                        store=store)
 
 
-def sync_with_source(index: VectorIndex, source, block: int = 65536) -> dict:
-    """Add the source's vectors the index lacks and remove ids the source no longer holds.
-    Returns ``{"added": n, "removed": m}``."""
+def sync_with_source(index: VectorIndex, source, block: int = 65536, hold=None) -> dict:
+    """Add the source's vectors the index lacks and remove ids the source no longer holds; ids in ``hold``
+    are not added yet (held out for tuning). Returns ``{"added": n, "removed": m, "new": ids not yet indexed}``
+    where ``new`` lists every id the index lacked before this call."""
     src = np.unique(np.asarray(source.ids, dtype=np.int64))
     held = np.concatenate([backend.indexed_ids(s.index) for s in index.segments] or [np.zeros(0, np.int64)])
     held = np.setdiff1d(held, index.tombstones)
     new = np.setdiff1d(src, held, assume_unique=True)
+    missing = new
+    if hold is not None and len(hold):
+        new = np.setdiff1d(new, np.asarray(hold, dtype=np.int64))
     gone = np.setdiff1d(held, src)
     removed = index.remove(gone) if len(gone) else 0
     added = 0
@@ -261,4 +265,4 @@ def sync_with_source(index: VectorIndex, source, block: int = 65536) -> dict:
         added += index.add(source.reconstruct(chunk), chunk)
     if added or removed:
         LOG.info("index synced with the collection: %d added, %d removed", added, removed)
-    return {"added": int(added), "removed": int(removed)}
+    return {"added": int(added), "removed": int(removed), "new": missing}

@@ -304,13 +304,14 @@ class VectorIndex:
             do_rerank = self.rerank if rerank is None else bool(rerank)
             if do_rerank and s.store is not None and not self._gpu:
                 return self._search_refined(s, q, k, p)
-            if do_rerank and self.source is None:
+            rows = s.store if s.store is not None else self.source      # GPU segments re-rank on the CPU
+            if do_rerank and rows is None:
                 raise NearsightError(f"index {self.factory!r} re-ranks candidates from the embeddings; "
                                      "open it with the collection's vectors (source=)")
             kk = k * max(1, int(p.k_factor)) if do_rerank else k
             D, I = self._search_segments(s, q, kk, p)
             if do_rerank:
-                return exact_rerank(q, I, k, self.source, self.metric)
+                return exact_rerank(q, I, k, rows, self.metric)
             return D[:, :k], I[:, :k]
         finally:
             lock.release_shared()
