@@ -51,3 +51,19 @@ def test_one_line_errors_and_nonzero_exit(tmp_path, photo_dir):
     assert r.exit_code == 1 and "take text" in r.output
     r = run("search", "-c", tmp_path / "c")
     assert r.exit_code == 2 and "exactly one" in r.output
+
+
+def test_index_builds_ann_indexes_and_build_index(tmp_path, photo_dir):
+    c = tmp_path / "c"
+    r = run("index", photo_dir, "-c", c, "--workers", 0, "--quiet")
+    assert "index tiny: built Flat" in r.output and "recall@10 1.000" in r.output
+    assert (c / "indexes" / "tiny.faiss").exists()
+    r = run("build-index", "-c", c, "--encoder", "tiny", "--factory", "HNSW16", "--json")
+    report = json.loads(r.output)
+    assert r.exit_code == 0 and report["factory"] == "HNSW16" and report["recall_at_k"] >= 0.95
+    r = run("info", "-c", c)
+    assert "index HNSW16 recall@10" in r.output
+    r = run("search", "-c", c, "--image", photo_dir / "p05.jpg", "-k", 1, "--json")
+    assert json.loads(r.output)["results"][0]["path"] == str(photo_dir / "p05.jpg")
+    r = run("index", photo_dir, "-c", tmp_path / "d", "--workers", 0, "--quiet", "--no-index")
+    assert "index tiny" not in r.output and not (tmp_path / "d" / "indexes").exists()

@@ -179,8 +179,22 @@ class Collection:
             D, I = index.search(queries, k + len(deleted))
             return _drop_ids(D, I, deleted, k)
         matrix = self.embedding_matrix(name)
-        D, rows = exact_search(matrix.vectors, queries, k, metric)
+        D, rows = exact_search(matrix.searchable(), queries, k, metric)
         return D, np.where(rows >= 0, matrix.ids[np.maximum(rows, 0)], -1)
+
+    def build_index(self, name: str, factory: str | None = None, **options) -> dict:
+        """Build or update the ANN index of encoder ``name`` (see ``index.build_collection_index``).
+
+        This process keeps answering from the old index until the new one is saved and swapped in.
+        """
+        from .index import build_collection_index
+
+        spec = self.encoder_spec(name)
+        report = build_collection_index(self.dir, name, self.embedding_matrix(name), factory=factory,
+                                        auto=factory is None, metric=spec["metric"],
+                                        live=self._indexes.get(name), **options)
+        self.refresh()
+        return report
 
     def pca(self, name: str) -> tuple[PCA, np.ndarray]:
         """The encoder's fitted PCA and the projected embeddings (n, p) float32, rows as embedding_matrix."""
@@ -209,7 +223,8 @@ class Collection:
                 self._indexes[name] = None
                 if os.path.exists(os.path.join(self.dir, "indexes", name + ".json")):
                     from .index import load_index
-                    self._indexes[name] = load_index(self.dir, name, self.embedding_matrix(name))
+                    self._indexes[name] = load_index(self.dir, name, self.embedding_matrix(name),
+                                                     metric=self.encoder_spec(name)["metric"])
             return self._indexes[name]
 
     def refresh(self) -> bool:
@@ -228,7 +243,9 @@ class Collection:
         index_dir = os.path.join(self.dir, "indexes")
         index_mtimes = tuple(sorted((f, os.stat(os.path.join(index_dir, f)).st_mtime_ns)
                                     for f in os.listdir(index_dir))) if os.path.isdir(index_dir) else ()
-        return self.store.generation(), os.stat(os.path.join(self.dir, MANIFEST)).st_mtime_ns, index_mtimes
+        pca_mtimes = tuple(os.stat(p).st_mtime_ns for p in (os.path.join(self.dir, "embeddings", n, PCA_FILE)
+                                                              for n in self.encoder_names) if os.path.exists(p))
+        return self.store.generation(), os.stat(os.path.join(self.dir, MANIFEST)).st_mtime_ns, index_mtimes, pca_mtimes
 
     # -- queries --------------------------------------------------------------------------
     def query_vector(self, encoder: str, image=None, text=None, id=None, vector=None, query=None) -> np.ndarray:

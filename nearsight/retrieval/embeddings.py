@@ -75,6 +75,15 @@ class EmbeddingMatrix:
     def has(self, item_id: int) -> bool:
         return 0 <= item_id < len(self._row) and self._row[item_id] >= 0
 
+    def searchable(self, max_bytes: int = 1 << 31) -> np.ndarray:
+        """The vectors for exact search: a cached float32 copy when it fits ``max_bytes`` (saves converting
+        float16 on every query), else the float16 rows themselves."""
+        if self.vectors.nbytes * 2 > max_bytes:
+            return self.vectors
+        if not hasattr(self, "_float32"):
+            self._float32 = np.asarray(self.vectors, dtype=np.float32)
+        return self._float32
+
     def reconstruct(self, ids) -> np.ndarray:
         """Item ids (m,) -> their embeddings (m, d) float32."""
         return self.vectors[self.rows(ids)].astype(np.float32)

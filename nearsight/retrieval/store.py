@@ -29,7 +29,11 @@ MAP_SIZE = 1 << 40
 
 
 def id_key(item_id: int) -> bytes:
-    return int(item_id).to_bytes(8, "big", signed=False)
+    """Fixed-width big-endian key; UnknownItem for an id no collection can hold (negative, over 64 bits)."""
+    try:
+        return int(item_id).to_bytes(8, "big", signed=False)
+    except OverflowError:
+        raise UnknownItem(f"no item with id {item_id}") from None
 
 
 def key_id(key: bytes) -> int:

@@ -36,6 +36,15 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _open(directory: str):
+    """Open a collection for this command; closed when the command ends (tests run many in one process)."""
+    from ..retrieval.collection import Collection
+
+    coll = Collection.open(directory)
+    click.get_current_context().call_on_close(coll.close)
+    return coll
+
+
 def parse_options(pairs) -> dict[str, dict[str, object]]:
     """``-o clip.pretrained=/ckpt.pt`` -> {"clip": {"pretrained": "/ckpt.pt"}} (JSON values where they parse)."""
     out: dict[str, dict[str, object]] = {}
@@ -77,6 +86,43 @@ def index(paths, collection, encoders, options, workers, batch_size, flush_every
                           progress=not quiet, **({"workers": workers} if workers is not None else {}))
     summary = index_paths(collection, list(paths), config)
     click.echo(summary.line())
+    if not no_index:
+
+        coll = _open(collection)
+        for name in coll.encoder_names:
+            _echo_index_report(coll.build_index(name))
+
+
+def _echo_index_report(r: dict) -> None:
+    recall = r.get("recall_at_k")
+    click.echo(f"index {r['encoder']}: {r['action']} {r['factory']} ({r['ntotal']} vectors, "
+               f"{r['bytes_per_vector']} B/vector), recall@{r['k']} "
+               f"{recall if recall is None else format(recall, '.3f')} at {r.get('latency_ms') or 0:.2f} ms/query"
+               + (f"; {r['reason']}" if r.get("reason") else ""))
+
+
+@main.command("build-index")
+@COLLECTION
+@click.option("--encoder", required=True)
+@click.option("--factory", help="A FAISS index factory key (Flat, HNSW32, IVF4096,PQ32x4fs, LSHr, ...).")
+@click.option("--auto", is_flag=True, help="Choose the index from (n, d, metric, memory budget) [default].")
+@click.option("--mode", type=click.Choice(["auto", "speed", "compact"]), default="auto", show_default=True)
+@click.option("--target-recall", type=click.FloatRange(0.01, 1.0), default=0.95, show_default=True)
+@click.option("-k", "--k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--max-memory", help="Memory budget of the index, e.g. 2G (default: half the RAM).")
+@click.option("--rebuild", is_flag=True, help="Build afresh even if the saved index could be updated.")
+@click.option("--json", "as_json", is_flag=True)
+def build_index_command(collection, encoder, factory, auto, mode, target_recall, k, max_memory, rebuild, as_json):
+    """Build or update an encoder's ANN index, tuned until recall@k reaches the target on held-out vectors."""
+
+    if factory and auto:
+        raise click.UsageError("give --factory or --auto, not both")
+    report = _open(collection).build_index(encoder, factory=factory, mode=mode, target_recall=target_recall,
+                                                     k=k, max_memory=max_memory, rebuild=rebuild)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        _echo_index_report(report)
 
 
 @main.command()
@@ -94,7 +140,6 @@ def search(collection, image, text, item_id, vector, encoder, k, prefilter, as_j
     """Search a collection; exactly one of --image, --text, --id, --vector."""
     import numpy as np
 
-    from ..retrieval.collection import Collection
 
     given = [name for name, v in (("--image", image), ("--text", text), ("--id", item_id), ("--vector", vector)) if v is not None]
     if len(given) != 1:
@@ -105,7 +150,7 @@ def search(collection, image, text, item_id, vector, encoder, k, prefilter, as_j
             query["vector"] = np.load(vector, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read {vector} as a .npy array: {exc}", param_hint="--vector")
-    coll = Collection.open(collection)
+    coll = _open(collection)
     results = coll.search(image=image, text=text, id=item_id, encoder=encoder, k=k, prefilter=prefilter, **query)
     if as_json:
         click.echo(json.dumps({"results": [r.to_dict() for r in results]}, indent=1))
@@ -121,9 +166,8 @@ def search(collection, image, text, item_id, vector, encoder, k, prefilter, as_j
 @click.option("--failures", is_flag=True, help="List the sources that could not be indexed, with the reason.")
 def info(collection, as_json, failures):
     """Item count, encoders with dims, sizes on disk, failures."""
-    from ..retrieval.collection import Collection
 
-    coll = Collection.open(collection)
+    coll = _open(collection)
     data = coll.info()
     if failures:
         data["failure_list"] = [{"source": s, "reason": r} for s, r in coll.store.failures()]
@@ -138,7 +182,9 @@ def info(collection, as_json, failures):
         line = f"  encoder {e['name']:10s} dim {e['dim']:5d}  {e['metric']}  {'+'.join(e['modalities'])}  embedded {e['embedded']}"
         index = e.get("index")
         if index:
-            line += f"  index {index.get('factory')} recall@{index.get('k', 10)} {index.get('recall', float('nan')):.3f}"
+            recall = index.get("recall_at_k")
+            line += (f"  index {index.get('factory')} recall@{index.get('k', 10)} "
+                     f"{'?' if recall is None else format(recall, '.3f')} {index.get('latency_ms') or 0:.2f} ms")
         click.echo(line)
     for f in data.get("failure_list", []):
         click.echo(f"  FAILED {f['source']}: {f['reason']}")
@@ -160,10 +206,9 @@ def _size(n: int) -> str:
               help="Shortlist size used to measure the pre-filter's recall@10.")
 def fit_pca_command(collection, encoder, dim, shortlist):
     """Fit a PCA projection of an encoder's embeddings, stored with the collection, for `search --prefilter`."""
-    from ..retrieval.collection import Collection
     from ..retrieval.pca import prefilter_recall
 
-    coll = Collection.open(collection)
+    coll = _open(collection)
     pca = coll.fit_pca(encoder, dim)
     recall = prefilter_recall(coll, encoder, k=10, shortlist=shortlist)
     click.echo(f"PCA {coll.encoder_spec(encoder)['dim']} -> {dim} dims keeps {pca.explained.sum():.1%} of the variance; "
@@ -198,13 +243,12 @@ def complete(collection, image, mask, outdir, n):
 
     from PIL import Image
 
-    from ..retrieval.collection import Collection
     from ..retrieval.complete import complete_scene
     from ..retrieval.images import load_image
 
     query = load_image(image)
     hole = load_image(mask).convert("L")
-    completions = complete_scene(Collection.open(collection), query, hole, n=n)
+    completions = complete_scene(_open(collection), query, hole, n=n)
     os.makedirs(outdir, exist_ok=True)
     summary = []
     for rank, c in enumerate(completions, 1):
@@ -224,10 +268,9 @@ def complete(collection, image, mask, outdir, n):
 @click.option("-n", "--neighbors", type=click.IntRange(1, 64), default=8, show_default=True)
 def colorize(collection, image, output, neighbors):
     """Colour a grayscale or sepia photo from its nearest neighbours (gist-gray, tiny-gray)."""
-    from ..retrieval.collection import Collection
     from ..retrieval.colorize import colorize as colorize_image
 
-    result = colorize_image(Collection.open(collection), image, n_neighbors=neighbors)
+    result = colorize_image(_open(collection), image, n_neighbors=neighbors)
     for warning in result.warnings:
         click.echo(f"note: {warning}", err=True)
     click.echo("chroma from items " + ", ".join(f"{i} ({u:.0%})" for i, u in zip(result.neighbor_ids, result.usage) if u > 0))
@@ -245,10 +288,9 @@ def colorize(collection, image, output, neighbors):
 @click.option("--per-region", is_flag=True, help="Transfer per cell of a 3x3 grid of aligned regions.")
 def recolor(collection, photo, output, like_id, reference, neighbors, per_region):
     """Reinhard colour transfer toward a reference, an item, or the photo's own nearest neighbours."""
-    from ..retrieval.collection import Collection
     from ..retrieval.colorize import recolor as recolor_image
 
-    coll = None if reference is not None else Collection.open(collection)
+    coll = None if reference is not None else _open(collection)
     result = recolor_image(coll, photo, like_id=like_id, reference=reference, n_neighbors=neighbors,
                            per_region=per_region)
     for warning in result.warnings:
