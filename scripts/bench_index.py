@@ -162,7 +162,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
         # served as a collection serves it: saved, then loaded memory-mapped (the float16 re-rank rows stay
         # in the file and are paged in as queries touch them)
         index.save(workdir, f"{name}-{mode}")
-        index = load_index(workdir, f"{name}-{mode}", source=source, mmap=True)
+        index = load_index(workdir, f"{name}-{mode}", source=source, mmap=True, sync=False)
         emit(rows, **common, config=f"ours-{mode}", factory=index.factory, build_s=build_s,
              bytes_per_vector=mem / n, rerank_bytes_per_vector_on_disk=2 * d if index.rerank else 0,
              plan_reasons=list(plan.reasons))

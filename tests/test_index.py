@@ -184,6 +184,9 @@ def test_tuning_on_held_out_vectors(data, fresh):
     result = tune(index, source, target_recall=0.9, holdout_ids=held)
     assert result["tuned_on"] == "held-out" and result["target_met"]
     assert held_out_recall(index, x, ids, "ip", fresh) >= 0.85
+    index.add(x[::30], held)
+    with pytest.raises(NearsightError, match="held-out ids"):
+        tune(index, source, target_recall=0.9, holdout_ids=held)
     given = tune(index, source, target_recall=0.9, queries=fresh)
     assert given["tuned_on"] == "given" and given["recall_at_k"] >= 0.9
 

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from ..errors import NearsightError
-from .backend import SearchParams
+from .backend import SearchParams, indexed_ids
 from .plan import parse_factory
 from .source import iter_blocks
 
@@ -108,6 +108,11 @@ def tune(index, source, target_recall: float = 0.95, k: int = 10, n_queries: int
     rng = np.random.default_rng(seed)
     if holdout_ids is not None:
         holdout_ids = np.asarray(holdout_ids, dtype=np.int64)
+        inside = np.intersect1d(holdout_ids, np.concatenate(
+            [indexed_ids(s.index) for s in index.segments] or [np.zeros(0, np.int64)]))
+        if len(inside):
+            raise NearsightError(f"{len(inside)} held-out ids (e.g. {int(inside[0])}) are in the index; "
+                                 "tuning on them would overstate recall")
         rows = source.rows(holdout_ids) if hasattr(source, "rows") else np.searchsorted(ids, holdout_ids)
         queries = np.ascontiguousarray(source.vectors[np.sort(rows)], dtype=np.float32)
         nq, qids, kq = len(queries), None, k
