@@ -7,7 +7,8 @@
 Stages (``CompletionReport.timings`` names them):
 
 1. ``scene``: masked GIST + colour layout distance over the whole collection, best ``candidates``
-   (``scene_match``).
+   (``scene_match``; exhaustive when the collection has ``lab-layout`` embeddings, else the colour term
+   comes from a GIST shortlist's thumbnails and ``CompletionReport.scenes.note`` says so).
 2. ``context``: each candidate's thumbnail, fitted to cover the query frame at ``match_side`` px, is
    searched over every translation and 3 scales for the placement that best matches the context (the
    pixels within ``context_radius`` of the hole) in L*a*b* and texture (``compose.align``).
@@ -37,7 +38,8 @@ from .compose.lab import rgb_to_lab, to_uint8
 from .compose.seam import DEFAULT_K, graphcut_seam
 from .errors import ImageError, ImageTooLarge, InvalidQuery, NearsightError
 from .images import DEFAULT_MAX_PIXELS, to_rgb
-from .scene_match import SceneMatches, describe_query, match_scenes, require_gist, thumbnail_image
+from .scene_match import (ROUTES, SceneMatches, describe_query, layout_encoder, match_scenes, require_gist,
+                          thumbnail_image)
 
 __all__ = ["CompletionConfig", "Completion", "CompletionReport", "complete_scene", "complete_scene_report",
            "prepare_inputs"]
@@ -54,7 +56,8 @@ class CompletionConfig:
 
     - ``candidates``: scenes kept by scene matching (200).
     - ``gist_weight``, ``colour_weight``: scene distance mix (GIST twice the colour layout).
-    - ``shortlist``: items, by GIST alone, whose colour layout is computed (see ``scene_match``).
+    - ``shortlist``: items, by GIST alone, whose colour layout is computed on the shortlist routes.
+    - ``scene_route``: ``auto``, ``exhaustive``, ``shortlist`` or ``thumbnails`` (see ``scene_match``).
     - ``match_side``: long side (px) of the frame context matching and ranking run at.
     - ``context_radius``: context ring width in px of the composite frame (80, as in the paper).
     - ``scales``, ``texture_weight``, ``offset_penalty``: the placement search (``compose.align``).
@@ -74,6 +77,7 @@ class CompletionConfig:
     gist_weight: float = 2.0
     colour_weight: float = 1.0
     shortlist: int = 1000
+    scene_route: str = "auto"
     match_side: int = 160
     context_radius: float = 80.0
     scales: tuple[float, ...] = DEFAULT_SCALES
@@ -96,6 +100,8 @@ class CompletionConfig:
             raise InvalidQuery(f"match_side and max_side must be >= {MIN_SIDE}, got {self.match_side}, {self.max_side}")
         if not 0 < self.max_hole_fraction <= 1:
             raise InvalidQuery(f"max_hole_fraction must be in (0, 1], got {self.max_hole_fraction}")
+        if self.scene_route not in ROUTES:
+            raise InvalidQuery(f"unknown scene_route {self.scene_route!r}; valid routes: {', '.join(ROUTES)}")
         if len(self.term_weights) != len(TERMS):
             raise InvalidQuery(f"term_weights needs {len(TERMS)} values {TERMS}, got {self.term_weights}")
 
@@ -403,9 +409,10 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
     t = time.perf_counter()
     require_gist(collection)  # the clear answer before any work
     encoder = collection.encoder("gist")
-    query = describe_query(rgb, hole, encoder.params, encoder.device)
+    query = describe_query(rgb, hole, encoder.params, encoder.device, layout=layout_encoder(collection))
     scenes = match_scenes(collection, query, k=config.candidates, gist_weight=config.gist_weight,
-                          colour_weight=config.colour_weight, shortlist=config.shortlist, exclude=exclude)
+                          colour_weight=config.colour_weight, shortlist=config.shortlist, exclude=exclude,
+                          route=config.scene_route)
     timings["scene"] = time.perf_counter() - t
 
     # 2. Context matching for every candidate at the matching size.

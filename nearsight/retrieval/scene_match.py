@@ -1,34 +1,50 @@
 """Scene matching for scene completion (Hays & Efros 2007, section 3): which photos share the query's layout?
 
-The query is described with its hole masked out: colour GIST whose per-cell weights are the fraction
-of valid pixels (``gist.masked_gist``), and a 4x4 L*a*b* colour layout of the valid pixels, both over
-the centre square that the ``gist`` encoder sees. The distance to an item is::
+The query is described with its hole masked out: colour GIST of the centre square whose per-cell weights
+are the fraction of valid pixels (``gist.masked_gist``), and the 4x4 L*a*b* colour layout of the whole
+frame over the valid pixels, its cells weighted the same way (``encoders.lab_layout``). The distance to
+an item is::
 
-    scene = gist_weight * sum w (g_q - g_i)^2 / median_g  +  colour_weight * sum w_c (c_q - c_i)^2 / median_c
+    scene = gist_weight * sum w (g_q - g_i)^2 / s_g  +  colour_weight * sum w_c (c_q - c_i)^2 / s_c
 
-(GIST weighted twice the colour, each term divided by its median over the shortlist so that the
-weights mean what they say). The GIST term is computed for every item from the float16 shards in
-blocks of rows, as ``sum w q^2 - 2 X (w q) + (X*X) w``: two matrix-vector products per block, no
-Python loop over items. The collection stores no colour layouts, so the colour term is computed for
-the ``shortlist`` items with the smallest GIST distance, from their stored thumbnails (decoded at
-1/8 scale, about a millisecond each); GIST carries twice the weight, so an item outside that
-shortlist would need a colour match better than any in it to make the final cut.
+GIST weighted twice the colour; ``s_g`` and ``s_c`` are each term's median over the items compared, so
+that the weights mean what they say.
+
+Routes (``route=``):
+
+- ``exhaustive``: both terms for every item of the collection, from the float16 ``gist`` and
+  ``lab-layout`` shards, in blocks of rows: ``sum w q^2 - 2 X (w q) + (X*X) w`` is two matrix-vector
+  products per block, no Python loop over items.
+- ``shortlist``: the GIST term for every item, the colour term (stored layouts) only for the
+  ``shortlist`` items closest by GIST. Kept to measure that shortcut's recall against the exhaustive answer.
+- ``thumbnails``: as ``shortlist``, the layouts computed from the shortlist's stored thumbnails (decoded
+  at reduced size, about a millisecond each): the only way for a collection indexed without ``lab-layout``.
+- ``auto`` (default): ``exhaustive`` when the collection has ``lab-layout`` embeddings for every gist
+  item, else ``thumbnails`` with a warning; ``SceneMatches.route`` and ``.note`` say which ran and why.
 """
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from .compose.lab import rgb_to_lab
+from .encoders.lab_layout import LabLayoutEncoder, cell_means, lab_layout
 from .errors import ImageError, InvalidQuery, UnknownEncoder, UnknownItem
 
-__all__ = ["SceneMatches", "QueryDescriptor", "centre_square_box", "colour_layout", "weighted_sq_distances",
-           "describe_query", "item_colour_layouts", "require_gist", "match_scenes", "thumbnail_image"]
+__all__ = ["SceneMatches", "QueryDescriptor", "ROUTES", "LAYOUT_ENCODER", "centre_square_box", "colour_layout",
+           "weighted_sq_distances", "direct_sq_distances", "describe_query", "layout_encoder", "stored_layouts", "item_colour_layouts",
+           "require_gist", "match_scenes", "thumbnail_image"]
 
-COLOUR_SIDE = 32      # candidates' colour layouts are taken from a 32x32 centre square
-_BLOCK_ROWS = 16384   # rows of the float16 matrix converted to float32 at a time (~60 MB for 960-d)
+LOG = logging.getLogger(__name__)
+
+LAYOUT_ENCODER = "lab-layout"
+ROUTES = ("auto", "exhaustive", "shortlist", "thumbnails")
+_BLOCK_ROWS = 8192    # rows of the float16 matrix converted to float32 at a time (~30 MB for 960-d)
+
+colour_layout = cell_means  # (S, S, 3) RGB, valid -> (colour, weights); kept under its old name
 
 
 @dataclass(frozen=True)
@@ -43,11 +59,20 @@ class QueryDescriptor:
 @dataclass(frozen=True)
 class SceneMatches:
     """Best scenes, closest first: ``ids`` (k,) int64, ``distance`` (the combined scene distance),
-    ``gist`` and ``colour`` (the raw weighted SSDs), all (k,) float32."""
+    ``gist`` and ``colour`` (the raw weighted SSDs), all (k,) float32.
+
+    ``route``: the route that ran (``exhaustive``, ``shortlist``, ``thumbnails``); ``compared``: items
+    whose colour term was computed; ``scales``: the (GIST, colour) divisors used; ``note``: why a
+    fallback ran ("" when none did).
+    """
     ids: np.ndarray
     distance: np.ndarray
     gist: np.ndarray
     colour: np.ndarray
+    route: str = "exhaustive"
+    compared: int = 0
+    scales: tuple[float, float] = (1.0, 1.0)
+    note: str = ""
 
 
 def centre_square_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -55,32 +80,6 @@ def centre_square_box(width: int, height: int) -> tuple[int, int, int, int]:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
-
-
-def _cell_edges(size: int, nblocks: int) -> np.ndarray:
-    return np.floor(np.arange(nblocks + 1) * size / nblocks).astype(np.int64)
-
-
-def colour_layout(rgb: np.ndarray, valid: np.ndarray | None = None, nblocks: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """(S, S, 3) RGB (uint8 or float 0..1) -> mean L*a*b* per cell over valid pixels.
-
-    Returns ``(colour, weights)``, both (nblocks * nblocks * 3,) float32, cell-major (row, col, channel);
-    a cell's weight is its fraction of valid pixels (a cell with none has weight 0 and colour 0).
-    """
-    lab = rgb_to_lab(rgb).astype(np.float64)
-    h, w = lab.shape[:2]
-    v = np.ones((h, w)) if valid is None else np.asarray(valid, dtype=np.float64)
-    ys, xs = _cell_edges(h, nblocks), _cell_edges(w, nblocks)
-
-    def cell_sums(a):  # sums over the cells, no Python loop over pixels
-        return np.add.reduceat(np.add.reduceat(a, ys[:-1], axis=0), xs[:-1], axis=1)
-
-    count = cell_sums(v)
-    area = np.diff(ys)[:, None] * np.diff(xs)[None, :]
-    total = cell_sums(lab * v[:, :, None])
-    mean = np.where(count[..., None] > 0, total / np.maximum(count, 1e-12)[..., None], 0.0)
-    weights = np.repeat((count / area)[..., None], 3, axis=2)
-    return mean.astype(np.float32).reshape(-1), weights.astype(np.float32).reshape(-1)
 
 
 def weighted_sq_distances(vectors: np.ndarray, query: np.ndarray, weights: np.ndarray,
@@ -93,15 +92,47 @@ def weighted_sq_distances(vectors: np.ndarray, query: np.ndarray, weights: np.nd
     base = float((w * q * q).sum())
     n = vectors.shape[0]
     out = np.empty(n, dtype=np.float32)
+    buf = np.empty((min(block_rows, n), vectors.shape[1]), dtype=np.float32)
     for start in range(0, n, block_rows):
-        x = np.asarray(vectors[start:start + block_rows], dtype=np.float32)
-        out[start:start + len(x)] = base - 2.0 * (x @ wq) + (x * x) @ w32
+        stop = min(start + block_rows, n)
+        x = buf[:stop - start]
+        x[...] = vectors[start:stop]  # float16 -> float32 into a reused buffer: no allocation per block
+        cross = x @ wq
+        np.multiply(x, x, out=x)
+        out[start:stop] = base - 2.0 * cross + x @ w32
     np.maximum(out, 0.0, out=out)  # rounding of the expansion; a distance is never negative
     return out
 
 
-def describe_query(rgb: np.ndarray, hole: np.ndarray, params, device: str = "cpu") -> QueryDescriptor:
-    """(H, W, 3) uint8 query and (H, W) bool hole -> masked GIST and colour layout of the centre square."""
+def direct_sq_distances(vectors: np.ndarray, query: np.ndarray, weights: np.ndarray,
+                        block_rows: int = _BLOCK_ROWS) -> np.ndarray:
+    """(n, D) rows -> (n,) float32 ``sum_j w_j (q_j - x_ij)^2`` term by term, in blocks of rows.
+
+    For short vectors (the 48-d colour layout): no cancellation, and a row's value does not depend on
+    which other rows it is computed with, so every route gets the same number for the same item.
+    """
+    q = np.asarray(query, dtype=np.float32)
+    w = np.asarray(weights, dtype=np.float32)
+    out = np.empty(vectors.shape[0], dtype=np.float32)
+    for start in range(0, len(out), block_rows):
+        diff = np.asarray(vectors[start:start + block_rows], dtype=np.float32) - q
+        out[start:start + len(diff)] = (diff * diff * w).sum(axis=1)
+    return out
+
+
+def layout_encoder(collection=None) -> LabLayoutEncoder:
+    """The collection's ``lab-layout`` encoder (its stored config), or one with the defaults."""
+    if collection is not None and LAYOUT_ENCODER in collection.encoder_names:
+        return collection.encoder(LAYOUT_ENCODER)
+    return LabLayoutEncoder(device="cpu")
+
+
+def describe_query(rgb: np.ndarray, hole: np.ndarray, params, device: str = "cpu",
+                   layout: LabLayoutEncoder | None = None) -> QueryDescriptor:
+    """(H, W, 3) uint8 query and (H, W) bool hole -> masked GIST of the centre square and masked colour
+    layout of the whole frame (``layout``'s nblocks and working side; the defaults when None)."""
+    from PIL import Image
+
     from .gist import masked_gist
 
     height, width = hole.shape
@@ -116,11 +147,11 @@ def describe_query(rgb: np.ndarray, hole: np.ndarray, params, device: str = "cpu
                            "leave some of the photo's centre unmasked")
     pixels = np.asarray(square, dtype=np.uint8)
     desc, weights = masked_gist(pixels[None], valid[None], params, device)
-    colour, colour_weights = colour_layout(pixels, valid, params.nblocks)
+    colour, colour_weights = (layout or layout_encoder()).masked(np.asarray(rgb, dtype=np.uint8), hole)
     return QueryDescriptor(desc[0], weights[0], colour, colour_weights)
 
 
-def thumbnail_image(collection, item_id: int, min_side: int | None) -> Image.Image:
+def thumbnail_image(collection, item_id: int, min_side: int | None):
     """An item's stored thumbnail as PIL RGB (its source file if the thumbnail is missing)."""
     from .images import decode_image
 
@@ -130,15 +161,48 @@ def thumbnail_image(collection, item_id: int, min_side: int | None) -> Image.Ima
         return collection.load_image(int(item_id), min_side=min_side)
 
 
-def item_colour_layouts(collection, ids, nblocks: int = 4) -> np.ndarray:
-    """Colour layouts of items (m,) -> (m, 3 nblocks^2) float32, from their thumbnails' centre squares."""
-    out = np.empty((len(ids), 3 * nblocks * nblocks), dtype=np.float32)
+def item_colour_layouts(collection, ids, layout: LabLayoutEncoder | None = None) -> np.ndarray:
+    """Colour layouts of items (m,) -> (m, dim) float32, computed from their stored thumbnails."""
+    layout = layout or layout_encoder()
+    out = np.empty((len(ids), layout.dim), dtype=np.float32)
     for row, item_id in enumerate(ids):
-        image = thumbnail_image(collection, item_id, COLOUR_SIDE)
-        square = image.crop(centre_square_box(*image.size)).resize((COLOUR_SIDE, COLOUR_SIDE),
-                                                                   Image.Resampling.BILINEAR)
-        out[row] = colour_layout(np.asarray(square), None, nblocks)[0]
+        out[row] = lab_layout(thumbnail_image(collection, item_id, layout.side), layout.nblocks, layout.side)
     return out
+
+
+# Per gist matrix (by id, while it lives): its lab-layout rows gathered into the same order, when the two
+# encoders' shards list items differently. The collection caches both matrices until it changes.
+_ALIGNED: dict[int, tuple] = {}
+_ALIGNED_LOCK = threading.Lock()
+
+
+def _forget(key: int):
+    return lambda _ref: _ALIGNED.pop(key, None)
+
+
+def stored_layouts(collection, gist_matrix) -> tuple[np.ndarray | None, str]:
+    """(n, dim) float16 ``lab-layout`` rows aligned with ``gist_matrix``'s rows, or ``(None, why not)``."""
+    if LAYOUT_ENCODER not in collection.encoder_names:
+        return None, (f"collection {collection.dir} has no '{LAYOUT_ENCODER}' embeddings, so the colour term is "
+                      f"computed from the thumbnails of a GIST shortlist; index it with --encoders gist,{LAYOUT_ENCODER} "
+                      f"for the exhaustive scene distance")
+    layouts = collection.embedding_matrix(LAYOUT_ENCODER)
+    if len(layouts.ids) == len(gist_matrix.ids) and np.array_equal(layouts.ids, gist_matrix.ids):
+        return layouts.vectors, ""
+    key = id(gist_matrix)
+    with _ALIGNED_LOCK:
+        cached = _ALIGNED.get(key)
+        if cached is not None and cached[0]() is gist_matrix and cached[1] is layouts:
+            return cached[2], ""
+    try:
+        aligned = np.asarray(layouts.vectors[layouts.rows(gist_matrix.ids)])
+    except UnknownItem:
+        have = int(np.isin(gist_matrix.ids, layouts.ids).sum())
+        return None, (f"'{LAYOUT_ENCODER}' embeddings cover {have} of the {len(gist_matrix.ids)} gist items, so the "
+                      f"colour term is computed from thumbnails; re-run `nearsight index` to fill them in")
+    with _ALIGNED_LOCK:
+        _ALIGNED[key] = (weakref.ref(gist_matrix, _forget(key)), layouts, aligned)
+    return aligned, ""
 
 
 def require_gist(collection):
@@ -152,28 +216,64 @@ def require_gist(collection):
     return matrix
 
 
+def _median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return (float(np.median(finite)) if len(finite) else 0.0) or 1.0
+
+
 def match_scenes(collection, query: QueryDescriptor, k: int = 200, gist_weight: float = 2.0,
-                 colour_weight: float = 1.0, shortlist: int = 1000, exclude=()) -> SceneMatches:
-    """The ``k`` items of ``collection`` closest to the masked query (see the module doc)."""
+                 colour_weight: float = 1.0, shortlist: int = 1000, exclude=(), route: str = "auto",
+                 scales: tuple[float, float] | None = None) -> SceneMatches:
+    """The ``k`` items of ``collection`` closest to the masked query (see the module doc for ``route``).
+
+    ``scales``: the (GIST, colour) divisors; by default each term's median over the items compared.
+    Passing the exhaustive route's ``scales`` to the ``shortlist`` route makes the two rank by the same
+    distance, so that their overlap measures the shortlist alone.
+    """
+    if route not in ROUTES:
+        raise InvalidQuery(f"unknown scene matching route {route!r}; valid routes: {', '.join(ROUTES)}")
     matrix = require_gist(collection)
     if matrix.vectors.shape[1] != query.gist.shape[0]:
         raise InvalidQuery(f"the collection's gist vectors are {matrix.vectors.shape[1]}-d, the query's "
                            f"{query.gist.shape[0]}-d; the encoder config differs")
+    layouts, note = (None, "") if route == "thumbnails" else stored_layouts(collection, matrix)
+    if layouts is None and route in ("exhaustive", "shortlist"):
+        raise InvalidQuery(f"the {route} route needs stored colour layouts: {note}")
+    if layouts is not None and layouts.shape[1] != query.colour.shape[0]:
+        raise InvalidQuery(f"the collection's {LAYOUT_ENCODER} vectors are {layouts.shape[1]}-d, the query's "
+                           f"{query.colour.shape[0]}-d; describe the query with the collection's layout encoder")
+    if route == "auto":
+        route = "exhaustive" if layouts is not None else "thumbnails"
+        if note:
+            LOG.warning("%s", note)
+
     gist_d = weighted_sq_distances(matrix.vectors, query.gist, query.gist_weights)
-    excluded = np.isin(matrix.ids, np.asarray(list(exclude), dtype=np.int64)) if len(exclude) else None
-    if excluded is not None:
-        gist_d[excluded] = np.inf
+    if len(exclude):
+        gist_d[np.isin(matrix.ids, np.asarray(list(exclude), dtype=np.int64))] = np.inf
     available = int(np.isfinite(gist_d).sum())
     if available == 0:
         raise InvalidQuery("every item of the collection is excluded; nothing to complete from")
-    m = min(max(shortlist, k), available)
-    rows = np.argpartition(gist_d, m - 1)[:m] if m < len(gist_d) else np.flatnonzero(np.isfinite(gist_d))
-    ids = matrix.ids[rows]
+
+    if route == "exhaustive":
+        rows = np.arange(len(gist_d))
+        colour_d = direct_sq_distances(layouts, query.colour, query.colour_weights)
+        colour_d[~np.isfinite(gist_d)] = np.inf
+    else:
+        m = min(max(shortlist, k), available)
+        rows = np.argpartition(gist_d, m - 1)[:m] if m < len(gist_d) else np.flatnonzero(np.isfinite(gist_d))
+        rows = np.sort(rows)  # row order, as the exhaustive route sees them: ties break the same way
+        if route == "shortlist":
+            colours = layouts[rows]
+        else:
+            colours = item_colour_layouts(collection, matrix.ids[rows], layout_encoder(collection))
+        colour_d = direct_sq_distances(colours, query.colour, query.colour_weights)
     g = gist_d[rows]
-    colours = item_colour_layouts(collection, ids, nblocks=int(np.sqrt(query.colour.size // 3)))
-    c = ((colours - query.colour) ** 2 * query.colour_weights).sum(axis=1).astype(np.float32)
-    g_scale = float(np.median(g)) or 1.0
-    c_scale = float(np.median(c)) or 1.0
-    distance = (gist_weight * g / g_scale + colour_weight * c / c_scale).astype(np.float32)
-    order = np.argsort(distance, kind="stable")[:k]
-    return SceneMatches(ids=ids[order].astype(np.int64), distance=distance[order], gist=g[order], colour=c[order])
+    g_scale, c_scale = scales if scales is not None else (_median(g), _median(colour_d))
+    distance = (gist_weight * g / np.float32(g_scale) + colour_weight * colour_d / np.float32(c_scale)).astype(np.float32)
+    kk = min(k, available)
+    top = np.argpartition(distance, kk - 1)[:kk] if kk < len(distance) else np.arange(len(distance))
+    top = top[np.lexsort((top, distance[top]))]  # by distance, ties by row: the same order on every route
+    top = top[np.isfinite(distance[top])]
+    return SceneMatches(ids=matrix.ids[rows[top]].astype(np.int64), distance=distance[top], gist=g[top],
+                        colour=colour_d[top].astype(np.float32), route=route, compared=len(rows),
+                        scales=(float(g_scale), float(c_scale)), note=note)
