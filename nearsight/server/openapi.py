@@ -109,7 +109,119 @@ _SCHEMAS = {
     },
 }
 
+_IMAGE_B64 = {"type": "string", "format": "byte",
+              "description": "An image file's bytes, base64 encoded (a data: URL is accepted). Never a path or URL."}
+_ITEM = {"type": "integer", "minimum": 0, "maximum": 2 ** 63 - 1}
+_DATA_URL = {"type": "string", "pattern": "^data:image/jpeg;base64,",
+             "description": "The result, a JPEG as a data: URL."}
+_FILE = {"type": "string", "format": "binary"}
+
+
+def _neighbors(default: int) -> dict:
+    return {"type": "integer", "minimum": 1, "maximum": 64, "default": default,
+            "description": "How many nearest neighbours to take colours from."}
+
+
+_COMPLETE_N = {"type": "integer", "minimum": 1, "maximum": 50, "default": 6,
+               "description": "How many composites (each costs a full-size seam and Poisson blend)."}
+_IMAGE_ID = dict(_ITEM, description="A collection item to use as the photo instead of uploading it (it is then "
+                                    "left out of the photos the result is made from).")
+_PER_REGION = {"type": "boolean", "default": False,
+               "description": "Transfer per cell of a 3x3 grid of aligned regions instead of the whole image."}
+
+_SCHEMAS.update({
+    "CompleteRequest": {
+        "type": "object", "required": ["mask"], "additionalProperties": False,
+        "description": "The photo (image, or id of an item) and a mask of its size: white = the hole to fill "
+                       "(an opaque image; transparent pixels count as white).",
+        "properties": {"image": _IMAGE_B64, "id": _IMAGE_ID, "mask": _IMAGE_B64, "n": _COMPLETE_N},
+        "oneOf": [{"required": ["image"]}, {"required": ["id"]}],
+    },
+    "CompleteUpload": {
+        "type": "object", "required": ["image", "mask"], "additionalProperties": False,
+        "properties": {"image": _FILE, "mask": _FILE, "n": _COMPLETE_N},
+    },
+    "CompleteResponse": {
+        "type": "object", "required": ["completions", "took_ms"], "additionalProperties": False,
+        "properties": {
+            "completions": {"type": "array", "description": "Best first.", "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["id", "score", "terms", "placement", "image"],
+                "properties": {
+                    "id": {"type": "integer", "description": "The item whose pixels fill the hole."},
+                    "score": {"type": ["number", "null"], "description": "Higher is better."},
+                    "terms": {"type": "object", "additionalProperties": {"type": ["number", "null"]},
+                              "description": "Raw and standardised costs: scene, gist, colour, context, texture, "
+                                             "seam, seam_full, z_scene, z_context, z_texture, z_seam."},
+                    "placement": {"type": "object", "required": ["dy", "dx", "scale"], "additionalProperties": False,
+                                  "properties": {"dy": {"type": "integer"}, "dx": {"type": "integer"},
+                                                 "scale": {"type": "number"}},
+                                  "description": "Where the source photo's top-left corner went, and its scale."},
+                    "image": _DATA_URL}}},
+            "took_ms": {"type": "number"},
+        },
+    },
+    "ColorizeRequest": {
+        "type": "object", "additionalProperties": False,
+        "description": "A gray or sepia photo (image, or id of an item); a colour photo is made gray first.",
+        "properties": {"image": _IMAGE_B64, "id": _IMAGE_ID, "n": _neighbors(8)},
+        "oneOf": [{"required": ["image"]}, {"required": ["id"]}],
+    },
+    "ColorizeUpload": {
+        "type": "object", "required": ["image"], "additionalProperties": False,
+        "properties": {"image": _FILE, "n": _neighbors(8)},
+    },
+    "ColorizeResponse": {
+        "type": "object", "required": ["image", "neighbor_ids", "usage", "warnings", "took_ms"],
+        "additionalProperties": False,
+        "properties": {"image": _DATA_URL,
+                       "neighbor_ids": {"type": "array", "items": {"type": "integer"},
+                                        "description": "The items the colours came from, best match first."},
+                       "usage": {"type": "array", "items": {"type": "number"},
+                                 "description": "Share of the pixels each neighbour coloured."},
+                       "warnings": {"type": "array", "items": {"type": "string"}},
+                       "took_ms": {"type": "number"}},
+    },
+    "RecolorRequest": {
+        "type": "object", "additionalProperties": False,
+        "description": "A photo (image, or id of an item) and at most one of like, reference; with neither, "
+                       "the mean colours of the photo's n nearest neighbours.",
+        "properties": {"image": _IMAGE_B64, "id": _IMAGE_ID,
+                       "like": dict(_ITEM, description="Take the colours of this item."),
+                       "reference": dict(_IMAGE_B64, description="Take the colours of this image (base64)."),
+                       "n": _neighbors(5), "per_region": _PER_REGION},
+        "oneOf": [{"required": ["image"]}, {"required": ["id"]}],
+        "not": {"required": ["like", "reference"]},
+    },
+    "RecolorUpload": {
+        "type": "object", "required": ["image"], "additionalProperties": False,
+        "properties": {"image": _FILE, "reference": _FILE, "like": _ITEM, "n": _neighbors(5),
+                       "per_region": _PER_REGION},
+    },
+    "RecolorResponse": {
+        "type": "object", "required": ["image", "reference_ids", "warnings", "took_ms"], "additionalProperties": False,
+        "properties": {"image": _DATA_URL,
+                       "reference_ids": {"type": "array", "items": {"type": "integer"},
+                                         "description": "The items whose colours were used (empty for an "
+                                                        "uploaded reference)."},
+                       "warnings": {"type": "array", "items": {"type": "string"}},
+                       "took_ms": {"type": "number"}},
+    },
+})
+
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _image_method(operation: str, summary: str, schema: str, answer: str) -> dict:
+    return {"post": {
+        "operationId": operation, "summary": summary,
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}Request"}},
+            "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{schema}Upload"}}}},
+        "responses": {"200": {"description": answer, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}Response"}}}},
+            **_errors(400, 401, 404, 413, 415, 422)},
+    }}
 
 
 def _paths() -> dict:
@@ -123,6 +235,15 @@ def _paths() -> dict:
                 "application/json": {"schema": {"$ref": "#/components/schemas/SearchResponse"}}}},
                 **_errors(400, 401, 404, 413, 415, 422, 503)},
         }},
+        "/api/complete": _image_method(
+            "complete", "Scene completion (Hays & Efros 2007): fill the mask's hole from the collection's photos "
+                        "(needs the gist encoder, else 422).", "Complete", "Composites, best first."),
+        "/api/colorize": _image_method(
+            "colorize", "Colour a gray photo from its nearest neighbours (needs gist-gray or tiny-gray, else 422).",
+            "Colorize", "The coloured photo and where its colours came from."),
+        "/api/recolor": _image_method(
+            "recolor", "Reinhard colour transfer toward an item, an uploaded reference or the photo's neighbours.",
+            "Recolor", "The recoloured photo."),
         "/api/items/{item_id}": {"get": {
             "operationId": "getItem", "summary": "An item's metadata.", "parameters": [ITEM_ID],
             "responses": {"200": {"description": "The item.", "content": {
