@@ -64,9 +64,16 @@ def test_prepare_gray_and_odd_shapes():
 def test_batch_equals_single():
     names = [n for n in sorted(CASES) if CASES[n]["size"] == 128 and n.endswith("_128")]
     images = np.stack([load_png(CASES[n]["input"]) for n in names])
-    batch = gist(images)
+    threads = torch.get_num_threads()
+    batch = gist(images)  # on CPU with several torch threads: whole images spread over worker threads
+    assert torch.get_num_threads() == threads  # the workers' single-threading does not leak out
     single = np.concatenate([gist(im[None]) for im in images])
     np.testing.assert_allclose(batch, single, rtol=1e-5, atol=1e-7)
+    torch.set_num_threads(1)
+    try:
+        np.testing.assert_allclose(gist(images), batch, rtol=1e-5, atol=1e-7)
+    finally:
+        torch.set_num_threads(threads)
     for row, name in zip(batch, names):
         assert rel_err(row, np.load(GOLDEN / f"{name}.gist.npy")) < TOL
 
