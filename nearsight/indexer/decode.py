@@ -13,7 +13,7 @@ import numpy as np
 
 from ..retrieval.encoders import create_encoder
 from ..retrieval.errors import ImageError
-from ..retrieval.images import decode_image, thumbnail_jpeg
+from ..retrieval.images import decode_image, read_file, thumbnail_jpeg
 from ..retrieval.tar_members import is_member_key, read_member
 from .sources import Source
 
@@ -80,21 +80,9 @@ def read_source(source: Source) -> bytes:
             return read_member(source.key)
         except (KeyError, OSError, tarfile.TarError) as exc:
             raise ImageError(f"cannot read {source.key}: {exc}") from None
-    try:
-        with open(source.file, "rb") as f:
-            if source.offset >= 0:
-                f.seek(source.offset)
-                data = f.read(source.size)
-                if len(data) != source.size:
-                    raise ImageError("tar member is truncated")
-                return data
-            return f.read()
-    except FileNotFoundError:
-        raise ImageError(f"no such file: {source.file}") from None
-    except IsADirectoryError:
-        raise ImageError(f"is a directory: {source.file}") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read {source.file}: {exc}") from None
+    if source.offset >= 0:  # a tar member: one seek into its shard
+        return read_file(source.file, source.offset, source.size)
+    return read_file(source.file)
 
 
 def init_worker(task: DecodeTask) -> None:

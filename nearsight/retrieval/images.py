@@ -92,18 +92,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def load_image(path, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A file path -> upright RGB PIL image (see ``decode_image``)."""
+def read_file(path, offset: int = 0, size: int = -1) -> bytes:
+    """The bytes of a file (``size`` of them from ``offset``, e.g. a tar member); ImageError when unreadable."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            f.seek(offset)
+            data = f.read(size)
     except FileNotFoundError:
         raise ImageError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise ImageError(f"is a directory, not an image: {path}") from None
     except OSError as exc:
         raise ImageError(f"cannot read {path}: {exc}") from None
-    return decode_image(data, min_side=min_side, max_pixels=max_pixels).image
+    if size >= 0 and len(data) != size:
+        raise ImageError(f"{path} is truncated: {len(data)} of {size} bytes at offset {offset}")
+    return data
+
+
+def load_image(path, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A file path -> upright RGB PIL image (see ``decode_image``)."""
+    return decode_image(read_file(path), min_side=min_side, max_pixels=max_pixels).image
 
 
 def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int = 85) -> bytes:
