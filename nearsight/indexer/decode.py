@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,8 +34,9 @@ class Decoded:
     width: int
     height: int
     thumbnail: bytes | None
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]   # preprocessed, per encoder; emptied once encoded
     item_id: int = -1  # set for backfills of existing items
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # (dim,) float32 per encoder, once encoded
 
 
 @dataclass

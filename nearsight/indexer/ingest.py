@@ -123,7 +123,7 @@ class _Run:
 
     # -- new items --------------------------------------------------------------------------
     def ingest(self, jobs: list[tuple[Source, int]], summary: IngestSummary) -> None:
-        batch = _Flush()
+        batch, unencoded = _Flush(), []
         with self._progress(len(jobs), "indexing") as bar:
             for result in self._decoded(jobs, self.encoders, thumbnails=True):
                 bar.update(1)
@@ -136,9 +136,13 @@ class _Run:
                 else:
                     batch.by_hash[result.sha256] = result
                     summary.added += 1
+                    unencoded.append(result)
+                    if len(unencoded) >= self.config.batch_size:
+                        self._embed(unencoded, self.encoders)
+                        unencoded = []
                 if len(batch.by_hash) >= self.config.flush_every or len(batch) >= 8 * self.config.flush_every:
                     self._flush(batch)
-                    batch = _Flush()
+                    batch, unencoded = _Flush(), []
                     bar.set_postfix(items=self.coll.count, refresh=False)
             self._flush(batch)
 
@@ -179,20 +183,31 @@ class _Run:
         parts = {}
         if not len(ids):
             return parts
+        self._embed([d for d in decoded if d.arrays], encoders)
         for encoder in encoders:
-            vectors = self._encode(encoder, [d.arrays[encoder.name] for d in decoded])
+            vectors = np.stack([d.vectors[encoder.name] for d in decoded])
             directory = os.path.join(self.coll.dir, "embeddings", encoder.name)
             parts[encoder.name] = write_part(directory, len(self.store.parts(encoder.name)), vectors, ids)
         return parts
 
-    def _encode(self, encoder: Encoder, arrays: list[np.ndarray]) -> np.ndarray:
+    def _embed(self, decoded: list[Decoded], encoders: list[Encoder]) -> None:
+        """Encode decoded items in batches, as they arrive, so encoding overlaps the workers' decoding.
+
+        The vectors replace the preprocessed arrays (much smaller), until the next flush writes them.
+        """
         bs = self.config.batch_size
-        out = [encoder.encode_images(np.stack(arrays[i:i + bs])) for i in range(0, len(arrays), bs)]
-        vectors = np.concatenate(out).astype(np.float32)
-        if vectors.shape != (len(arrays), encoder.dim) or not np.isfinite(vectors).all():
-            raise NearsightError(f"encoder {encoder.name!r} returned {vectors.shape} (or non-finite values), "
-                                 f"expected ({len(arrays)}, {encoder.dim})")
-        return vectors
+        for start in range(0, len(decoded), bs):
+            chunk = decoded[start:start + bs]
+            for encoder in encoders:
+                vectors = np.asarray(encoder.encode_images(np.stack([d.arrays[encoder.name] for d in chunk])),
+                                     dtype=np.float32)
+                if vectors.shape != (len(chunk), encoder.dim) or not np.isfinite(vectors).all():
+                    raise NearsightError(f"encoder {encoder.name!r} returned {vectors.shape} (or non-finite values), "
+                                         f"expected ({len(chunk)}, {encoder.dim})")
+                for d, v in zip(chunk, vectors):
+                    d.vectors[encoder.name] = v
+            for d in chunk:
+                d.arrays = {}
 
     # -- new encoders on existing items -------------------------------------------------------
     def backfill(self) -> dict[str, int]:
@@ -218,6 +233,8 @@ class _Run:
                 if isinstance(result, Failed):  # the source is gone: embed what we kept, the thumbnail
                     result = self._from_thumbnail(encoder, result)
                 pending.append(result)
+                if len(pending) % self.config.batch_size == 0:
+                    self._embed(pending[-self.config.batch_size:], [encoder])
                 if len(pending) >= self.config.flush_every:
                     self._commit_backfill(encoder, pending)
                     pending = []
