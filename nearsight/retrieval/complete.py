@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .compose.align import (DEFAULT_SCALES, Placement, best_placement, context_mask, resize_image, texture_map,
+from .compose.align import (DEFAULT_SCALES, ContextMatcher, Placement, context_mask, resize_image, texture_map,
                             warp_candidate)
 from .compose.composite import composite_candidate
 from .compose.lab import rgb_to_lab, to_uint8
@@ -281,6 +281,8 @@ class _Frame:
     hole: np.ndarray             # (h, w) bool, conservative (any hole pixel below makes a hole pixel)
     context: np.ndarray          # (h, w) bool
     texture: np.ndarray          # (h, w) float32
+    distance: np.ndarray         # (h, w) float64, px to the hole (every seam at this size needs it)
+    matcher: ContextMatcher      # the context's side of the placement search, shared by all candidates
 
 
 @dataclass(frozen=True)
@@ -301,16 +303,19 @@ def _match_frame(rgb: np.ndarray, hole: np.ndarray, config: CompletionConfig) ->
         raise InvalidQuery("at the matching size the hole covers the whole image; use a smaller hole")
     rgb_m = _fill_hole(_as_float_rgb(Image.fromarray(rgb), size), hole_m)
     lab_m = rgb_to_lab(rgb_m)
+    context = context_mask(hole_m, max(2.0, config.context_radius * f))
+    texture = texture_map(lab_m)
+    matcher = ContextMatcher(lab_m, context, scales=config.scales, texture_weight=config.texture_weight,
+                             offset_penalty=config.offset_penalty, must_cover=hole_m, query_texture=texture)
     return _Frame(size=size, scale=(size[0] / height, size[1] / width), rgb=rgb_m, lab=lab_m, hole=hole_m,
-                  context=context_mask(hole_m, max(2.0, config.context_radius * f)), texture=texture_map(lab_m))
+                  context=context, texture=texture, distance=ndimage.distance_transform_edt(~hole_m), matcher=matcher)
 
 
-def _place(frame: _Frame, config: CompletionConfig, rank: int, item_id: int, thumb: Image.Image) -> _Candidate | None:
-    try:
+def _place(frame: _Frame, config: CompletionConfig, collection, rank: int, item_id: int) -> _Candidate | None:
+    try:  # one unreadable or unplaceable candidate never stops a query
+        thumb = thumbnail_image(collection, item_id, None)
         cand = _as_float_rgb(thumb, _cover_size((thumb.height, thumb.width), frame.size))
-        placement = best_placement(frame.lab, frame.context, rgb_to_lab(cand), scales=config.scales,
-                                   texture_weight=config.texture_weight, offset_penalty=config.offset_penalty,
-                                   must_cover=frame.hole, query_texture=frame.texture)
+        placement = frame.matcher.place(rgb_to_lab(cand))
     except NearsightError as exc:
         LOG.debug("candidate %d not placed: %s", item_id, exc)
         return None
@@ -323,7 +328,7 @@ def _small_seam(frame: _Frame, config: CompletionConfig, cand: _Candidate) -> tu
     try:
         # k per matching px = k per composite px / f: the same cost for the same distance in the photo.
         return graphcut_seam(frame.rgb, warped, frame.hole, covered, k=config.k / f,
-                             max_distance=config.seam_radius * f)
+                             max_distance=config.seam_radius * f, hole_distance=frame.distance)
     except NearsightError as exc:
         LOG.debug("candidate %d has no seam: %s", cand.id, exc)
         return None, float("inf")
@@ -340,7 +345,7 @@ def _load_source(collection, item_id: int, size: tuple[int, int]) -> Image.Image
 
 
 def _composite(query: np.ndarray, hole: np.ndarray, frame: _Frame, config: CompletionConfig, cand: _Candidate,
-               take_m: np.ndarray, source) -> tuple[Placement, object] | None:
+               take_m: np.ndarray, source, hole_distance: np.ndarray | None = None) -> tuple[Placement, object] | None:
     if isinstance(source, NearsightError):
         LOG.debug("candidate %d has no source image: %s", cand.id, source)
         return None
@@ -355,7 +360,8 @@ def _composite(query: np.ndarray, hole: np.ndarray, frame: _Frame, config: Compl
         if p is None:
             raise InvalidQuery(f"item {cand.id} is too small at full size to cover the hole")
         comp = composite_candidate(query, image, hole, p, k=config.k, max_distance=config.seam_radius,
-                                   guide=_grow_mask(take_m, (height, width)), band=config.seam_band)
+                                   guide=_grow_mask(take_m, (height, width)), band=config.seam_band,
+                                   hole_distance=hole_distance)
     except NearsightError as exc:
         LOG.debug("candidate %d not composited: %s", cand.id, exc)
         return None
@@ -418,14 +424,9 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
     # 2. Context matching for every candidate at the matching size.
     t = time.perf_counter()
     frame = _match_frame(rgb, hole, config)
-    thumbs = []
-    for rank, item_id in enumerate(scenes.ids):
-        try:
-            thumbs.append((rank, int(item_id), thumbnail_image(collection, int(item_id), None)))
-        except NearsightError as exc:  # one unreadable candidate never stops a query
-            LOG.debug("candidate %d skipped: %s", int(item_id), exc)
     with _pool(config.workers) as pool:
-        placed = list(pool.map(lambda job: _place(frame, config, *job), thumbs))
+        placed = list(pool.map(lambda job: _place(frame, config, collection, *job),
+                               [(rank, int(item_id)) for rank, item_id in enumerate(scenes.ids)]))
         cands = [c for c in placed if c is not None]
         timings["context"] = time.perf_counter() - t
         if not cands:
@@ -454,11 +455,13 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
         # 4. Composite the best n at full size (the next in rank order stands in for one that fails).
         t = time.perf_counter()
         query_full = _fill_hole(rgb.astype(np.float32) / 255.0, hole)
+        hole_distance = ndimage.distance_transform_edt(~hole)  # the same for every composite's seam
         completions: list[Completion] = []
         while len(completions) < n and order:
             batch, order = order[:n - len(completions)], order[n - len(completions):]
             sources = [_load_source(collection, cands[i].id, (height, width)) for i in batch]
-            jobs = [(query_full, hole, frame, config, cands[i], takes[i], src) for i, src in zip(batch, sources)]
+            jobs = [(query_full, hole, frame, config, cands[i], takes[i], src, hole_distance)
+                    for i, src in zip(batch, sources)]
             for i, result in zip(batch, pool.map(lambda job: _composite(*job), jobs)):
                 if result is None:
                     continue

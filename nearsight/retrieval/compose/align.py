@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from ..errors import InvalidQuery
 
-__all__ = ["Placement", "context_mask", "texture_map", "best_placement", "resize_image", "warp_candidate",
+__all__ = ["Placement", "ContextMatcher", "context_mask", "texture_map", "best_placement", "resize_image", "warp_candidate",
            "DEFAULT_SCALES"]
 
 DEFAULT_SCALES = (0.81, 0.90, 1.0)
@@ -136,6 +136,100 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+class ContextMatcher:
+    """The query side of ``best_placement``, prepared once and reused for many candidates.
+
+    Holds the context's bounding box, the mean-centred kernels and their sums, and the kernels' FFTs
+    per FFT shape (candidates resized to cover the same frame mostly share a few shapes), so that each
+    candidate costs only its own transforms. Thread-safe: the FFT cache only ever gains entries, and
+    two threads computing the same entry compute the same array. Arguments as ``best_placement``.
+    """
+
+    def __init__(self, query: np.ndarray, context: np.ndarray, scales: tuple[float, ...] = DEFAULT_SCALES,
+                 texture_weight: float = 1.0, offset_penalty: float = 50.0, must_cover: np.ndarray | None = None,
+                 query_texture: np.ndarray | None = None):
+        q = _as_hwc(query, "query")
+        self.height, self.width, self.channels = q.shape
+        ctx = _as_mask(context, (self.height, self.width), "context")
+        self.n_ctx = int(ctx.sum())
+        if self.n_ctx == 0:
+            raise InvalidQuery("the context mask is empty: nothing to match the candidate against")
+        region = ctx if must_cover is None else ctx | _as_mask(must_cover, (self.height, self.width), "must_cover")
+        self.y0, y1, self.x0, x1 = _bbox(region)
+        self.bh, self.bw = y1 - self.y0, x1 - self.x0
+        self.scales = tuple(scales)
+        self.texture_weight, self.offset_penalty = texture_weight, offset_penalty
+        tq = texture_map(q) if query_texture is None else np.asarray(query_texture, dtype=np.float32)
+
+        # Kernels over the bounding box, centred on the context means (SSD is shift-invariant).
+        m = ctx[self.y0:y1, self.x0:x1].astype(np.float64)
+        qb = q[self.y0:y1, self.x0:x1].astype(np.float64)
+        tb = tq[self.y0:y1, self.x0:x1].astype(np.float64)
+        self.q_mean = (qb * m[:, :, None]).sum(axis=(0, 1)) / self.n_ctx
+        self.t_mean = float((tb * m).sum() / self.n_ctx)
+        qb -= self.q_mean
+        tb -= self.t_mean
+        self.sum_mq2 = float((m[:, :, None] * qb * qb).sum())
+        self.sum_mt2 = float((m * tb * tb).sum())
+        self.kernels = np.concatenate([(m[:, :, None] * qb).transpose(2, 0, 1), (m * tb)[None], m[None]])  # (C+2, bh, bw)
+        self._kernel_ffts: dict[tuple[int, int], np.ndarray] = {}
+
+    def _kernel_fft(self, shape: tuple[int, int]) -> np.ndarray:
+        f_ker = self._kernel_ffts.get(shape)
+        if f_ker is None:
+            f_ker = np.conj(sfft.rfft2(self.kernels, s=shape, axes=(1, 2), workers=1))
+            self._kernel_ffts[shape] = f_ker
+        return f_ker
+
+    def place(self, candidate: np.ndarray) -> Placement:
+        """(h, w, C) float32 candidate -> its least-cost ``Placement``; ``InvalidQuery`` if it cannot
+        contain the context at any scale."""
+        c_img = _as_hwc(candidate, "candidate")
+        channels, height, width = self.channels, self.height, self.width
+        if c_img.shape[2] != channels:
+            raise InvalidQuery(f"candidate has {c_img.shape[2]} channels, the query {channels}")
+        y0, x0, bh, bw, n_ctx = self.y0, self.x0, self.bh, self.bw, self.n_ctx
+        diagonal = math.hypot(height, width)
+        best: Placement | None = None
+        for scale in self.scales:
+            hs, ws = _scaled_size(c_img.shape[:2], scale)
+            if hs < bh or ws < bw:
+                continue
+            cs = resize_image(c_img, (hs, ws)).astype(np.float64)
+            cs -= self.q_mean
+            tc = texture_map(cs).astype(np.float64) - self.t_mean  # gradients ignore the mean shift
+            # Signals whose correlations we need: each channel with m*q, texture with m*t, and the
+            # squared sums (colour and texture together, both against m).
+            signals = np.concatenate([cs.transpose(2, 0, 1), tc[None], (cs * cs).sum(axis=2)[None], (tc * tc)[None]])
+            shape = (sfft.next_fast_len(hs, real=True), sfft.next_fast_len(ws, real=True))
+            f_sig = sfft.rfft2(signals, s=shape, axes=(1, 2), workers=1)
+            f_ker = self._kernel_fft(shape)
+            # corr(k, s)[t] = sum_u k[u] s[u + t]; valid for t in [0, hs-bh] x [0, ws-bw] (no wrap-around).
+            cross = f_sig[:channels] * f_ker[:channels]
+            colour_cross = sfft.irfft2(cross.sum(axis=0), s=shape, workers=1)
+            texture_cross = sfft.irfft2(f_sig[channels] * f_ker[channels], s=shape, workers=1)
+            squares = sfft.irfft2(f_sig[channels + 1:] * f_ker[channels + 1][None], s=shape, axes=(1, 2), workers=1)
+            ny, nx = hs - bh + 1, ws - bw + 1
+            ssd = (self.sum_mq2 - 2.0 * colour_cross[:ny, :nx] + squares[0, :ny, :nx]) / n_ctx
+            tex = (self.sum_mt2 - 2.0 * texture_cross[:ny, :nx] + squares[1, :ny, :nx]) / n_ctx
+            np.maximum(ssd, 0.0, out=ssd)
+            np.maximum(tex, 0.0, out=tex)
+            # t = (ty, tx) is where the bbox's corner falls in the scaled candidate: dy = y0 - ty.
+            ty = np.arange(ny)[:, None]
+            tx = np.arange(nx)[None, :]
+            off_y = (y0 - ty) + hs / 2.0 - height / 2.0
+            off_x = (x0 - tx) + ws / 2.0 - width / 2.0
+            cost = ssd + self.texture_weight * tex + self.offset_penalty * np.hypot(off_y, off_x) / diagonal
+            iy, ix = np.unravel_index(int(np.argmin(cost)), cost.shape)
+            if best is None or cost[iy, ix] < best.cost:
+                best = Placement(dy=int(y0 - iy), dx=int(x0 - ix), scale=float(scale), ssd=float(ssd[iy, ix]),
+                                 texture=float(tex[iy, ix]), cost=float(cost[iy, ix]))
+        if best is None:
+            raise InvalidQuery(f"candidate of size {c_img.shape[0]}x{c_img.shape[1]} cannot contain the "
+                               f"{bh}x{bw} context at any scale in {self.scales}")
+        return best
+
+
 def best_placement(query: np.ndarray, context: np.ndarray, candidate: np.ndarray,
                    scales: tuple[float, ...] = DEFAULT_SCALES, texture_weight: float = 1.0,
                    offset_penalty: float = 50.0, must_cover: np.ndarray | None = None,
@@ -148,73 +242,11 @@ def best_placement(query: np.ndarray, context: np.ndarray, candidate: np.ndarray
     - ``must_cover``: (H, W) bool pixels that must also lie inside the scaled candidate (the hole).
     - ``query_texture``: precomputed ``texture_map(query)`` to save work over many candidates.
 
-    Raises ``InvalidQuery`` when no scale lets the candidate contain the context.
+    Raises ``InvalidQuery`` when no scale lets the candidate contain the context. For many candidates
+    against one query, build one ``ContextMatcher`` and call its ``place``: the same answers, less work.
     """
-    q = _as_hwc(query, "query")
-    c_img = _as_hwc(candidate, "candidate")
-    height, width, channels = q.shape
-    if c_img.shape[2] != channels:
-        raise InvalidQuery(f"candidate has {c_img.shape[2]} channels, the query {channels}")
-    ctx = _as_mask(context, (height, width), "context")
-    n_ctx = int(ctx.sum())
-    if n_ctx == 0:
-        raise InvalidQuery("the context mask is empty: nothing to match the candidate against")
-    region = ctx if must_cover is None else ctx | _as_mask(must_cover, (height, width), "must_cover")
-    y0, y1, x0, x1 = _bbox(region)
-    bh, bw = y1 - y0, x1 - x0
-    tq = texture_map(q) if query_texture is None else np.asarray(query_texture, dtype=np.float32)
-
-    # Kernels over the bounding box, centred on the context means (SSD is shift-invariant).
-    m = ctx[y0:y1, x0:x1].astype(np.float64)
-    qb = q[y0:y1, x0:x1].astype(np.float64)
-    tb = tq[y0:y1, x0:x1].astype(np.float64)
-    q_mean = (qb * m[:, :, None]).sum(axis=(0, 1)) / n_ctx
-    t_mean = float((tb * m).sum() / n_ctx)
-    qb -= q_mean
-    tb -= t_mean
-    sum_mq2 = float((m[:, :, None] * qb * qb).sum())
-    sum_mt2 = float((m * tb * tb).sum())
-    kernels = np.concatenate([(m[:, :, None] * qb).transpose(2, 0, 1), (m * tb)[None], m[None]])  # (C+2, bh, bw)
-
-    diagonal = math.hypot(height, width)
-    best: Placement | None = None
-    for scale in scales:
-        hs, ws = _scaled_size(c_img.shape[:2], scale)
-        if hs < bh or ws < bw:
-            continue
-        cs = resize_image(c_img, (hs, ws)).astype(np.float64)
-        cs -= q_mean
-        tc = texture_map(cs).astype(np.float64) - t_mean  # gradients ignore the mean shift
-        # Signals whose correlations we need: each channel with m*q, texture with m*t, and the
-        # squared sums (colour and texture together, both against m).
-        signals = np.concatenate([cs.transpose(2, 0, 1), tc[None], (cs * cs).sum(axis=2)[None], (tc * tc)[None]])
-        shape = (sfft.next_fast_len(hs, real=True), sfft.next_fast_len(ws, real=True))
-        f_sig = sfft.rfft2(signals, s=shape, axes=(1, 2), workers=1)
-        f_ker = np.conj(sfft.rfft2(kernels, s=shape, axes=(1, 2), workers=1))
-        # corr(k, s)[t] = sum_u k[u] s[u + t]; valid for t in [0, hs-bh] x [0, ws-bw] (no wrap-around).
-        cross = f_sig[:channels] * f_ker[:channels]
-        colour_cross = sfft.irfft2(cross.sum(axis=0), s=shape, workers=1)
-        texture_cross = sfft.irfft2(f_sig[channels] * f_ker[channels], s=shape, workers=1)
-        squares = sfft.irfft2(f_sig[channels + 1:] * f_ker[channels + 1][None], s=shape, axes=(1, 2), workers=1)
-        ny, nx = hs - bh + 1, ws - bw + 1
-        ssd = (sum_mq2 - 2.0 * colour_cross[:ny, :nx] + squares[0, :ny, :nx]) / n_ctx
-        tex = (sum_mt2 - 2.0 * texture_cross[:ny, :nx] + squares[1, :ny, :nx]) / n_ctx
-        np.maximum(ssd, 0.0, out=ssd)
-        np.maximum(tex, 0.0, out=tex)
-        # t = (ty, tx) is where the bbox's corner falls in the scaled candidate: dy = y0 - ty.
-        ty = np.arange(ny)[:, None]
-        tx = np.arange(nx)[None, :]
-        off_y = (y0 - ty) + hs / 2.0 - height / 2.0
-        off_x = (x0 - tx) + ws / 2.0 - width / 2.0
-        cost = ssd + texture_weight * tex + offset_penalty * np.hypot(off_y, off_x) / diagonal
-        iy, ix = np.unravel_index(int(np.argmin(cost)), cost.shape)
-        if best is None or cost[iy, ix] < best.cost:
-            best = Placement(dy=int(y0 - iy), dx=int(x0 - ix), scale=float(scale), ssd=float(ssd[iy, ix]),
-                             texture=float(tex[iy, ix]), cost=float(cost[iy, ix]))
-    if best is None:
-        raise InvalidQuery(f"candidate of size {c_img.shape[0]}x{c_img.shape[1]} cannot contain the "
-                           f"{bh}x{bw} context at any scale in {tuple(scales)}")
-    return best
+    return ContextMatcher(query, context, scales, texture_weight, offset_penalty, must_cover,
+                          query_texture).place(candidate)
 
 
 def warp_candidate(candidate: np.ndarray, placement: Placement,

@@ -29,7 +29,8 @@ class Composite:
 
 def composite_candidate(query_rgb: np.ndarray, candidate_rgb: np.ndarray, hole: np.ndarray,
                         placement: Placement, k: float = DEFAULT_K, max_distance: float | None = None,
-                        guide: np.ndarray | None = None, band: float = 6.0, rtol: float = 1e-4) -> Composite:
+                        guide: np.ndarray | None = None, band: float = 6.0, rtol: float = 1e-4,
+                        hole_distance: np.ndarray | None = None) -> Composite:
     """Fill ``hole`` of the query with the candidate placed by ``placement``.
 
     - ``query_rgb``: (H, W, 3) uint8 or float 0..1; ``candidate_rgb``: (h, w, 3) likewise, placed as
@@ -40,6 +41,7 @@ def composite_candidate(query_rgb: np.ndarray, candidate_rgb: np.ndarray, hole: 
     - ``guide``, ``band``: search the seam only within ``band`` px of an approximate candidate
       region (a seam found at low resolution, upsampled); see ``graphcut_seam``.
     - ``rtol``: the Poisson solve's tolerance; 1e-4 leaves errors ~0.02 of an 8-bit level.
+    - ``hole_distance``: the hole's distance transform, if the caller has it (see ``graphcut_seam``).
 
     Seam and blend both work on sRGB in 0..1: the seam's ``k = 0.002`` balances the unary cost
     against gradient differences in those units (as in the paper); in L*a*b* (0..100) the same
@@ -51,7 +53,8 @@ def composite_candidate(query_rgb: np.ndarray, candidate_rgb: np.ndarray, hole: 
     if hole.shape != q.shape[:2]:
         raise InvalidQuery(f"hole {hole.shape} must match the query's size {q.shape[:2]}")
     warped, covered = warp_candidate(c, placement, q.shape[:2])
-    take, cost = graphcut_seam(q, warped, hole, covered, k=k, max_distance=max_distance, guide=guide, band=band)
+    take, cost = graphcut_seam(q, warped, hole, covered, k=k, max_distance=max_distance, guide=guide, band=band,
+                               hole_distance=hole_distance)
     blended = np.clip(poisson_blend(q, warped, take, rtol=rtol), 0.0, 1.0)
     # Outside the candidate's region the query is kept bit for bit (the blend's float32 round trip
     # of the target could otherwise differ in the last place).

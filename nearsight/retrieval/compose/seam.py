@@ -57,7 +57,7 @@ def _bbox_slices(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
 
 def graphcut_seam(query: np.ndarray, candidate: np.ndarray, hole: np.ndarray, covered: np.ndarray,
                   k: float = DEFAULT_K, max_distance: float | None = None, guide: np.ndarray | None = None,
-                  band: float = 6.0) -> tuple[np.ndarray, float]:
+                  band: float = 6.0, hole_distance: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Which pixels take the candidate.
 
     - ``query``, ``candidate``: (H, W, C) or (H, W) float, same shape, on the query's grid
@@ -68,6 +68,8 @@ def graphcut_seam(query: np.ndarray, candidate: np.ndarray, hole: np.ndarray, co
     - ``guide``: (H, W) bool, an approximate candidate region (e.g. a low-resolution seam, upsampled);
       then only pixels within ``band`` px of its boundary may choose, the rest of ``guide`` takes the
       candidate (where covered) and everything else keeps the query.
+    - ``hole_distance``: (H, W) ``ndimage.distance_transform_edt(~hole)``, when the caller cuts many
+      seams around the same hole and has it already.
 
     Returns ``take_candidate`` (H, W) bool (a superset of the hole, inside ``covered``) and the cut's
     cost (unary + seam, float). Raises ``InvalidQuery`` if the candidate does not cover the hole.
@@ -89,7 +91,12 @@ def graphcut_seam(query: np.ndarray, candidate: np.ndarray, hole: np.ndarray, co
     if uncovered_hole:
         raise InvalidQuery(f"the candidate leaves {uncovered_hole} hole pixels uncovered")
 
-    distance = ndimage.distance_transform_edt(~hole)
+    if hole_distance is None:
+        distance = ndimage.distance_transform_edt(~hole)
+    else:
+        distance = np.asarray(hole_distance)
+        if distance.shape != shape:
+            raise InvalidQuery(f"hole_distance {distance.shape} must match the image size {shape}")
     forced = hole.copy()  # pixels that must take the candidate
     free = covered & ~hole
     if max_distance is not None:
