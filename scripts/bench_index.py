@@ -99,6 +99,8 @@ def qps(search_batch, search_one, queries: np.ndarray, n_single: int, repeats: i
 
 
 def emit(rows: list, **fields) -> None:
+    # the load average says how much other work shared the cores while this line was measured
+    fields["load1"] = os.getloadavg()[0]
     line = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}
     rows.append(line)
     print(json.dumps(line), flush=True)
@@ -140,8 +142,9 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
                 s, b = qps(raw_batch, raw_one, queries, ns, rep)
                 s_raw, b_raw = max(s_raw, s), max(b_raw, b)
             emit(rows, **common, config=config, factory=index.factory, target_recall=target, recall=rec,
-                 tuned_recall=tuned["recall_at_k"], params=p.to_dict(), qps_single=s_ours, qps_batch=b_ours,
-                 tune_s=tune_s)
+                 tuned_recall=tuned["recall_at_k"], tuned_stderr=tuned["recall_stderr"],
+                 target_met_in_tuning=tuned["target_met"], params=p.to_dict(), qps_single=s_ours,
+                 qps_batch=b_ours, tune_s=tune_s)
             _, Iraw = raw_batch(queries)
             emit(rows, **common, config="raw-faiss-" + config.split("-", 1)[1], factory=index.factory,
                  target_recall=target, recall=recall_at_k(Iraw, truth, K), params=p.to_dict(),
@@ -278,7 +281,7 @@ def main(argv=None) -> None:
     ap.add_argument("--nq", type=int, default=500, help="held-out queries with exact ground truth")
     ap.add_argument("--single", type=int, default=200, help="queries timed one by one for single-query QPS")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--tune-queries", type=int, default=200)
+    ap.add_argument("--tune-queries", type=int, default=500)
     ap.add_argument("--max-memory", default="8G", help="memory budget for the automatic plans")
     ap.add_argument("--collection", help="benchmark a collection's embeddings instead")
     ap.add_argument("--encoder", help="encoder name with --collection")

@@ -4,7 +4,7 @@ Public API (faiss is imported only when a name that needs it is first used):
 
 - ``plan_index(n, d, metric, max_memory_bytes=None, mode="auto") -> IndexPlan``; ``parse_size("2G")``
 - ``build_index(vectors, ids, metric, plan, *, source=None, use_gpu=None, max_file_bytes=None) -> VectorIndex``
-- ``tune(index, source, target_recall=0.95, k=10, n_queries=200) -> dict``
+- ``tune(index, source, target_recall=0.95, k=10, n_queries=500) -> dict``
 - ``VectorIndex.search(queries, k) -> (D, I)``, ``.add(vectors, ids)``, ``.remove(ids)``, ``.needs_rebuild``,
   ``.save(collection_dir, encoder)``, ``.replace_with(other)``
 - ``load_index(collection_dir, encoder, source=None, mmap=True, *, metric=None) -> VectorIndex``

@@ -44,7 +44,7 @@ def _metric_of(collection_dir: str, encoder: str, source) -> str:
 def build_collection_index(collection_dir: str, encoder: str, source, factory: str | None = None,
                            auto: bool = True, target_recall: float = 0.95, k: int = 10, max_memory=None, *,
                            metric: str | None = None, mode: str = "auto", rebuild: bool = False,
-                           max_file_bytes=None, n_queries: int = 200, use_gpu: bool | None = None,
+                           max_file_bytes=None, n_queries: int = 500, use_gpu: bool | None = None,
                            live=None, seed: int = 0, progress=None) -> dict:
     """Build, update or rebuild the index of ``encoder`` under ``collection_dir/indexes``; returns a report.
 
