@@ -13,7 +13,8 @@ from nearsight.retrieval.embeddings import EmbeddingMatrix
 from nearsight.retrieval.encoders import create_encoder
 from nearsight.retrieval.encoders.lab_layout import lab_layout, lab_layout_masked
 from nearsight.retrieval.errors import InvalidQuery
-from nearsight.retrieval.scene_match import describe_query, layout_encoder, match_scenes, stored_layouts
+from nearsight.retrieval.scene_match import (describe_query, float32_rows, layout_encoder, match_scenes, stored_layouts,
+                                             weighted_sq_distances)
 
 PHOTO = (120, 160)  # (H, W)
 
@@ -179,3 +180,14 @@ def test_stored_layouts_are_aligned_by_item_id():
     partial = EmbeddingMatrix(ids[:15], lab.vectors[:15])
     none, note = stored_layouts(_FakeCollection({"gist": gist, "lab-layout": partial}), gist)
     assert none is None and "cover 15 of the 20" in note
+
+
+def test_float32_copy_gives_the_same_distances():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1000, 96)).astype(np.float16)
+    q = rng.normal(size=96).astype(np.float32)
+    w = rng.uniform(size=96).astype(np.float32)
+    copy = float32_rows(x)
+    assert copy.dtype == np.float32 and float32_rows(x) is copy  # cached while x lives
+    assert np.array_equal(weighted_sq_distances(copy, q, w, block_rows=300), weighted_sq_distances(x, q, w, block_rows=300))
+    assert float32_rows(x, budget=100) is x  # over the budget: used as float16, converted block by block

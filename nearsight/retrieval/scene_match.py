@@ -14,7 +14,8 @@ Routes (``route=``):
 
 - ``exhaustive``: both terms for every item of the collection, from the float16 ``gist`` and
   ``lab-layout`` shards, in blocks of rows: ``sum w q^2 - 2 X (w q) + (X*X) w`` is two matrix-vector
-  products per block, no Python loop over items.
+  products per block, no Python loop over items (on a float32 copy of the GIST matrix, cached while it
+  fits ``FLOAT32_CACHE_BYTES``: converting float16 rows is otherwise most of the cost).
 - ``shortlist``: the GIST term for every item, the colour term (stored layouts) only for the
   ``shortlist`` items closest by GIST. Kept to measure that shortcut's recall against the exhaustive answer.
 - ``thumbnails``: as ``shortlist``, the layouts computed from the shortlist's stored thumbnails (decoded
@@ -36,7 +37,7 @@ from .errors import ImageError, InvalidQuery, UnknownEncoder, UnknownItem
 
 __all__ = ["SceneMatches", "QueryDescriptor", "ROUTES", "LAYOUT_ENCODER", "centre_square_box", "colour_layout",
            "weighted_sq_distances", "direct_sq_distances", "describe_query", "layout_encoder", "stored_layouts", "item_colour_layouts",
-           "require_gist", "match_scenes", "thumbnail_image"]
+           "require_gist", "match_scenes", "thumbnail_image", "float32_rows", "FLOAT32_CACHE_BYTES"]
 
 LOG = logging.getLogger(__name__)
 
@@ -96,9 +97,14 @@ def weighted_sq_distances(vectors: np.ndarray, query: np.ndarray, weights: np.nd
     for start in range(0, n, block_rows):
         stop = min(start + block_rows, n)
         x = buf[:stop - start]
-        x[...] = vectors[start:stop]  # float16 -> float32 into a reused buffer: no allocation per block
-        cross = x @ wq
-        np.multiply(x, x, out=x)
+        if vectors.dtype == np.float32:
+            rows = vectors[start:stop]
+            cross = rows @ wq
+            np.multiply(rows, rows, out=x)
+        else:
+            x[...] = vectors[start:stop]  # float16 -> float32 into a reused buffer: no allocation per block
+            cross = x @ wq
+            np.multiply(x, x, out=x)
         out[start:stop] = base - 2.0 * cross + x @ w32
     np.maximum(out, 0.0, out=out)  # rounding of the expansion; a distance is never negative
     return out
@@ -205,6 +211,33 @@ def stored_layouts(collection, gist_matrix) -> tuple[np.ndarray | None, str]:
     return aligned, ""
 
 
+# float32 copies of gist matrices (by id, while the float16 matrix lives). Converting float16 rows is
+# most of the GIST term's cost (~0.5 s of ~0.6 s at 100k x 960 on one core); the copy removes it
+# and gives the same numbers, at 4 bytes a value, so it is kept only when it fits this budget.
+FLOAT32_CACHE_BYTES = 1 << 30
+_FLOAT32: dict[int, tuple] = {}
+
+
+def _forget_float32(key: int):
+    return lambda _ref: _FLOAT32.pop(key, None)
+
+
+def float32_rows(vectors: np.ndarray, budget: int | None = None) -> np.ndarray:
+    """``vectors`` as float32, cached while they live, if that copy fits ``budget`` bytes (default
+    ``FLOAT32_CACHE_BYTES``); otherwise ``vectors`` themselves (converted block by block when used)."""
+    budget = FLOAT32_CACHE_BYTES if budget is None else budget
+    if vectors.dtype == np.float32 or vectors.size * 4 > budget:
+        return vectors
+    key = id(vectors)
+    with _ALIGNED_LOCK:
+        cached = _FLOAT32.get(key)
+        if cached is not None and cached[0]() is vectors:
+            return cached[1]
+        copy = np.asarray(vectors, dtype=np.float32)
+        _FLOAT32[key] = (weakref.ref(vectors, _forget_float32(key)), copy)
+        return copy
+
+
 def require_gist(collection):
     """The collection's gist ``EmbeddingMatrix``; ``UnknownEncoder`` / ``InvalidQuery`` if it has none."""
     if "gist" not in collection.encoder_names:
@@ -247,7 +280,7 @@ def match_scenes(collection, query: QueryDescriptor, k: int = 200, gist_weight: 
         if note:
             LOG.warning("%s", note)
 
-    gist_d = weighted_sq_distances(matrix.vectors, query.gist, query.gist_weights)
+    gist_d = weighted_sq_distances(float32_rows(matrix.vectors), query.gist, query.gist_weights)
     if len(exclude):
         gist_d[np.isin(matrix.ids, np.asarray(list(exclude), dtype=np.int64))] = np.inf
     available = int(np.isfinite(gist_d).sum())
