@@ -4,7 +4,8 @@
 Baseline (measured in the same run): open each file with PIL at full size, convert to RGB, resize to 256 px on
 the short side. nearsight does more (hash, thumbnail, embedding, LMDB and shard writes) but decodes JPEGs at
 reduced size (draft mode) in worker processes overlapped with encoding. Peak memory is the largest summed RSS of
-the indexing process tree, sampled every 20 ms.
+the indexing process tree, sampled every 20 ms. `--no-index`: the ANN index build after ingest is not
+part of the ingest rate (see bench_index.py).
 
     python scripts/bench_ingest.py data/samples/photos [--repeat 3] [--encoders tiny]
 """
@@ -41,7 +42,7 @@ def nearsight_index(folder: str, encoders: str, workers: int) -> tuple[float, in
     out = tempfile.mkdtemp(prefix="bench_ingest_")
     try:
         cmd = [sys.executable, "-m", "nearsight.server.cli", "index", folder, "-c", os.path.join(out, "c"),
-               "--encoders", encoders, "--workers", str(workers), "--quiet"]
+               "--encoders", encoders, "--workers", str(workers), "--quiet", "--no-index"]
         start = time.perf_counter()
         proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         peak = 0

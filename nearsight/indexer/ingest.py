@@ -11,6 +11,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -101,8 +102,9 @@ class _Run:
             decoder = Decoder(task)
             yield from (decoder(job) for job in jobs)
             return
-        # forkserver: workers start from a clean process, never from one holding torch threads.
-        ctx = multiprocessing.get_context("forkserver")
+        # fork is instant and workers inherit our imports, but forking a process whose torch runtime has
+        # started threads can deadlock the child: then workers start from a clean forkserver instead.
+        ctx = multiprocessing.get_context("forkserver" if "torch" in sys.modules else "fork")
         window = threading.BoundedSemaphore(max(64, 16 * self.config.workers))
 
         def throttled():
