@@ -208,16 +208,22 @@ class _Changed(Exception):
     pass
 
 
+def _unchanged_file(directory: str, rec: dict) -> str:
+    """The path of a file the index metadata records; _Changed when it is missing or not the recorded size."""
+    path = os.path.join(directory, rec["file"])
+    try:
+        if os.path.getsize(path) != rec["bytes"]:
+            raise _Changed(path)
+    except FileNotFoundError:
+        raise _Changed(path) from None
+    return path
+
+
 def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> VectorIndex:
     directory = index_dir(collection_dir)
     segments = []
     for rec in meta["files"]:
-        path = os.path.join(directory, rec["file"])
-        try:
-            if os.path.getsize(path) != rec["bytes"]:
-                raise _Changed(path)
-        except FileNotFoundError:
-            raise _Changed(path) from None
+        path = _unchanged_file(directory, rec)
         idx, mapped = backend.read_index(path, mmap, meta["factory"])
         if idx.ntotal != rec["ntotal"]:
             raise _Changed(path)
@@ -225,12 +231,7 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
     store = None
     recs = meta.get("vectors_files") or []
     for rec in recs:
-        path = os.path.join(directory, rec["file"])
-        try:
-            if os.path.getsize(path) != rec["bytes"]:
-                raise _Changed(path)
-        except FileNotFoundError:
-            raise _Changed(path) from None
+        _unchanged_file(directory, rec)
     if recs:
         paths = [os.path.join(directory, rec["file"]) for rec in recs]
         store = RerankStore.load(paths, mmap)
