@@ -63,6 +63,8 @@ def test_index_builds_ann_indexes_and_build_index(tmp_path, photo_dir):
     assert r.exit_code == 0 and report["factory"] == "HNSW16" and report["recall_at_k"] >= 0.95
     r = run("info", "-c", c)
     assert "index HNSW16 recall@10" in r.output
+    r = run("build-index", "-c", c, "--encoder", "tiny", "--auto", "--mode", "lsh", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["factory"].startswith("LSH")
     r = run("search", "-c", c, "--image", photo_dir / "p05.jpg", "-k", 1, "--json")
     assert json.loads(r.output)["results"][0]["path"] == str(photo_dir / "p05.jpg")
     r = run("index", photo_dir, "-c", tmp_path / "d", "--workers", 0, "--quiet", "--no-index")

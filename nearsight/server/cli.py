@@ -106,7 +106,9 @@ def _echo_index_report(r: dict) -> None:
 @click.option("--encoder", required=True)
 @click.option("--factory", help="A FAISS index factory key (Flat, HNSW32, IVF4096,PQ32x4fs, LSHr, ...).")
 @click.option("--auto", is_flag=True, help="Choose the index from (n, d, metric, memory budget) [default].")
-@click.option("--mode", type=click.Choice(["auto", "speed", "compact"]), default="auto", show_default=True)
+@click.option("--mode", type=click.Choice(["auto", "speed", "compact", "lsh"]), default="auto", show_default=True,
+              help="With --auto: speed = HNSW whenever it fits, compact = at most 64 B/vector, lsh = training-free "
+                   "binary codes.")
 @click.option("--target-recall", type=click.FloatRange(0.01, 1.0), default=0.95, show_default=True)
 @click.option("-k", "--k", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--max-memory", help="Memory budget of the index, e.g. 2G (default: half the RAM).")

@@ -91,6 +91,8 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
         reason = f"factory changed from {existing.factory!r} to {factory!r}"
     elif existing.needs_rebuild:
         reason = existing.rebuild_reason
+    elif want is not None and not factory and mode != "auto" and want.kind != existing.kind:
+        reason = f"{mode} mode asks for {want.factory!r} (was {existing.factory!r})"
     elif want is not None and not factory and existing.info.get("auto", True) and want.kind != existing.kind:
         reason = f"the automatic choice for {n} vectors is now {want.factory!r} (was {existing.factory!r})"
 
