@@ -11,8 +11,9 @@ Configurations, each built once and measured at every target:
   collection's own vectors) to the target; recall and QPS measured on held-out queries.
 - ``raw-faiss-speed`` / ``raw-faiss-compact``: the same faiss index searched directly with the same parameters
   (faiss ``IndexRefineFlat`` over float32 vectors in RAM for the re-ranking), i.e. our overhead.
-- ``faiss-HNSW32``, ``hnswlib-M16``, ``hnswlib-M32``: efSearch / ef swept to the smallest value reaching the
-  target on the held-out queries.
+- ``faiss-HNSW32``, ``hnswlib-M16``, ``hnswlib-M32``: efSearch / ef chosen by ``tune``'s rule (the smallest on
+  its grid whose recall minus one standard error reaches the target) on separate tuning queries; the
+  ``-oracle`` lines take the smallest ef that reaches it on the evaluation queries themselves (an upper bound).
 
 Re-ranking reads float16 rows from a memmapped .npy (as from a collection's shards); ``bytes_per_vector`` counts
 what the index holds in memory, ``rerank_bytes_per_vector_on_disk`` the float16 rows it reads.
@@ -36,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from nearsight.retrieval.index import (ArraySource, build_index, exact_knn, load_index,  # noqa: E402
                                        plan_index, recall_at_k, tune)
+from nearsight.retrieval.index.tuning import recall_with_error  # noqa: E402
 from nearsight.retrieval.index.tuning import EFS  # noqa: E402
 
 TARGETS = (0.90, 0.95, 0.99)
@@ -111,10 +113,12 @@ def faiss_index_bytes(index) -> int:
     return int(len(faiss.serialize_index(index)))
 
 
-def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: str, args, rows: list,
-                  workdir: str) -> None:
+def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuning: np.ndarray, metric: str,
+                  args, rows: list, workdir: str) -> None:
     """``vectors``: (n, d) float16 memmap, the rows a collection keeps on disk (the re-ranking source).
-    Ids are 0..n-1 here, so faiss's IndexRefine (which takes ids as rows) is a fair raw baseline."""
+    Ids are 0..n-1 here, so faiss's IndexRefine (which takes ids as rows) is a fair raw baseline.
+    ``queries`` measure everything; ``peer_tuning`` (other vectors of the same distribution) is what the peers'
+    ef is chosen on, by the rule ``tune`` applies to ours."""
     import faiss
     import hnswlib
 
@@ -122,6 +126,8 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
     ids = np.arange(n, dtype=np.int64)
     source = ArraySource(vectors, ids)
     _, truth = exact_knn(queries, source.vectors, ids, K, metric)
+    peer_truth = exact_knn(peer_tuning, source.vectors, ids, K, metric)[1]
+    evaluation, tuning = (queries, truth), (peer_tuning, peer_truth)
     common = dict(dataset=name, n=n, d=d, metric=metric, nq=len(queries))
     ns, rep = args.single, args.repeats
 
@@ -215,7 +221,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
         hnsw_faiss = (h, time.perf_counter() - t0, faiss_index_bytes(h))
     h, build_s, mem = hnsw_faiss
     emit(rows, **common, config="faiss-HNSW32", factory="HNSW32", build_s=build_s, bytes_per_vector=mem / n)
-    sweep(rows, common, "faiss-HNSW32", queries, truth, ids,
+    sweep(rows, common, "faiss-HNSW32", evaluation, tuning, ids,
           lambda ef: (lambda q: h.search(q, K, params=faiss.SearchParametersHNSW(efSearch=ef))), ns, rep)
     del hnsw_faiss, h
 
@@ -236,25 +242,37 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, metric: s
         def searcher(ef, hl=hl):
             hl.set_ef(ef)
             return lambda q: hl.knn_query(q, k=K)[::-1]     # (labels, dists) -> (D, I) order
-        sweep(rows, common, f"hnswlib-M{m}", queries, truth, None, searcher, ns, rep)
+        sweep(rows, common, f"hnswlib-M{m}", evaluation, tuning, None, searcher, ns, rep)
         del hl
 
 
-def sweep(rows, common, config, queries, truth, ids, make_search, ns, rep) -> None:
-    """For each target, the smallest ef (from tune's grid) whose recall on the queries reaches it."""
-    for target in TARGETS:
-        for ef in [e for e in EFS if e >= K]:
+def sweep(rows, common, config, evaluation, tuning, ids, make_search, ns, rep) -> None:
+    """Per target, the peer at the smallest ef (tune's grid) whose recall minus one standard error on the
+    tuning queries reaches it: the rule ``tune`` applies to ours. Also, as ``<config>-oracle``, the smallest ef
+    whose recall on the evaluation queries themselves reaches it (a choice no deployment can make: an upper
+    bound for the peer)."""
+    queries, truth = evaluation
+    efs = [e for e in EFS if e >= K]
+    cache: dict = {}
+
+    def at(ef):     # (tuning recall, its stderr, evaluation recall) of one ef, searched once
+        if ef not in cache:
             search = make_search(ef)
-            _, I = search(queries)
-            I = np.asarray(I, dtype=np.int64)
-            if ids is not None:
-                I = np.where(I >= 0, ids[np.clip(I, 0, None)], -1)
-            rec = recall_at_k(I, truth, K)
-            if rec >= target or ef == EFS[-1]:
-                s, b = qps(search, search, queries, ns, rep)
-                emit(rows, **common, config=config, target_recall=target, recall=rec, params={"ef": ef},
-                     qps_single=s, qps_batch=b)
-                break
+            found = []
+            for q in (tuning[0], queries):
+                I = np.asarray(search(q)[1], dtype=np.int64)
+                found.append(np.where(I >= 0, ids[np.clip(I, 0, None)], -1) if ids is not None else I)
+            cache[ef] = (*recall_with_error(found[0], tuning[1], K), recall_at_k(found[1], truth, K))
+        return cache[ef]
+
+    for target in TARGETS:
+        tuned = next((e for e in efs if at(e)[0] - at(e)[1] >= target), efs[-1])
+        oracle = next((e for e in efs if at(e)[2] >= target), efs[-1])
+        for name, ef in ((config, tuned), (config + "-oracle", oracle)):
+            search = make_search(ef)
+            s, b = qps(search, search, queries, ns, rep)
+            emit(rows, **common, config=name, target_recall=target, recall=at(ef)[2], params={"ef": ef},
+                 tuning_recall=at(ef)[0], qps_single=s, qps_batch=b)
 
 
 def summarise(rows: list) -> dict:
@@ -266,9 +284,11 @@ def summarise(rows: list) -> dict:
         s = {"build_s": {c: r["build_s"] for c, r in build.items()},
              "bytes_per_vector": {c: r["bytes_per_vector"] for c, r in build.items()}}
         for t in TARGETS:
-            peers = [at[(c, t)]["qps_batch"] for c in ("faiss-HNSW32", "hnswlib-M16", "hnswlib-M32")
-                     if (c, t) in at and at[(c, t)]["recall"] >= t]
-            best_peer = max(peers) if peers else None
+            def best(suffix=""):
+                qps = [at[(c + suffix, t)]["qps_batch"] for c in ("faiss-HNSW32", "hnswlib-M16", "hnswlib-M32")
+                       if (c + suffix, t) in at and at[(c + suffix, t)]["recall"] >= t]
+                return max(qps) if qps else None
+            best_peer = best()
             entry = {}
             for mode in ("speed", "compact"):
                 r = at.get((f"ours-{mode}", t))
@@ -280,6 +300,7 @@ def summarise(rows: list) -> dict:
                                "overhead_batch": raw and raw["overhead_batch"],
                                "overhead_single": raw and raw["overhead_single"]}
             entry["best_peer_qps_batch"] = best_peer
+            entry["best_oracle_peer_qps_batch"] = best("-oracle")
             s[f"recall@10>={t}"] = entry
         out[ds] = s
     return out
@@ -307,24 +328,27 @@ def main(argv=None) -> None:
             vectors, _, metric = load_collection(args.collection, args.encoder, args.metric)
             rng = np.random.default_rng(args.seed)
             held = np.zeros(len(vectors), bool)
-            held[rng.choice(len(vectors), min(args.nq, len(vectors) // 10), replace=False)] = True
-            queries = np.ascontiguousarray(vectors[held], dtype=np.float32)
+            picked = rng.choice(len(vectors), 2 * min(args.nq, len(vectors) // 20), replace=False)
+            held[picked] = True
+            queries = np.ascontiguousarray(vectors[picked[:len(picked) // 2]], dtype=np.float32)
+            peer_tuning = np.ascontiguousarray(vectors[picked[len(picked) // 2:]], dtype=np.float32)
             path = os.path.join(work, "collection.f16.npy")
             np.save(path, np.asarray(vectors[~held], dtype=np.float16))
             bench_dataset(f"{os.path.basename(args.collection.rstrip('/'))}:{args.encoder}",
-                          np.load(path, mmap_mode="r"), queries, metric, args, rows, work)
+                          np.load(path, mmap_mode="r"), queries, peer_tuning, metric, args, rows, work)
         for ds in [s for s in args.datasets.split(",") if s and not args.collection]:
             d, metric = (512, "ip") if ds == "clip" else (960, "l2")
             t0 = time.perf_counter()
-            x = make_dataset(args.n + args.nq, d, ds, os.path.join(work, f"{ds}.all.npy"), seed=args.seed)
-            queries = np.ascontiguousarray(x[args.n:], dtype=np.float32)
+            x = make_dataset(args.n + 2 * args.nq, d, ds, os.path.join(work, f"{ds}.all.npy"), seed=args.seed)
+            queries = np.ascontiguousarray(x[args.n:args.n + args.nq], dtype=np.float32)
+            peer_tuning = np.ascontiguousarray(x[args.n + args.nq:], dtype=np.float32)
             path = os.path.join(work, f"{ds}.f16.npy")
             np.save(path, x[:args.n])
             del x
             os.remove(os.path.join(work, f"{ds}.all.npy"))
             print(json.dumps({"dataset": ds, "generated_s": round(time.perf_counter() - t0, 2),
                               "threads": faiss.omp_get_max_threads()}), flush=True)
-            bench_dataset(ds, np.load(path, mmap_mode="r"), queries, metric, args, rows, work)
+            bench_dataset(ds, np.load(path, mmap_mode="r"), queries, peer_tuning, metric, args, rows, work)
             os.remove(path)
     print(json.dumps({"summary": summarise(rows), "n": args.n, "targets": list(TARGETS), "k": K}), flush=True)
 

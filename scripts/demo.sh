@@ -10,10 +10,11 @@ SAMPLES=data/samples
 COLL=demo/collection
 
 bash scripts/fetch_sample_photos.sh "$SAMPLES"
-# Photos plus captioned cut-outs; tiny for speed, gist for scene matching, cnn (ImageNet features) for content.
+# Photos plus captioned cut-outs; tiny for speed, gist + lab-layout for scene matching and completion,
+# gist-gray + tiny-gray for colorization, cnn (ImageNet features) for content.
 # Re-running adds only what is new; add `--encoders clip -o clip.pretrained=/path/to/checkpoint.pt`
 # for text search when you have open_clip weights on disk.
-$NS index "$SAMPLES/photos" "$SAMPLES/captioned.tsv" -c "$COLL" --encoders tiny,gist,gist-gray,tiny-gray,cnn
+$NS index "$SAMPLES/photos" "$SAMPLES/captioned.tsv" -c "$COLL" --encoders tiny,gist,gist-gray,tiny-gray,lab-layout,cnn
 $NS info -c "$COLL"
 
 first=$(ls "$SAMPLES"/photos/* | head -n 1)
