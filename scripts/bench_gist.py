@@ -8,7 +8,7 @@ figure is compared with those rates times the cores used. Targets: >= 180 images
 so the CPU time per image (process time, all threads) and the load average are printed beside them.
 
 With ``--collection-photos DIR``, also times ``nearsight index DIR -c TMP --encoders gist`` end to end
-(decode, resize, GIST, store), when the ``nearsight`` command is installed.
+(decode, resize, GIST, store), with ``--no-index`` (the ANN build is bench_index.py's).
 
     python scripts/bench_gist.py [--threads 2] [--collection-photos data/samples/photos] [--min-seconds 2]
 
@@ -60,13 +60,10 @@ def measure(batch: np.ndarray, device: str, min_seconds: float, min_reps: int) -
 
 
 def index_run(folder: str, device: str) -> dict:
-    exe = shutil.which("nearsight")
-    if exe is None:
-        return {"skipped": "the nearsight command is not installed (pip install -e . provides it)"}
     paths = [f for f in os.listdir(folder) if not f.startswith(".")]
     out = tempfile.mkdtemp(prefix="bench_gist_")
     try:
-        cmd = [exe, "index", folder, "-c", os.path.join(out, "c"), "--encoders", "gist", "--quiet",
+        cmd = [sys.executable, "-m", "nearsight.server.cli", "index", folder, "-c", os.path.join(out, "c"), "--encoders", "gist", "--quiet", "--no-index",
                "--device", device]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
