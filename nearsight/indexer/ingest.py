@@ -54,9 +54,11 @@ class IngestSummary:
 
     def line(self) -> str:
         extra = "".join(f", {n} embedded for {enc}" for enc, n in self.backfilled.items() if n)
-        rate = self.added / self.seconds if self.seconds else 0.0
+        # the rate counts files read, so a run that only backfills or finds nothing new does not show 0/s
+        read = self.added + self.duplicates + self.failed
+        rate = f" ({read / self.seconds:.1f} images/s)" if read and self.seconds else ""
         return (f"added {self.added}, duplicates {self.duplicates}, already present {self.already_present}, "
-                f"failed {self.failed}{extra} in {self.seconds:.1f}s ({rate:.1f} images/s)")
+                f"failed {self.failed}{extra} in {self.seconds:.1f}s{rate}")
 
 
 def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig()) -> IngestSummary:
