@@ -189,11 +189,13 @@ class ClipEncoder(TorchEncoder):
         """Make a custom model config known to open_clip under ``model`` (it looks configs up by name)."""
         if "model_config" not in self.config:
             return
-        folder = tempfile.mkdtemp(prefix="nearsight-clip-config-")
-        path = os.path.join(folder, f"{self.config['model']}.json")
-        with open(path, "w") as f:
-            json.dump(self.config["model_config"], f)
-        open_clip.add_model_config(path)
+        # open_clip reads the file into its registry at once (later rescans skip paths that are gone),
+        # so the temporary folder need not outlive the call
+        with tempfile.TemporaryDirectory(prefix="nearsight-clip-config-") as folder:
+            path = os.path.join(folder, f"{self.config['model']}.json")
+            with open(path, "w") as f:
+                json.dump(self.config["model_config"], f)
+            open_clip.add_model_config(path)
 
     def _build_model(self):
         import open_clip
