@@ -63,8 +63,8 @@ def index_run(folder: str, device: str) -> dict:
     paths = [f for f in os.listdir(folder) if not f.startswith(".")]
     out = tempfile.mkdtemp(prefix="bench_gist_")
     try:
-        cmd = [sys.executable, "-m", "nearsight.server.cli", "index", folder, "-c", os.path.join(out, "c"), "--encoders", "gist", "--quiet", "--no-index",
-               "--device", device]
+        cmd = [sys.executable, "-m", "nearsight.server.cli", "index", folder, "-c", os.path.join(out, "c"),
+               "--encoders", "gist", "--quiet", "--no-index", "--device", device]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start

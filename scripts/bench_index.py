@@ -37,8 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from nearsight.retrieval.index import (ArraySource, build_index, exact_knn, load_index,  # noqa: E402
                                        plan_index, recall_at_k, tune)
-from nearsight.retrieval.index.tuning import recall_with_error  # noqa: E402
-from nearsight.retrieval.index.tuning import EFS  # noqa: E402
+from nearsight.retrieval.index.tuning import EFS, recall_with_error  # noqa: E402
 
 TARGETS = (0.90, 0.95, 0.99)
 K = 10

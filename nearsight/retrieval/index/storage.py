@@ -229,11 +229,8 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
             raise _Changed(path)
         segments.append(Segment(idx, writable=not mapped, dirty=False, file=os.path.abspath(path)))
     store = None
-    recs = meta.get("vectors_files") or []
-    for rec in recs:
-        _unchanged_file(directory, rec)
-    if recs:
-        paths = [os.path.join(directory, rec["file"]) for rec in recs]
+    paths = [_unchanged_file(directory, rec) for rec in meta.get("vectors_files") or []]
+    if paths:
         store = RerankStore.load(paths, mmap)
         store.file = os.path.abspath(paths[0]) if len(paths) == 1 else None
     template = None
