@@ -162,7 +162,8 @@ class _Run:
             for item_id, d in zip(ids, new):
                 s = d.source
                 _detach(w, s.key, int(item_id))
-                w.put_item(Item(int(item_id), s.key, d.sha256, d.width, d.height, s.size, s.mtime_ns, s.caption), d.thumbnail)
+                w.put_item(Item(int(item_id), s.key, d.sha256, d.width, d.height, s.size, s.mtime_ns, s.caption,
+                                added=now), d.thumbnail)
                 w.put_path(s.key, int(item_id), s.size, s.mtime_ns)
                 w.put_hash(d.sha256, int(item_id))
             w.put_meta("next_id", first_id + len(new))

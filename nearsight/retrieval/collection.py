@@ -4,12 +4,15 @@
     coll.search(text="a beach at sunset", k=10)
     coll.search(id=12, encoder="gist")
     coll.search(query=[{"text": "beach", "weight": 1}, {"id": 12, "weight": -0.5}])
+    coll.search(id=12, filter={"path_prefix": "/photos/2019/", "min_width": 1024}, exclude=[12], collapse=True)
+    coll.search_batch([{"id": 3}, {"image": "a.jpg"}], k=5)
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 
@@ -18,15 +21,21 @@ import numpy as np
 from .embeddings import EmbeddingMatrix, load_matrix
 from .encoders import IMAGE, TEXT, Encoder, create_encoder
 from .errors import ImageError, InvalidQuery, NotACollection, UnknownEncoder, UnsupportedModality
+from .filters import ItemTable, SearchFilter, allowed_ids, parse_filter
 from .images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from .pca import PCA, PCA_FILE, fit_pca, prefiltered_search
 from .search import exact_search
 from .store import Item, ItemStore
 from .tar_members import is_member_key, read_member
+from .writelock import write_lock
 
 FORMAT_VERSION = 1
 MANIFEST = "collection.json"
 QUERY_KINDS = ("image", "text", "id", "vector", "query")
+# The default image encoder: the best the collection holds. A trained model first (it ranks with what the
+# collection taught it), then CLIP, the CNN, GIST (scene layout), and tiny images (colour layout) last.
+IMAGE_ENCODER_PREFERENCE = ("triplet", "clip", "cnn", "gist", "gist-gray", "lab-layout", "tiny", "tiny-gray")
+MAX_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -37,10 +46,14 @@ class SearchResult:
     caption: str | None
     width: int
     height: int
+    sha256: str = ""
+    similarity: float = 0.0  # 0..1 for people: the cosine for "ip" encoders, exp(-d / typical d) for "l2"
+    group_size: int = 1      # with collapse: how many near-copies (this one included) the result stands for
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "score": self.score, "path": self.path, "caption": self.caption,
-                "width": self.width, "height": self.height}
+        return {"id": self.id, "score": self.score, "similarity": self.similarity, "path": self.path,
+                "caption": self.caption, "width": self.width, "height": self.height, "sha256": self.sha256,
+                "group_size": self.group_size}
 
 
 class Collection:
@@ -92,7 +105,7 @@ class Collection:
         for spec in self.manifest["encoders"]:
             if spec["name"] == name:
                 return spec
-        raise UnknownEncoder(f"collection {self.dir} has no encoder {name!r}; it has: {', '.join(self.encoder_names) or 'none'}")
+        raise UnknownEncoder(f"this collection has no encoder {name!r}; it has: {', '.join(self.encoder_names) or 'none'}")
 
     def encoder(self, name: str) -> Encoder:
         """The collection's encoder ``name``, configured as when its embeddings were made (cached)."""
@@ -113,17 +126,60 @@ class Collection:
         write_manifest(self.dir, self.manifest)
         self._encoders[encoder.name] = encoder
 
+    def remove_encoder(self, name: str, missing_ok: bool = False) -> None:
+        """Remove encoder ``name`` with its embeddings, PCA and index, under the write lock.
+
+        The manifest goes first, so from then on nothing reads the encoder; a crash part-way leaves only
+        unreferenced files and shard records, which adding an encoder of that name clears again.
+        UnknownEncoder if the collection has no trace of ``name`` (unless ``missing_ok``).
+        """
+        from .index.storage import index_dir
+
+        emb_dir = os.path.join(self.dir, "embeddings", name)
+        with write_lock(self.dir):
+            if name in self.encoder_names:
+                self.manifest["encoders"] = [e for e in self.manifest["encoders"] if e["name"] != name]
+                write_manifest(self.dir, self.manifest)
+            elif not self.store.parts(name) and not os.path.exists(emb_dir):
+                if missing_ok:
+                    return
+                raise UnknownEncoder(f"this collection has no encoder {name!r}; it has: "
+                                     f"{', '.join(self.encoder_names) or 'none'}")
+            if self.store.parts(name):
+                with self.store.write() as w:
+                    w.delete_meta(f"parts/{name}")
+            shutil.rmtree(emb_dir, ignore_errors=True)
+            directory = index_dir(self.dir)
+            if os.path.isdir(directory):
+                meta = os.path.join(directory, name + ".json")
+                if os.path.exists(meta):
+                    os.remove(meta)  # first: without its record, no reader opens the index files
+                for f in os.listdir(directory):
+                    if f.startswith(name + "."):
+                        os.remove(os.path.join(directory, f))
+            with self._lock:
+                self._encoders.pop(name, None)
+                self._matrices.pop(name, None)
+                self._matrices.pop("pca/" + name, None)
+                self._indexes.pop(name, None)
+
     def default_encoder(self, modality: str = IMAGE) -> str:
-        for name in self.encoder_names:
-            if modality in self.encoder_spec(name)["modalities"]:
-                return name
+        """The encoder a query of ``modality`` uses when none is named. Images: the best image encoder held
+        (``IMAGE_ENCODER_PREFERENCE``; an encoder of an unknown kind ranks after the known ones, in manifest
+        order). Text: the first encoder that takes text."""
+        names = [n for n in self.encoder_names if modality in self.encoder_spec(n)["modalities"]]
+        if modality == IMAGE and names:
+            rank = {name: i for i, name in enumerate(IMAGE_ENCODER_PREFERENCE)}
+            return min(names, key=lambda n: (rank.get(_kind(self.encoder_spec(n)), len(rank)), names.index(n)))
+        if names:
+            return names[0]
         if modality == TEXT:
             from .encoders import encoder_class, list_encoders
 
             takes_text = [n for n in list_encoders() if TEXT in encoder_class(n).modalities]
             raise UnsupportedModality(f"no encoder of this collection takes text (it has {', '.join(self.encoder_names)}); "
                                       f"encoders that take text: {', '.join(takes_text)}")
-        raise UnknownEncoder(f"collection {self.dir} has no encoders yet")
+        raise UnknownEncoder("this collection has no encoders yet")
 
     # -- items ----------------------------------------------------------------------------
     def item(self, item_id: int) -> Item:
@@ -185,14 +241,16 @@ class Collection:
     def build_index(self, name: str, factory: str | None = None, **options) -> dict:
         """Build or update the ANN index of encoder ``name`` (see ``index.build_collection_index``).
 
-        This process keeps answering from the old index until the new one is saved and swapped in.
+        This process keeps answering from the old index until the new one is saved and swapped in. Holds the
+        write lock (CollectionBusy while another process indexes or builds).
         """
         from .index import build_collection_index
 
         spec = self.encoder_spec(name)
-        report = build_collection_index(self.dir, name, self.embedding_matrix(name), factory=factory,
-                                        auto=factory is None, metric=spec["metric"],
-                                        live=self._indexes.get(name), **options)
+        with write_lock(self.dir):
+            report = build_collection_index(self.dir, name, self.embedding_matrix(name), factory=factory,
+                                            auto=factory is None, metric=spec["metric"],
+                                            live=self._indexes.get(name), **options)
         self.refresh()
         return report
 
@@ -210,8 +268,9 @@ class Collection:
 
     def fit_pca(self, name: str, dim: int) -> PCA:
         """Fit and store a PCA of the encoder's embeddings (replacing any earlier one)."""
-        pca = fit_pca(self.embedding_matrix(name).vectors, dim)
-        pca.save(os.path.join(self.dir, "embeddings", name, PCA_FILE))
+        with write_lock(self.dir):
+            pca = fit_pca(self.embedding_matrix(name).vectors, dim)
+            pca.save(os.path.join(self.dir, "embeddings", name, PCA_FILE))
         with self._lock:
             self._matrices.pop("pca/" + name, None)
         return pca
@@ -293,29 +352,121 @@ class Collection:
         return total
 
     def search(self, image=None, text=None, id=None, vector=None, query=None, encoder: str | None = None,
-               k: int = 10, offset: int = 0, prefilter: int | None = None) -> list[SearchResult]:
+               k: int = 10, offset: int = 0, prefilter: int | None = None, filter=None, exclude=(),
+               min_score: float | None = None, min_similarity: float | None = None,
+               collapse: bool | float = False) -> list[SearchResult]:
         """Ranked items for one query (see ``query_vector``), best first, ``k`` of them after ``offset``.
 
         ``prefilter=N``: shortlist N items in the encoder's PCA space first (see ``knn``).
+        ``filter``: a ``SearchFilter`` or a dict of its fields, applied inside the k-NN search (k results
+        come back however selective it is); ``exclude``: ids never returned; ``min_score`` /
+        ``min_similarity``: drop results below; ``collapse``: one result per group of near-copies (True, or
+        the cosine threshold), each with its ``group_size``.
         """
+        kind, value = _one_query(image=image, text=text, id=id, vector=vector, query=query)
+        return self.search_batch([{kind: value}], encoder=encoder, k=k, offset=offset, prefilter=prefilter,
+                                 filter=filter, exclude=exclude, min_score=min_score,
+                                 min_similarity=min_similarity, collapse=collapse)[0]
+
+    def search_batch(self, queries, encoder: str | None = None, k: int = 10, offset: int = 0,
+                     prefilter: int | None = None, filter=None, exclude=(), min_score: float | None = None,
+                     min_similarity: float | None = None, collapse: bool | float = False) -> list[list[SearchResult]]:
+        """Many queries in one k-NN call: a list of {"image"|"text"|"id"|"vector"|"query": value} dicts, or an
+        (n, d) array of vectors. Returns one ranked list per query, with the options of ``search``."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 10000:
             raise InvalidQuery(f"k must be an integer from 1 to 10000, got {k!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidQuery(f"offset must be a non-negative integer, got {offset!r}")
-        _one_query(image=image, text=text, id=id, vector=vector, query=query)
+        if isinstance(queries, np.ndarray):
+            queries = [{"vector": row} for row in np.atleast_2d(queries)]
+        if not isinstance(queries, (list, tuple)) or not 1 <= len(queries) <= MAX_BATCH:
+            raise InvalidQuery(f"a batch is a list of 1 to {MAX_BATCH} queries, got {type(queries).__name__} "
+                               f"of {len(queries) if hasattr(queries, '__len__') else '?'}")
+        kinds = []
+        for q in queries:
+            if not isinstance(q, dict):
+                raise InvalidQuery(f"each query of a batch must be an object like {{\"id\": 3}}, got {q!r:.100}")
+            kinds.append(_one_query(**_term_kwargs(dict(q))))
+        flt = parse_filter(filter)
+        if exclude is not None and len(exclude):
+            flt = SearchFilter(**{**flt.__dict__, "exclude": tuple(sorted(set(flt.exclude) | set(
+                parse_filter({"exclude": list(exclude)}).exclude)))})
+        threshold = _collapse_threshold(collapse)
+        for name, bound in (("min_score", min_score), ("min_similarity", min_similarity)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
+                                      or not np.isfinite(bound)):
+                raise InvalidQuery(f"{name} must be a number, got {bound!r}")
+        if prefilter and not flt.empty:
+            raise InvalidQuery("prefilter cannot be combined with a filter or exclude; leave one out")
         if encoder is None:
-            encoder = self.default_encoder(TEXT if text is not None else IMAGE)
-        q = self.query_vector(encoder, image=image, text=text, id=id, vector=vector, query=query)
-        D, I = self.knn(encoder, q[None, :], k + offset, prefilter=prefilter)
+            encoder = self.default_encoder(TEXT if any(_uses_text(kind, value) for kind, value in kinds) else IMAGE)
+        Q = np.stack([self.query_vector(encoder, **{kind: value}) for kind, value in kinds]).astype(np.float32)
         metric = self.encoder_spec(encoder)["metric"]
-        results = []
-        for d, item_id in zip(D[0][offset:], I[0][offset:]):
-            if item_id < 0:
-                break
-            item = self.item(int(item_id))
-            score = float(d) if metric == "ip" else -float(d)
-            results.append(SearchResult(int(item_id), score, item.path, item.caption, item.width, item.height))
-        return results
+        depth = k + offset
+        if threshold is not None:  # copies of a result rank next to it: fetch enough to fill k groups
+            depth = min(max(4 * depth, depth + 50), 10 * 10000)
+        if flt.empty:
+            D, I = self.knn(encoder, Q, depth, prefilter=prefilter)
+        else:
+            D, I = self.filtered_knn(encoder, Q, depth, flt)
+        ref = self.similarity_scale(encoder) if metric == "l2" else None
+        out = []
+        for d_row, i_row in zip(D, I):
+            found = i_row >= 0
+            ids, dists = i_row[found], d_row[found]
+            groups = np.ones(len(ids), np.int64)
+            if threshold is not None and len(ids):
+                from .collapse import collapse_ranked
+
+                reps, group = collapse_ranked(self.embedding_matrix(encoder).reconstruct(ids), threshold)
+                groups = np.bincount(group, minlength=len(ids))[reps]
+                ids, dists = ids[reps], dists[reps]
+            results = []
+            for item_id, d, size in zip(ids[offset:offset + k], dists[offset:offset + k], groups[offset:offset + k]):
+                score = float(d) if metric == "ip" else -float(d)
+                similarity = max(0.0, min(1.0, score)) if ref is None else float(np.exp(-float(d) / ref))
+                if (min_score is not None and score < min_score) or (
+                        min_similarity is not None and similarity < min_similarity):
+                    break  # ranked lists: everything after is lower still
+                item = self.item(int(item_id))
+                results.append(SearchResult(int(item_id), score, item.path, item.caption, item.width, item.height,
+                                            item.sha256, round(similarity, 6), int(size)))
+            out.append(results)
+        return out
+
+    def filtered_knn(self, name: str, queries: np.ndarray, k: int, flt: SearchFilter) -> tuple[np.ndarray, np.ndarray]:
+        """``knn`` restricted by a filter, inside the search (see ``filtered_knn``)."""
+        from .filtered_knn import filtered_knn
+
+        allowed = allowed_ids(flt, self.item_table)
+        denied = set(flt.exclude) | set(self.store.deleted_ids())
+        return filtered_knn(self.embedding_matrix(name), self._index(name), queries, k,
+                            self.encoder_spec(name)["metric"], allowed=allowed, denied=denied)
+
+    def item_table(self) -> ItemTable:
+        """Columns of item metadata for filters (cached until the collection changes)."""
+        self.refresh()
+        with self._lock:
+            if "items" not in self._matrices:
+                self._matrices["items"] = ItemTable(self.store.iter_items())
+            return self._matrices["items"]
+
+    def similarity_scale(self, name: str) -> float:
+        """The mean squared L2 distance between random pairs of an "l2" encoder's embeddings (cached): the
+        scale of ``similarity = exp(-d / scale)``, so 1 is identical and about 0.37 a typical unrelated pair."""
+        self.refresh()
+        with self._lock:
+            key = "scale/" + name
+            if key not in self._matrices:
+                vectors = self.embedding_matrix(name).vectors
+                rng = np.random.default_rng(0)
+                if len(vectors) < 2:
+                    self._matrices[key] = 1.0
+                else:
+                    a, b = rng.integers(0, len(vectors), (2, 2000))
+                    d = ((np.asarray(vectors[np.sort(a)], np.float32) - np.asarray(vectors[np.sort(b)], np.float32)) ** 2).sum(1)
+                    self._matrices[key] = float(np.mean(d)) or 1.0
+            return self._matrices[key]
 
     # -- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
@@ -390,6 +541,34 @@ def _term_kwargs(term: dict) -> dict:
     if unknown:
         raise InvalidQuery(f"unknown query term field(s) {sorted(unknown)}; use one of image, text, id, vector plus weight")
     return term
+
+
+def _uses_text(kind: str, value) -> bool:
+    return kind == "text" or (kind == "query" and isinstance(value, (list, tuple))
+                              and any(isinstance(t, dict) and "text" in t for t in value))
+
+
+def _collapse_threshold(collapse) -> float | None:
+    """collapse=False/None -> None; True -> the default cosine; a number in (0, 1] -> that cosine."""
+    from .collapse import DEFAULT_THRESHOLD
+
+    if collapse is None or collapse is False:
+        return None
+    if collapse is True:
+        return DEFAULT_THRESHOLD
+    if isinstance(collapse, (int, float)) and 0 < collapse <= 1:
+        return float(collapse)
+    raise InvalidQuery(f"collapse must be true, false or a cosine threshold in (0, 1], got {collapse!r}")
+
+
+def _kind(spec: dict) -> str:
+    """What kind of encoder a manifest entry is: its name, an explicit "kind", or the name's first part
+    ("triplet-cnn" -> "triplet"), whichever ``IMAGE_ENCODER_PREFERENCE`` knows."""
+    for candidate in (spec["name"], spec.get("kind"), spec.get("config", {}).get("kind"),
+                      spec["name"].replace(":", "-").split("-")[0]):
+        if candidate in IMAGE_ENCODER_PREFERENCE:
+            return candidate
+    return spec["name"]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from .compose.align import (DEFAULT_SCALES, ContextMatcher, Placement, context_m
 from .compose.composite import composite_candidate
 from .compose.lab import rgb_to_lab, to_uint8
 from .compose.seam import DEFAULT_K, graphcut_seam
-from .errors import ImageError, ImageTooLarge, InvalidQuery, NearsightError
+from .errors import ImageError, ImageTooLarge, InvalidMask, InvalidQuery, NearsightError
 from .images import DEFAULT_MAX_PIXELS, to_rgb
 from .scene_match import (ROUTES, SceneMatches, describe_query, layout_encoder, match_scenes, require_gist,
                           thumbnail_image)
@@ -202,11 +202,11 @@ def prepare_inputs(image, mask, config: CompletionConfig = CompletionConfig(),
         raise ImageError(f"the image is {width}x{height}; scene completion needs at least {MIN_SIDE} px a side")
     holes = int(hole.sum())
     if holes == 0:
-        raise InvalidQuery("the mask marks no pixels (white = the hole to fill); nothing to complete")
+        raise InvalidMask("the mask marks no pixels (white = the hole to fill); nothing to complete")
     if holes == hole.size:
-        raise InvalidQuery("the mask covers the whole image; leave the part of the photo to keep black")
+        raise InvalidMask("the mask covers the whole image; leave the part of the photo to keep black")
     if holes > config.max_hole_fraction * hole.size:
-        raise InvalidQuery(f"the mask covers {holes / hole.size:.0%} of the image; at most "
+        raise InvalidMask(f"the mask covers {holes / hole.size:.0%} of the image; at most "
                            f"{config.max_hole_fraction:.0%} can be filled from context")
     scale = config.max_side / max(height, width)
     if scale < 1.0:  # composite at most max_side: reduce the photo, and keep every hole pixel a hole

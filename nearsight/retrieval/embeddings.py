@@ -72,6 +72,13 @@ class EmbeddingMatrix:
             raise UnknownItem(f"no embedding for item id {int(ids[rows < 0][0])}")
         return rows
 
+    def known_rows(self, ids) -> np.ndarray:
+        """Row positions of those of ``ids`` that have an embedding (others left out, no error)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        ids = ids[(ids >= 0) & (ids < len(self._row))]
+        rows = self._row[ids]
+        return rows[rows >= 0]
+
     def has(self, item_id: int) -> bool:
         return 0 <= item_id < len(self._row) and self._row[item_id] >= 0
 

@@ -43,3 +43,11 @@ class WeightsUnavailable(NearsightError):
 
 class CollectionBusy(NearsightError):
     """A collection another writer holds, or one open read-only in this process when a write is asked."""
+
+
+class InvalidFilter(InvalidQuery):
+    """A search filter on a field that does not exist, or with a value of the wrong kind (HTTP 422)."""
+
+
+class InvalidMask(InvalidQuery):
+    """A completion mask that marks nothing, or (nearly) the whole photo (HTTP 422)."""

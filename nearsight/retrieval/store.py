@@ -58,6 +58,7 @@ class Item:
     aliases: list[str] = field(default_factory=list)
     deleted: bool = False
     replaced_by: int | None = None
+    added: float | None = None  # unix time of the commit that added it (None: indexed before this was kept)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -25,8 +25,8 @@ from flask import Flask, current_app, jsonify, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from ..retrieval.collection import Collection
-from ..retrieval.errors import (CollectionBusy, ImageError, ImageTooLarge, InvalidQuery, NearsightError, UnknownEncoder, UnknownItem,
-                                UnsupportedModality, WeightsUnavailable)
+from ..retrieval.errors import (CollectionBusy, ImageError, ImageTooLarge, InvalidFilter, InvalidMask, InvalidQuery,
+                                NearsightError, UnknownEncoder, UnknownItem, UnsupportedModality, WeightsUnavailable)
 from ..retrieval.images import DEFAULT_MAX_PIXELS
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
 # nearsight error class -> (HTTP status, error code); the most specific class wins (ImageTooLarge before ImageError).
 STATUS: tuple[tuple[type[NearsightError], int, str], ...] = (
+    (InvalidFilter, 422, "invalid_filter"),
+    (InvalidMask, 422, "invalid_mask"),
     (InvalidQuery, 400, "invalid_query"),
     (UnknownItem, 404, "unknown_item"),
     (ImageTooLarge, 413, "image_too_large"),
