@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import threading
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ from .pca import PCA, PCA_FILE, fit_pca, prefiltered_search
 from .search import exact_search
 from .store import Item, ItemStore
 from .tar_members import is_member_key, read_member
-from .writelock import write_lock
 
 FORMAT_VERSION = 1
 MANIFEST = "collection.json"
@@ -105,7 +103,7 @@ class Collection:
         for spec in self.manifest["encoders"]:
             if spec["name"] == name:
                 return spec
-        raise UnknownEncoder(f"this collection has no encoder {name!r}; it has: {', '.join(self.encoder_names) or 'none'}")
+        raise UnknownEncoder(f"collection {self.dir} has no encoder {name!r}; it has: {', '.join(self.encoder_names) or 'none'}")
 
     def encoder(self, name: str) -> Encoder:
         """The collection's encoder ``name``, configured as when its embeddings were made (cached)."""
@@ -125,43 +123,6 @@ class Collection:
         self.manifest["encoders"].append(encoder.describe())
         write_manifest(self.dir, self.manifest)
         self._encoders[encoder.name] = encoder
-
-    def remove_encoder(self, name: str, missing_ok: bool = False) -> None:
-        """Remove encoder ``name`` with its embeddings, PCA and index, under the write lock.
-
-        The manifest goes first, so from then on nothing reads the encoder; a crash part-way leaves only
-        unreferenced files and shard records, which adding an encoder of that name clears again.
-        UnknownEncoder if the collection has no trace of ``name`` (unless ``missing_ok``).
-        """
-        from .index.storage import index_dir
-
-        emb_dir = os.path.join(self.dir, "embeddings", name)
-        with write_lock(self.dir):
-            if name in self.encoder_names:
-                self.manifest["encoders"] = [e for e in self.manifest["encoders"] if e["name"] != name]
-                write_manifest(self.dir, self.manifest)
-            elif not self.store.parts(name) and not os.path.exists(emb_dir):
-                if missing_ok:
-                    return
-                raise UnknownEncoder(f"this collection has no encoder {name!r}; it has: "
-                                     f"{', '.join(self.encoder_names) or 'none'}")
-            if self.store.parts(name):
-                with self.store.write() as w:
-                    w.delete_meta(f"parts/{name}")
-            shutil.rmtree(emb_dir, ignore_errors=True)
-            directory = index_dir(self.dir)
-            if os.path.isdir(directory):
-                meta = os.path.join(directory, name + ".json")
-                if os.path.exists(meta):
-                    os.remove(meta)  # first: without its record, no reader opens the index files
-                for f in os.listdir(directory):
-                    if f.startswith(name + "."):
-                        os.remove(os.path.join(directory, f))
-            with self._lock:
-                self._encoders.pop(name, None)
-                self._matrices.pop(name, None)
-                self._matrices.pop("pca/" + name, None)
-                self._indexes.pop(name, None)
 
     def default_encoder(self, modality: str = IMAGE) -> str:
         """The encoder a query of ``modality`` uses when none is named. Images: the best image encoder held
