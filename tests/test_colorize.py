@@ -483,3 +483,23 @@ def test_real_collection_without_gray_descriptors_or_items(tmp_path, photos, ing
             colorize(empty, photos["coffee"])
     finally:
         empty.close()
+
+
+def test_progress_reports_stages_in_order_and_can_stop_the_run(fake_collection, photos):
+    seen = []
+    colorize(fake_collection, photos["astronaut"], n_neighbors=2, progress=lambda s, f: seen.append((s, f)))
+    assert list(dict.fromkeys(s for s, _ in seen)) == ["neighbors", "load", "align", "cut", "finish"]
+    assert [f for _, f in seen] == sorted(f for _, f in seen)
+    seen.clear()
+    recolor(fake_collection, photos["coffee"], n_neighbors=2, progress=lambda s, f: seen.append((s, f)))
+    assert [s for s, _ in seen] == ["neighbors", "load", "transfer"]
+
+    class Stop(Exception):
+        pass
+
+    def stop(stage, fraction):
+        if stage == "cut":
+            raise Stop  # anything the callback raises goes through: how the server cancels a job
+
+    with pytest.raises(Stop):
+        colorize(fake_collection, photos["astronaut"], n_neighbors=2, progress=stop)

@@ -176,3 +176,24 @@ def test_weighted_distances_and_colour_layout():
     colour, weights = colour.reshape(4, 4, 3), weights.reshape(4, 4, 3)
     assert np.allclose(colour[:, :2, 0], 0, atol=1e-3) and np.allclose(colour[:, 2:, 0], 100, atol=1e-3)
     assert weights[0, 0, 0] == 0 and colour[0, 0, 0] == 0 and weights[1, 1, 0] == 1
+
+
+def test_progress_reports_each_stage_and_its_exception_stops_the_run(gist_collection):
+    coll, _, truth = gist_collection
+    hole = central_hole()
+    seen = []
+    complete_scene(coll, truth, hole, n=2, config=SMALL, progress=lambda stage, f: seen.append((stage, f)))
+    stages = list(dict.fromkeys(stage for stage, _ in seen))
+    assert stages == ["scene", "context", "seam", "composite"]
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_seam(stage, fraction):
+        if stage == "seam":
+            raise Stop
+
+    with pytest.raises(Stop):  # how the server cancels a running job: no composite is made
+        complete_scene(coll, truth, hole, n=2, config=SMALL, progress=stop_at_seam)

@@ -24,6 +24,10 @@ Colorization of a gray photo:
 Colour transfer (``recolor``): Reinhard statistics transfer in l-alpha-beta toward a reference
 image, an item of the collection, or the mean statistics of the photo's nearest neighbours;
 optionally per region (a grid in the photo's frame, the references aligned to it as above).
+
+``colorize``, ``colorize_arrays`` and ``recolor`` take an optional ``progress(stage, fraction)`` callback,
+called as each stage starts with the rough fraction of the work done; an exception it raises stops the
+run there (how the server cancels a job).
 """
 from __future__ import annotations
 
@@ -329,12 +333,18 @@ def _local_match(l_query: np.ndarray, t_query: np.ndarray, warped: np.ndarray,
     return best_cost, best_ab
 
 
-def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig()) -> Colorization:
+def _no_progress(stage: str, fraction: float) -> None:
+    pass
+
+
+def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig(), progress=None) -> Colorization:
     """Colour a gray image from neighbour images. The array core of ``colorize``.
 
     - ``gray``: (H, W) float sRGB gray value in [0, 1] (or uint8); see ``to_gray`` for other inputs.
     - ``neighbors``: non-empty list of (h_i, w_i, 3) RGB arrays (uint8, or float in [0, 1]), any sizes.
+    - ``progress``: optional ``(stage, fraction)`` callback; fractions here run from 0 to 1.
     """
+    report = progress or _no_progress
     g = np.asarray(gray)
     if g.ndim != 2:
         raise InvalidQuery(f"gray must be an (H, W) array; got shape {g.shape} (use to_gray for colour input)")
@@ -353,6 +363,7 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig()) 
 
     placements, ab_layers, unary, local = [], [], [], []
     for i, nb in enumerate(neighbors):
+        report("align", 0.8 * i / len(neighbors))  # the placements are most of the core's time
         rgb = np.asarray(nb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
             raise InvalidQuery(f"neighbour {i} must be an (h, w, 3) RGB array; got shape {rgb.shape}")
@@ -371,6 +382,7 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig()) 
         ab_layers.append(ab)
 
     # Potts weight per edge: full where L* is flat, vanishing across the query's own edges.
+    report("cut", 0.8)
     dh = np.diff(l_work, axis=1)
     dv = np.diff(l_work, axis=0)
     two_s2 = 2.0 * config.edge_sigma ** 2
@@ -379,6 +391,7 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig()) 
     labels = alpha_expansion(np.stack(unary, axis=-1).astype(np.float32), (horizontal, vertical),
                              n_iters=config.n_iters)
 
+    report("finish", 0.9)
     ab_stack = np.stack(ab_layers, axis=0)  # (n, h, w, 2)
     ab_work = np.take_along_axis(ab_stack, labels[None, :, :, None], axis=0)[0]
     if config.confidence > 0:
@@ -466,15 +479,19 @@ def gray_neighbors(collection, image, k: int, encoders: tuple[str, ...] | None =
 
 
 def colorize(collection, gray_image, n_neighbors: int = 8, config: ColorizeConfig = ColorizeConfig(),
-             exclude_ids=()) -> ColorizeResult:
+             exclude_ids=(), progress=None) -> ColorizeResult:
     """Colour a gray (or sepia) photo from its nearest neighbours in ``collection``.
 
     ``gray_image``: PIL image, path, bytes or array. A colour image is converted to gray first and the
     result's ``warnings`` say so. ``exclude_ids``: items not to use (e.g. the photo itself when testing).
     Raises ``ImageError`` for an unusable or tiny image, ``UnknownEncoder`` when the collection has no
     luminance descriptor, ``InvalidQuery`` for an empty collection or a bad ``n_neighbors``.
+    ``progress``: optional ``(stage, fraction done)`` callback (see the module docstring).
     """
     from PIL import Image
+
+    report = progress or _no_progress
+    report("neighbors", 0.0)
 
     if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or not 1 <= n_neighbors <= 64:
         raise InvalidQuery(f"n_neighbors must be an integer from 1 to 64; got {n_neighbors!r}")
@@ -486,8 +503,9 @@ def colorize(collection, gray_image, n_neighbors: int = 8, config: ColorizeConfi
         missing = [e for e in GRAY_ENCODERS if e not in names]
         warnings += (f"neighbours found with {', '.join(names)} only; the collection has no {', '.join(missing)}",)
     side = config.work_side
+    report("load", 0.1)
     images = [np.asarray(collection.load_image(int(i), min_side=side).convert("RGB")) for i in ids]
-    core = colorize_arrays(gray, images, config)
+    core = colorize_arrays(gray, images, config, progress=lambda stage, f: report(stage, 0.2 + 0.8 * f))
     return ColorizeResult(rgb=core.rgb, lab=core.lab, neighbor_ids=tuple(int(i) for i in ids),
                           neighbor_distances=tuple(float(d) for d in distances),
                           usage=tuple(float(u) for u in core.usage), labels=core.labels,
@@ -512,7 +530,8 @@ def _aligned_references(photo_rgb: np.ndarray, references: list[np.ndarray], sid
 
 
 def recolor(collection, photo, like_id: int | None = None, reference=None, n_neighbors: int = 5,
-            per_region: bool = False, grid: tuple[int, int] = (3, 3), exclude_ids=()) -> RecolorResult:
+            per_region: bool = False, grid: tuple[int, int] = (3, 3), exclude_ids=(), progress=None,
+            reference_side: int | None = None) -> RecolorResult:
     """Reinhard colour transfer of ``photo`` toward a reference.
 
     The target is, in order: ``reference`` (an image: PIL, path, bytes or array), the collection item
@@ -520,8 +539,12 @@ def recolor(collection, photo, like_id: int | None = None, reference=None, n_nei
     (near-duplicates of the photo itself are skipped, they would change nothing). ``per_region``: the
     references are aligned to the photo and each cell of a ``grid`` takes the statistics of the same
     cell in the references, feathered so that cells leave no seams. ``collection`` may be ``None`` when
-    a ``reference`` image is given.
+    a ``reference`` image is given. ``progress``: optional ``(stage, fraction done)`` callback.
+    ``reference_side``: collection references are decoded reduced (JPEG draft) to about this short side,
+    which bounds the memory a call takes (their colour statistics barely change); None: full size.
     """
+    report = progress or _no_progress
+    report("neighbors", 0.0)
     if like_id is not None and reference is not None:
         raise InvalidQuery("give either like_id or reference, not both")
     photo_rgb = _float_rgb(_image_array(photo, "photo"))
@@ -558,10 +581,12 @@ def recolor(collection, photo, like_id: int | None = None, reference=None, n_nei
             if not keep:
                 raise InvalidQuery("the collection holds only copies of this photo: no other colours to move toward")
             ids = tuple(keep)
-        refs = [_float_rgb(np.asarray(collection.load_image(i).convert("RGB"))) for i in ids]
+        report("load", 0.3)
+        refs = [_float_rgb(np.asarray(collection.load_image(i, min_side=reference_side).convert("RGB"))) for i in ids]
     for i, ref in enumerate(refs):
         _check_size(ref.shape, f"reference {ids[i] if ids else ''}".strip())
 
+    report("transfer", 0.6)
     stats = [lab_stats(r) for r in refs]
     target = LabStats(np.mean([m for m, _ in stats], axis=0), np.mean([s for _, s in stats], axis=0))
     if not per_region:

@@ -18,6 +18,10 @@ Stages (``CompletionReport.timings`` names them):
 4. ``composite``: for the best ``n``, the source photo at full size, the seam again at full size in a
    band around the small one (``compose.seam``), and Poisson blending (``compose.poisson``).
 
+``progress(stage, fraction)``, when given, is called as each stage starts and after each composite, with
+the fraction of the work done so far (a rough share by stage); an exception it raises stops the run
+there, which is how the server cancels a job.
+
 Matching is done at ``match_side`` whatever the photo's size; compositing at the photo's size up to
 ``max_side`` on the long side (a larger photo is reduced to that first, and its results have that size).
 """
@@ -48,6 +52,9 @@ LOG = logging.getLogger(__name__)
 
 TERMS = ("scene", "context", "texture", "seam")
 MIN_SIDE = 32
+# Where each stage starts, as a share of the whole run, for ``progress``: rough shares measured at
+# 1024 px with n=6 (the composites, one full-size seam and Poisson solve each, take about half).
+STAGE_START = {"scene": 0.0, "context": 0.1, "seam": 0.35, "composite": 0.5}
 
 
 @dataclass(frozen=True)
@@ -392,20 +399,24 @@ def _pool(workers: int):
 
 # ---------------------------------------------------------------------------------- pipeline
 def complete_scene(collection, image, mask, n: int = 20, config: CompletionConfig = CompletionConfig(),
-                   exclude=()) -> list[Completion]:
+                   exclude=(), progress=None) -> list[Completion]:
     """Fill the white part of ``mask`` in ``image`` from the collection's photos; best ``n`` composites first.
 
     ``image``: PIL image or (H, W, 3) uint8 array; ``mask``: PIL image or (H, W) array, white/True = hole,
     the same size. ``exclude``: item ids never to use (the query photo itself, in a benchmark).
+    ``progress``: optional ``(stage, fraction done)`` callback (see the module docstring).
     """
-    return complete_scene_report(collection, image, mask, n=n, config=config, exclude=exclude).completions
+    return complete_scene_report(collection, image, mask, n=n, config=config, exclude=exclude,
+                                 progress=progress).completions
 
 
 def complete_scene_report(collection, image, mask, n: int = 20, config: CompletionConfig = CompletionConfig(),
-                          exclude=()) -> CompletionReport:
+                          exclude=(), progress=None) -> CompletionReport:
     """``complete_scene`` with the scene matches, per-stage timings and frame sizes."""
     if int(n) < 1:
         raise InvalidQuery(f"n must be >= 1, got {n}")
+    report = progress or (lambda stage, fraction: None)
+    report("scene", 0.0)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     rgb, hole = prepare_inputs(image, mask, config)
@@ -423,6 +434,7 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
 
     # 2. Context matching for every candidate at the matching size.
     t = time.perf_counter()
+    report("context", STAGE_START["context"])
     frame = _match_frame(rgb, hole, config)
     with _pool(config.workers) as pool:
         placed = list(pool.map(lambda job: _place(frame, config, collection, *job),
@@ -435,6 +447,7 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
         # 3. The seam at the matching size for the best candidates by the other three terms, then the
         # four-term ranking among those (a candidate outside that pool could not make the top n).
         t = time.perf_counter()
+        report("seam", STAGE_START["seam"])
         raw = {"scene": np.array([scenes.distance[c.rank] for c in cands], dtype=np.float64),
                "context": np.array([c.placement.ssd for c in cands]),
                "texture": np.array([c.placement.texture for c in cands])}
@@ -454,6 +467,7 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
 
         # 4. Composite the best n at full size (the next in rank order stands in for one that fails).
         t = time.perf_counter()
+        report("composite", STAGE_START["composite"])
         query_full = _fill_hole(rgb.astype(np.float32) / 255.0, hole)
         hole_distance = ndimage.distance_transform_edt(~hole)  # the same for every composite's seam
         completions: list[Completion] = []
@@ -473,6 +487,8 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
                 terms.update({f"z_{name}": float(z[name][i]) for name in TERMS})
                 completions.append(Completion(image=to_uint8(comp.rgb), score=-float(total[i]), id=c.id,
                                               terms=terms, placement=placement, region=comp.take))
+                done = STAGE_START["composite"] + (1 - STAGE_START["composite"]) * len(completions) / n
+                report("composite", min(done, 1.0))
     timings["composite"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     if not completions:
