@@ -61,8 +61,13 @@ class IngestSummary:
                 f"failed {self.failed}{extra} in {self.seconds:.1f}s{rate}")
 
 
-def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig()) -> IngestSummary:
-    """Index PATHs into the collection at ``collection_dir`` (created if missing). See the module docstring."""
+def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig(), engine=None) -> IngestSummary:
+    """Index PATHs into the collection at ``collection_dir`` (created if missing). See the module docstring.
+
+    ``engine(run, jobs, summary)`` replaces the local decode-and-encode loop (``_Run.ingest``) for the new
+    sources; the Ray engine passes its own. Everything around it is shared by both engines: validation, the
+    write lock, backfills, skipping known sources, and (through ``_Run.commit``) dedup, ids and failures.
+    """
     start = time.perf_counter()
     options = dict(config.encoder_options)
     # Validate everything a user typed before touching the disk.
@@ -84,7 +89,7 @@ def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig(
                     summary.already_present += 1
                 else:
                     todo.append((source, -1))
-            run.ingest(todo, summary)
+            (engine or _Run.ingest)(run, todo, summary)
     finally:
         coll.close()
     summary.seconds = time.perf_counter() - start
@@ -131,15 +136,7 @@ class _Run:
         with self._progress(len(jobs), "indexing") as bar:
             for result in self._decoded(jobs, self.encoders, thumbnails=True):
                 bar.update(1)
-                if isinstance(result, Failed):
-                    batch.failures.append(result)
-                    summary.failed += 1
-                elif result.sha256 in batch.by_hash or self.store.id_for_hash(result.sha256) is not None:
-                    batch.aliases.append(result)
-                    summary.duplicates += 1
-                else:
-                    batch.by_hash[result.sha256] = result
-                    summary.added += 1
+                if self._classify(result, batch, summary):
                     unencoded.append(result)
                     if len(unencoded) >= self.config.batch_size:
                         self._embed(unencoded, self.encoders)
@@ -149,6 +146,29 @@ class _Run:
                     batch, unencoded = _Flush(), []
                     bar.set_postfix(items=self.coll.count, refresh=False)
             self._flush(batch)
+
+    def _classify(self, result: Decoded | Failed, batch: "_Flush", summary: IngestSummary) -> bool:
+        """File one decode result into ``batch``: a failure, a duplicate (of the batch or the store), or new
+        content (True: it needs embedding). The one dedup rule of both engines."""
+        if isinstance(result, Failed):
+            batch.failures.append(result)
+            summary.failed += 1
+            return False
+        if result.sha256 in batch.by_hash or self.store.id_for_hash(result.sha256) is not None:
+            batch.aliases.append(result)
+            summary.duplicates += 1
+            return False
+        batch.by_hash[result.sha256] = result
+        summary.added += 1
+        return True
+
+    def commit(self, results: list, summary: IngestSummary) -> None:
+        """Commit results whose vectors another engine already made (``Decoded.vectors`` filled, ``arrays``
+        empty), in source order, as one flush: the same dedup, id assignment and failure records as ``ingest``."""
+        batch = _Flush()
+        for result in results:
+            self._classify(result, batch, summary)
+        self._flush(batch)
 
     def _flush(self, batch: "_Flush") -> None:
         if not len(batch):
@@ -196,23 +216,8 @@ class _Run:
         return parts
 
     def _embed(self, decoded: list[Decoded], encoders: list[Encoder]) -> None:
-        """Encode decoded items in batches, as they arrive, so encoding overlaps the workers' decoding.
-
-        The vectors replace the preprocessed arrays (much smaller), until the next flush writes them.
-        """
-        bs = self.config.batch_size
-        for start in range(0, len(decoded), bs):
-            chunk = decoded[start:start + bs]
-            for encoder in encoders:
-                vectors = np.asarray(encoder.encode_images(np.stack([d.arrays[encoder.name] for d in chunk])),
-                                     dtype=np.float32)
-                if vectors.shape != (len(chunk), encoder.dim) or not np.isfinite(vectors).all():
-                    raise NearsightError(f"encoder {encoder.name!r} returned {vectors.shape} (or non-finite values), "
-                                         f"expected ({len(chunk)}, {encoder.dim})")
-                for d, v in zip(chunk, vectors):
-                    d.vectors[encoder.name] = v
-            for d in chunk:
-                d.arrays = {}
+        """Encode decoded items in batches, as they arrive, so encoding overlaps the workers' decoding."""
+        embed(decoded, encoders, self.config.batch_size)
 
     # -- new encoders on existing items -------------------------------------------------------
     def backfill(self) -> dict[str, int]:
@@ -259,6 +264,25 @@ class _Run:
         with self.store.write() as w:
             w.add_part(encoder.name, parts[encoder.name])
         self.coll.refresh()
+
+
+def embed(decoded: list[Decoded], encoders: list[Encoder], batch_size: int) -> None:
+    """Fill each ``Decoded.vectors`` ((dim,) float32 per encoder) in batches of ``batch_size`` (both engines).
+
+    The vectors replace the preprocessed arrays (much smaller), until a flush writes them.
+    """
+    for start in range(0, len(decoded), batch_size):
+        chunk = decoded[start:start + batch_size]
+        for encoder in encoders:
+            vectors = np.asarray(encoder.encode_images(np.stack([d.arrays[encoder.name] for d in chunk])),
+                                 dtype=np.float32)
+            if vectors.shape != (len(chunk), encoder.dim) or not np.isfinite(vectors).all():
+                raise NearsightError(f"encoder {encoder.name!r} returned {vectors.shape} (or non-finite values), "
+                                     f"expected ({len(chunk)}, {encoder.dim})")
+            for d, v in zip(chunk, vectors):
+                d.vectors[encoder.name] = v
+        for d in chunk:
+            d.arrays = {}
 
 
 class _Flush:

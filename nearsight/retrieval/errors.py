@@ -51,3 +51,7 @@ class InvalidFilter(InvalidQuery):
 
 class InvalidMask(InvalidQuery):
     """A completion mask that marks nothing, or (nearly) the whole photo (HTTP 422)."""
+
+
+class ClusterUnreachable(NearsightError):
+    """A Ray cluster address with no cluster behind it (nothing listening, or not a Ray head)."""
