@@ -75,7 +75,13 @@ def parse_options(pairs) -> dict[str, dict[str, object]]:
               help="Decompression-bomb guard: larger images are recorded as failures.")
 @click.option("--no-index", is_flag=True, help="Do not build or update the ANN indexes afterwards.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def index(paths, collection, encoders, options, workers, batch_size, flush_every, device, max_pixels, no_index, quiet):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: decode processes on this machine; ray: Ray Data actors on a Ray cluster "
+                   "(pip install 'nearsight[ray]'; --workers does not apply).")
+@click.option("--address", help="With --engine ray: the cluster's head as HOST:PORT, or 'auto' for the cluster "
+                                "this machine belongs to (default: start Ray on this machine).")
+def index(paths, collection, encoders, options, workers, batch_size, flush_every, device, max_pixels, no_index, quiet,
+          engine, address):
     """Index PATHS (folders, image files, lists of image paths, webdataset .tar shards) into a collection."""
     from ..indexer.ingest import IngestConfig, index_paths
 
@@ -84,7 +90,14 @@ def index(paths, collection, encoders, options, workers, batch_size, flush_every
     config = IngestConfig(encoders=names, encoder_options=tuple((k, tuple(v.items())) for k, v in opts.items()),
                           batch_size=batch_size, flush_every=flush_every, device=device, max_pixels=max_pixels,
                           progress=not quiet, **({"workers": workers} if workers is not None else {}))
-    summary = index_paths(collection, list(paths), config)
+    if address and engine != "ray":
+        raise click.UsageError("--address goes with --engine ray")
+    if engine == "ray":
+        from ..indexer.ray_engine import RayConfig, index_paths_ray
+
+        summary = index_paths_ray(collection, list(paths), config, RayConfig(address=address))
+    else:
+        summary = index_paths(collection, list(paths), config)
     click.echo(summary.line())
     if not no_index:
 
