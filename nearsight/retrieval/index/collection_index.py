@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import NearsightError
 from . import backend
 from .build import build_index
+from .degree import choose_degree
 from .plan import parse_size, plan_from_factory, plan_index
 from .storage import load_index, read_meta, sync_with_source
 from .tuning import tune
@@ -59,7 +60,7 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     Report keys: encoder, action ("built", "rebuilt", "updated", "unchanged"), reason, factory, kind, metric,
     dim, ntotal, added, removed, build_seconds, tune_seconds, recall_at_k, k, target_recall, target_met,
     search_params, latency_ms, latency_ms_single, index_bytes, bytes_per_vector, files, plan_reasons,
-    needs_rebuild.
+    warnings (where the index falls short of what was asked: shown by the CLI and ``info``), needs_rebuild.
     """
     t0 = time.perf_counter()
     metric = metric or _metric_of(collection_dir, encoder, source)
@@ -100,6 +101,9 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     rng = np.random.default_rng(seed)
     if reason is not None:
         plan = want or plan_from_factory(existing.factory, n, d, metric, mode)
+        if not factory and plan.kind == "hnsw":
+            plan = choose_degree(plan, source.vectors, ids, target_recall=target_recall, k=k,
+                                 max_memory_bytes=budget, seed=seed)
         LOG.info("building %s for %s: %s", plan.factory, encoder, reason)
         # a sample stays out of the index while it is tuned: recall measured on vectors it has never seen
         holdout = rng.choice(ids, min(n_queries, n // 10), replace=False) if n >= 1000 else None
@@ -148,6 +152,7 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
         "index_bytes": index_bytes, "bytes_per_vector": round(index_bytes / max(index.ntotal, 1), 2),
         "files": [f["file"] for f in saved["files"]],
         "plan_reasons": list((index.info.get("plan") or {}).get("reasons", [])),
+        "warnings": list(index.info.get("warnings") or []),
         "needs_rebuild": index.needs_rebuild, "seconds": round(time.perf_counter() - t0, 3),
     }
     LOG.info("index %s of %s: %s (%s), recall@%d %.3f", index.factory, encoder, action, reason or "in place",

@@ -47,6 +47,8 @@ class IndexPlan:
     - ``train_size``: vectors sampled to train (0: training-free).
     - ``bytes_per_vector`` / ``memory_bytes``: estimated size in memory (on disk when ``on_disk``).
     - ``on_disk``: inverted lists are memory-mapped from the index file rather than loaded.
+    - ``warnings``: where the plan falls short of what was asked (a compact budget it cannot meet, an index
+      kind that is not worth it); the CLI, ``info`` and the API show these, not only the reasons.
     """
     factory: str
     kind: str
@@ -61,10 +63,12 @@ class IndexPlan:
     mode: str = "auto"
     ef_construction: int = 80
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
+        d["warnings"] = list(self.warnings)
         return d
 
 
@@ -190,12 +194,18 @@ def _even_divisors(d: int, cap: float) -> list[int]:
     return [m for m in range(2, d + 1, 2) if d % m == 0 and m <= cap]
 
 
-def _plan(factory, kind, metric, d, n, mode, reasons, *, train_size=0, on_disk=False, ef_c=80) -> IndexPlan:
+def _plan(factory, kind, metric, d, n, mode, reasons, *, train_size=0, on_disk=False, ef_c=80,
+          warnings=()) -> IndexPlan:
     bpv, fixed = estimate_size(factory, d)
     return IndexPlan(factory=factory, kind=kind, metric=metric, dim=d, n=n,
                      rerank=parse_factory(factory).lossy, train_size=int(train_size),
                      bytes_per_vector=float(bpv), memory_bytes=int(fixed if on_disk else bpv * n + fixed),
-                     on_disk=on_disk, mode=mode, ef_construction=ef_c, reasons=tuple(reasons))
+                     on_disk=on_disk, mode=mode, ef_construction=ef_c, reasons=tuple(reasons),
+                     warnings=tuple(warnings))
+
+
+_ROWS = ("candidates re-ranked exactly from float16 rows ({} B/vector, not counted above: they stay on disk, "
+         "memory-mapped, and take page cache only as queries touch them)")
 
 
 def _check(n, d, metric, mode):
@@ -223,9 +233,17 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
     reasons: list[str] = []
 
     if mode == "lsh":
+        # LSH scans every code (n Hamming distances a query) and then re-ranks k * k_factor candidates exactly;
+        # high recall needs a re-rank depth that grows with n. On Fashion-MNIST (60k x 784, scripts/
+        # bench_index.py) it was no faster than exact search at recall@10 0.95 and 7x slower at 0.99.
+        warnings = ["LSH is for a training-free build, not for speed: each query scans all codes and re-ranks "
+                    "a share of the collection exactly; at recall@10 >= 0.95 it is often no faster than exact "
+                    "search (tuning measures both and says so)"]
+        if n <= FLAT_MAX_N:
+            warnings.append(f"{n} vectors: an exact scan (Flat) is as fast as LSH here and exact")
         return _plan("LSHr", "lsh", metric, d, n, mode,
                      [f"LSH on request: {d} sign bits of a random rotation, no training; "
-                      "Hamming candidates are re-ranked exactly from the embeddings"])
+                      "Hamming candidates are re-ranked exactly from the embeddings"], warnings=warnings)
 
     flat_bytes = n * (4 * d + ID_BYTES)
     small = n <= {"auto": FLAT_MAX_N, "speed": SPEED_FLAT_MAX_N}.get(mode, IVF_MIN_N - 1)
@@ -268,14 +286,21 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
         reasons.append(f"OPQ{m},IVF{nlist},PQ{m}x4fs: {m} 4-bit fast-scan codes, {per_vector:.0f} B/vector in "
                        f"memory with the quantizer and rotation{' (compact mode)' if mode == 'compact' else ''}; "
                        f"trained on {train} sampled vectors")
-        reasons.append("candidates re-ranked exactly from float16 rows")
+        reasons.append(_ROWS.format(2 * d))
         return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train)
     if fallback is not None:      # compact mode where the fixed parts alone break 64 B/vector at this n
         m, factory, per_vector = fallback
+        bpv, fixed = estimate_size(factory, d)
         reasons.append(f"{factory}: {per_vector:.0f} B/vector; at {n} vectors the quantizer and rotation alone "
                        f"push it over {COMPACT_BYTES} B/vector (codes and ids are {m // 2 + ID_BYTES} B)")
-        reasons.append("candidates re-ranked exactly from float16 rows")
-        return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train)
+        reasons.append(_ROWS.format(2 * d))
+        # said where the user looks (build-index output, info, the API), not only among the reasons
+        enough = math.ceil(fixed / max(COMPACT_BYTES - bpv, 1))
+        warning = (f"compact mode cannot meet {COMPACT_BYTES} B/vector at {n} vectors: {factory} takes "
+                   f"{per_vector:.0f} B/vector in memory ({fixed / max(n, 1):.0f} B/vector of it the coarse "
+                   f"centroids, PQ codebooks and OPQ rotation, fixed whatever n); it would fit from about "
+                   f"{enough} vectors")
+        return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, warnings=[warning])
 
     # not even the smallest fast-scan code fits: 8-bit PQ with inverted lists memory-mapped from disk
     ms8 = _even_divisors(d, min(64, d / 2))
