@@ -116,7 +116,8 @@ def test_search_by_id_answers_the_item_first_with_all_fields(client, coll):
     scores = [r["score"] for r in answer["results"]]
     assert scores == sorted(scores, reverse=True)
     first = answer["results"][0]
-    assert set(first) == {"id", "score", "caption", "width", "height", "thumbnail_url"}
+    assert set(first) == {"id", "score", "similarity", "caption", "width", "height", "sha256", "group_size",
+                          "thumbnail_url"}
     assert (first["width"], first["height"]) == (96, 72) and first["thumbnail_url"] == "/api/items/3/thumbnail"
     assert _ids(answer) == [r.id for r in coll.search(id=3, k=5, encoder="tiny")]
     assert client.get(first["thumbnail_url"]).status_code == 200
@@ -140,9 +141,9 @@ def test_search_by_base64_image_data_url_and_multipart_agree_with_in_process(cli
     assert _ids(r.get_json()) == expected
 
 
-def test_image_query_default_encoder_is_the_first_image_encoder(client):
+def test_image_query_default_encoder_is_the_best_image_encoder(client):
     answer = _search(client, image=_b64(_jpeg(make_photo(2))), k=3)
-    assert answer["encoder"] == "tiny" and answer["results"][0]["id"] == 2
+    assert answer["encoder"] == "clip" and answer["results"][0]["id"] == 2  # clip ranks above tiny
 
 
 def test_search_by_vector_equals_search_by_id(client, coll):
@@ -305,7 +306,7 @@ def test_unexpected_errors_are_a_plain_500(app, client, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret detail /etc/shadow")
 
-    monkeypatch.setattr(coll, "search", boom)
+    monkeypatch.setattr(coll, "search_batch", boom)
     message = _error(client.post("/api/search", json={"id": 1}), 500, "internal_error")
     assert "secret" not in message and "shadow" not in message
 
@@ -404,7 +405,7 @@ def test_stats_and_health(client):
     stats = client.get("/api/stats").get_json()
     assert stats["items"] == N_PHOTOS
     assert [(e["name"], e["dim"], e["embedded"]) for e in stats["encoders"]] == [("tiny", 3072, 12), ("clip", 32, 12)]
-    assert stats["default_encoder"] == {"image": "tiny", "text": "clip"}
+    assert stats["default_encoder"] == {"image": "clip", "text": "clip"}
     assert stats["limits"]["max_k"] == 1000 and stats["limits"]["max_upload_bytes"] == 20 * 1024 * 1024
     assert client.get("/api/health").get_json() == {"status": "ok"}
 

@@ -37,8 +37,12 @@ MAX_TEXT = 1000
 MAX_PREFILTER = 100_000
 MAX_ID = 2 ** 63 - 1  # item ids are int64
 KINDS = ("text", "image", "id", "vector")
-SEARCH_FIELDS = frozenset(KINDS) | {"query", "k", "offset", "encoder", "prefilter"}
-FORM_FIELDS = frozenset({"k", "offset", "encoder", "prefilter"})
+MAX_BATCH = 256
+MAX_EXCLUDE = 10_000
+# What narrows or shapes a search's answer, the same fields in JSON and in a multipart form.
+RESULT_FIELDS = frozenset({"filter", "exclude", "min_score", "min_similarity", "collapse"})
+SEARCH_FIELDS = frozenset(KINDS) | {"query", "batch", "k", "offset", "encoder", "prefilter"} | RESULT_FIELDS
+FORM_FIELDS = frozenset({"k", "offset", "encoder", "prefilter"}) | RESULT_FIELDS
 PUBLIC_ENDPOINTS = frozenset({"api.health"})  # open even when a token is configured: says only "ok"
 THUMB_MAX_AGE = 24 * 3600  # an id's thumbnail never changes: ids are never reused
 
@@ -66,24 +70,88 @@ def search():
     k = _int_field(body, "k", 10, 1, MAX_K)
     offset = _int_field(body, "offset", 0, 0, MAX_OFFSET)
     prefilter = _int_field(body, "prefilter", None, 1, MAX_PREFILTER)
-    query = {"image": image_file} if image_file is not None else _query_terms(body)
+    if image_file is not None:
+        queries = [{"image": image_file}]
+    elif "batch" in body:
+        queries = _batch_queries(body)
+    else:
+        queries = [_query_terms(body)]
+    options = _result_options(body)
     encoder = body.get("encoder")
     if encoder is not None and (not isinstance(encoder, str) or not encoder):
         raise InvalidQuery(f"encoder must be a non-empty string, got {encoder!r}")
     if encoder is None:
-        encoder = coll.default_encoder(TEXT if _uses_text(query) else IMAGE)
+        encoder = coll.default_encoder(TEXT if any(_uses_text(q) for q in queries) else IMAGE)
     coll.encoder_spec(encoder)  # UnknownEncoder (422) before any image is decoded
     if prefilter is not None and _pca_dim(coll, encoder) is None:
         return error_response(422, "no_pca", f"encoder {encoder!r} has no PCA to pre-filter with; fit one with "
                                              f"`nearsight fit-pca --encoder {encoder}`, or leave out prefilter")
-    query = _decode_images(query, coll.encoder(encoder).draft_size)
-    results = coll.search(**query, encoder=encoder, k=k, offset=offset, prefilter=prefilter)
-    return jsonify({
-        "results": [{"id": r.id, "score": r.score, "caption": r.caption, "width": r.width, "height": r.height,
-                     "thumbnail_url": url_for("api.thumbnail", item_id=r.id)} for r in results],
-        "took_ms": round((time.perf_counter() - start) * 1000, 3),
-        "encoder": encoder,
-    })
+    queries = [_decode_images(q, coll.encoder(encoder).draft_size) for q in queries]
+    batches = coll.search_batch(queries, encoder=encoder, k=k, offset=offset, prefilter=prefilter, **options)
+    answer = {"took_ms": round((time.perf_counter() - start) * 1000, 3), "encoder": encoder}
+    if "batch" in body:
+        answer["batch"] = [{"results": [_result_json(r) for r in results]} for results in batches]
+    else:
+        answer["results"] = [_result_json(r) for r in batches[0]]
+    return jsonify(answer)
+
+
+def _result_json(r) -> dict:
+    return {"id": r.id, "score": r.score, "similarity": r.similarity, "caption": r.caption, "width": r.width,
+            "height": r.height, "sha256": r.sha256, "group_size": r.group_size,
+            "thumbnail_url": url_for("api.thumbnail", item_id=r.id)}
+
+
+def _batch_queries(body: dict) -> list[dict]:
+    """``batch``: a list of single queries ({"id": 3}, {"image": base64}, {"vector": [...]}, {"text": ...})."""
+    given = [kind for kind in (*KINDS, "query") if kind in body]
+    if given:
+        raise InvalidQuery(f"give either batch or one query ({', '.join(given)}), not both")
+    batch = body["batch"]
+    if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_BATCH:
+        raise InvalidQuery(f"batch must be a list of 1 to {MAX_BATCH} queries like {{\"id\": 3}}, got {batch!r:.100}")
+    queries = []
+    for q in batch:
+        if not isinstance(q, dict) or set(q) - {*KINDS, "query"}:
+            raise InvalidQuery(f"each batch entry is an object with one of {', '.join(KINDS)}, query; got {q!r:.100}")
+        queries.append(_query_terms(q))
+    return queries
+
+
+def _result_options(body: dict) -> dict:
+    """filter, exclude, min_score, min_similarity, collapse: checked here, then by the library (InvalidFilter
+    names unknown filter fields, 422)."""
+    import json as _json
+
+    from ..retrieval.filters import parse_filter
+
+    flt = body.get("filter")
+    if isinstance(flt, str):  # a multipart form sends the filter as a JSON string
+        try:
+            flt = _json.loads(flt)
+        except ValueError:
+            raise InvalidQuery(f"filter must be a JSON object, got {flt!r:.100}") from None
+    exclude = body.get("exclude", [])
+    if isinstance(exclude, str):
+        exclude = [int(x) if x.lstrip("-").isdigit() else x for x in exclude.replace(",", " ").split()]
+    if not isinstance(exclude, list) or len(exclude) > MAX_EXCLUDE or not all(_integer(x) is not None for x in exclude):
+        raise InvalidQuery(f"exclude must be a list of at most {MAX_EXCLUDE} item ids, got {exclude!r:.100}")
+    options = {"filter": parse_filter(flt), "exclude": [_integer(x) for x in exclude]}
+    for name in ("min_score", "min_similarity"):
+        value = body.get(name)
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InvalidQuery(f"{name} must be a number, got {value!r:.100}") from None
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidQuery(f"{name} must be a number, got {value!r:.100}")
+        options[name] = value
+    collapse = body.get("collapse", False)
+    if isinstance(collapse, str):
+        collapse = {"true": True, "1": True, "false": False, "0": False}.get(collapse.strip().lower(), collapse)
+    options["collapse"] = collapse
+    return options
 
 
 def _search_body() -> tuple[dict, bytes | None]:
@@ -105,8 +173,8 @@ def _search_body() -> tuple[dict, bytes | None]:
         raise InvalidQuery(f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = set(body) - SEARCH_FIELDS
     if unknown:
-        raise InvalidQuery(f"unknown field(s) {sorted(unknown)}; use one of {', '.join(KINDS)}, query, "
-                           "plus k, offset, encoder, prefilter")
+        raise InvalidQuery(f"unknown field(s) {sorted(unknown)}; use one of {', '.join(KINDS)}, query, batch, "
+                           f"plus k, offset, encoder, prefilter, {', '.join(sorted(RESULT_FIELDS))}")
     nulls = sorted(name for name, value in body.items() if value is None)
     if nulls:
         raise InvalidQuery(f"field(s) {nulls} are null; leave a field out instead")
@@ -130,8 +198,8 @@ def _json_body():
 
 
 def _form_value(name: str, value: str):
-    if name == "encoder":
-        return value
+    if name in ("encoder", "filter", "exclude", "min_score", "min_similarity", "collapse"):
+        return value  # strings, parsed by _result_options
     try:
         return int(value)
     except ValueError:

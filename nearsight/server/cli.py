@@ -140,39 +140,81 @@ def build_index_command(collection, encoder, factory, auto, mode, target_recall,
         _echo_index_report(report)
 
 
+def _id_list(value: str | None, hint: str):
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}; expected item ids like 3,17,42", param_hint=hint) from None
+
+
 @main.command()
 @COLLECTION
-@click.option("--image", type=click.Path(dir_okay=False), help="Query image file.")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="Query image file (repeat for a batch: one result list per image).")
 @click.option("--text", help="Query text (encoders with a text tower).")
-@click.option("--id", "item_id", type=int, help="Query by the embedding of an item already in the collection.")
-@click.option("--vector", type=click.Path(dir_okay=False), help="Query vector, a .npy file of shape (d,).")
-@click.option("--encoder", help="Encoder to search with (default: the collection's first that fits the query).")
+@click.option("--id", "item_ids", type=int, multiple=True,
+              help="Query by the embedding of an item already in the collection (repeatable).")
+@click.option("--vector", type=click.Path(dir_okay=False),
+              help="Query vector(s): a .npy file of shape (d,), or (n, d) for a batch.")
+@click.option("--encoder", help="Encoder to search with (default: the best the collection holds for the query).")
 @click.option("-k", type=click.IntRange(1, 10000), default=10, show_default=True)
 @click.option("--prefilter", type=click.IntRange(min=1), default=None,
               help="Shortlist N items in the encoder's PCA space (see fit-pca), then re-rank exactly.")
+@click.option("--path-prefix", help="Only items whose file path starts with this (a folder).")
+@click.option("--caption", "caption_words", help="Only items whose caption has all these words.")
+@click.option("--min-width", type=click.IntRange(min=0))
+@click.option("--max-width", type=click.IntRange(min=0))
+@click.option("--min-height", type=click.IntRange(min=0))
+@click.option("--max-height", type=click.IntRange(min=0))
+@click.option("--added-after", help="Only items indexed at or after this date (ISO 8601 or unix seconds).")
+@click.option("--added-before", help="Only items indexed before this date.")
+@click.option("--only-ids", help="Only these item ids (comma-separated allow-list).")
+@click.option("--exclude", help="Never these item ids (comma-separated deny-list).")
+@click.option("--min-score", type=float, help="Drop results scoring below this (raw score).")
+@click.option("--min-similarity", type=click.FloatRange(0, 1), help="Drop results below this similarity (0..1).")
+@click.option("--collapse", is_flag=True, help="One result per group of near-copies, with the group's size.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def search(collection, image, text, item_id, vector, encoder, k, prefilter, as_json):
-    """Search a collection; exactly one of --image, --text, --id, --vector."""
+def search(collection, images, text, item_ids, vector, encoder, k, prefilter, path_prefix, caption_words, min_width,
+           max_width, min_height, max_height, added_after, added_before, only_ids, exclude, min_score,
+           min_similarity, collapse, as_json):
+    """Search a collection by --image, --text, --id or --vector (images, ids and vectors may be batches)."""
     import numpy as np
 
-
-    given = [name for name, v in (("--image", image), ("--text", text), ("--id", item_id), ("--vector", vector)) if v is not None]
+    given = [name for name, v in (("--image", images), ("--text", text), ("--id", item_ids), ("--vector", vector))
+             if v is not None and v != ()]
     if len(given) != 1:
-        raise click.UsageError(f"give exactly one of --image, --text, --id, --vector (got {', '.join(given) or 'none'})")
-    query = {}
+        raise click.UsageError(f"give exactly one kind of --image, --text, --id, --vector (got {', '.join(given) or 'none'})")
     if vector is not None:
         try:
-            query["vector"] = np.load(vector, allow_pickle=False)
+            vectors = np.load(vector, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read {vector} as a .npy array: {exc}", param_hint="--vector")
+        queries = [{"vector": v} for v in vectors] if np.ndim(vectors) == 2 else [{"vector": vectors}]
+    else:
+        queries = ([{"image": p} for p in images] or [{"id": i} for i in item_ids] or [{"text": text}])
+    dates = {name: (float(v) if v.replace(".", "", 1).isdigit() else v)
+             for name, v in (("added_after", added_after), ("added_before", added_before)) if v is not None}
+    flt = {"path_prefix": path_prefix, "caption": caption_words, "min_width": min_width, "max_width": max_width,
+           "min_height": min_height, "max_height": max_height, "ids": _id_list(only_ids, "--only-ids"), **dates}
     coll = _open(collection)
-    results = coll.search(image=image, text=text, id=item_id, encoder=encoder, k=k, prefilter=prefilter, **query)
+    batches = coll.search_batch(queries, encoder=encoder, k=k, prefilter=prefilter,
+                                filter={n: v for n, v in flt.items() if v is not None},
+                                exclude=_id_list(exclude, "--exclude") or (), min_score=min_score,
+                                min_similarity=min_similarity, collapse=collapse)
     if as_json:
-        click.echo(json.dumps({"results": [r.to_dict() for r in results]}, indent=1))
+        doc = {"results": [r.to_dict() for r in batches[0]]} if len(batches) == 1 else {
+            "batch": [{"results": [r.to_dict() for r in b]} for b in batches]}
+        click.echo(json.dumps(doc, indent=1))
         return
-    for rank, r in enumerate(results, 1):
-        caption = f"  {r.caption}" if r.caption else ""
-        click.echo(f"{rank:3d}  {r.id:8d}  {r.score:9.4f}  {r.path}{caption}")
+    for n, results in enumerate(batches):
+        if len(batches) > 1:
+            click.echo(f"# query {n + 1}: {next(iter(queries[n].values())) if 'vector' not in queries[n] else 'vector'}")
+        for rank, r in enumerate(results, 1):
+            caption = f"  {r.caption}" if r.caption else ""
+            copies = f"  (+{r.group_size - 1} near-copies)" if r.group_size > 1 else ""
+            click.echo(f"{rank:3d}  {r.id:8d}  {r.similarity:6.1%}  {r.score:9.4f}  {r.sha256[:12]}  {r.path}{copies}{caption}")
 
 
 @main.command()

@@ -25,7 +25,60 @@ _SEARCH_KINDS = {
                "description": "A query vector of the encoder's dimension."},
 }
 
+_FILTER = {
+    "type": "object", "additionalProperties": False,
+    "description": "Applied inside the nearest-neighbour search (k results come back however selective it is); "
+                   "all given conditions must hold. A field not listed here is a 422 naming the fields; a "
+                   "filter that matches nothing gives an empty result.",
+    "properties": {
+        "path_prefix": {"type": "string", "minLength": 1, "description": "Source path starts with this (a folder)."},
+        "caption": {"type": "string", "minLength": 1,
+                    "description": "Every word occurs in the caption (case-insensitive, whole words)."},
+        **{name: {"type": "integer", "minimum": 0, "description": "Pixels, inclusive."}
+           for name in ("min_width", "max_width", "min_height", "max_height")},
+        "added_after": {"type": ["number", "string"], "description": "Indexed at or after: unix seconds or ISO 8601."},
+        "added_before": {"type": ["number", "string"], "description": "Indexed before: unix seconds or ISO 8601."},
+        "ids": {"type": "array", "items": {"type": "integer"}, "description": "Allow-list of item ids."},
+        "exclude": {"type": "array", "items": {"type": "integer"}, "description": "Deny-list of item ids."},
+    },
+}
+_RESULT_OPTIONS = {
+    "filter": {"$ref": "#/components/schemas/Filter"},
+    "exclude": {"type": "array", "maxItems": 10000, "items": {"type": "integer"},
+                "description": "Item ids never returned (e.g. the query photo itself)."},
+    "min_score": {"type": "number", "description": "Drop results whose score is below this."},
+    "min_similarity": {"type": "number", "minimum": 0, "maximum": 1,
+                       "description": "Drop results whose similarity is below this."},
+    "collapse": {"oneOf": [{"type": "boolean"}, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}],
+                 "description": "One result per group of near-copies (true, or the cosine threshold; default "
+                                "0.97), with the group's size in group_size."},
+}
+_FORM_OPTIONS = {
+    "filter": {"type": "string", "description": "The Filter object as a JSON string."},
+    "exclude": {"type": "string", "description": "Comma-separated item ids."},
+    "min_score": {"type": "number"}, "min_similarity": {"type": "number", "minimum": 0, "maximum": 1},
+    "collapse": {"type": "boolean"},
+}
+_RESULT = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "score", "similarity", "caption", "width", "height", "sha256", "group_size", "thumbnail_url"],
+    "properties": {"id": {"type": "integer"},
+                   "score": {"type": "number", "description": "Higher is closer (inner product, or "
+                                                             "minus the squared L2 distance)."},
+                   "similarity": {"type": "number", "minimum": 0, "maximum": 1,
+                                  "description": "For people: the cosine for inner-product encoders, "
+                                                 "exp(-distance / mean distance of random pairs) for L2 ones."},
+                   "caption": {"type": ["string", "null"]},
+                   "width": {"type": "integer"}, "height": {"type": "integer"},
+                   "sha256": {"type": "string", "description": "Content hash of the item's file."},
+                   "group_size": {"type": "integer", "minimum": 1,
+                                  "description": "With collapse: near-copies this result stands for."},
+                   "thumbnail_url": {"type": "string"}},
+}
+
 _SCHEMAS = {
+    "Filter": _FILTER,
+    "SearchResult": _RESULT,
     "Error": {
         "type": "object", "required": ["error"], "additionalProperties": False,
         "properties": {"error": {"type": "object", "required": ["code", "message"], "additionalProperties": False,
@@ -48,12 +101,18 @@ _SCHEMAS = {
             "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
             "offset": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
             "encoder": {"type": "string", "minLength": 1,
-                        "description": "Encoder to search with (default: the first that takes the query)."},
+                        "description": "Encoder to search with (default: the best image encoder the collection holds; for text, the first that takes text)."},
             "prefilter": {"type": "integer", "minimum": 1, "maximum": 100000,
                           "description": "Shortlist this many items in the encoder's fitted PCA space, then "
                                          "re-rank them exactly (422 when no PCA is fitted)."},
+            "batch": {"type": "array", "minItems": 1, "maxItems": 256,
+                      "items": {"type": "object", "additionalProperties": False, "properties": _SEARCH_KINDS,
+                                "oneOf": [{"required": [kind]} for kind in _SEARCH_KINDS]},
+                      "description": "Many queries in one call; the answer has one result list per query "
+                                     "under batch, in order."},
+            **_RESULT_OPTIONS,
         },
-        "oneOf": [{"required": [kind]} for kind in (*_SEARCH_KINDS, "query")],
+        "oneOf": [{"required": [kind]} for kind in (*_SEARCH_KINDS, "query", "batch")],
     },
     "SearchUpload": {
         "type": "object", "required": ["image"], "additionalProperties": False,
@@ -61,20 +120,17 @@ _SCHEMAS = {
                        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
                        "offset": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0},
                        "encoder": {"type": "string", "minLength": 1},
-                       "prefilter": {"type": "integer", "minimum": 1, "maximum": 100000}},
+                       "prefilter": {"type": "integer", "minimum": 1, "maximum": 100000},
+                       **_FORM_OPTIONS},
     },
     "SearchResponse": {
-        "type": "object", "required": ["results", "took_ms", "encoder"], "additionalProperties": False,
+        "type": "object", "required": ["took_ms", "encoder"], "additionalProperties": False,
+        "description": "results for one query, or batch (one {results} per query) for a batch.",
         "properties": {
-            "results": {"type": "array", "items": {
-                "type": "object", "additionalProperties": False,
-                "required": ["id", "score", "caption", "width", "height", "thumbnail_url"],
-                "properties": {"id": {"type": "integer"},
-                               "score": {"type": "number", "description": "Higher is closer (inner product, or "
-                                                                         "minus the squared L2 distance)."},
-                               "caption": {"type": ["string", "null"]},
-                               "width": {"type": "integer"}, "height": {"type": "integer"},
-                               "thumbnail_url": {"type": "string"}}}},
+            "results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}},
+            "batch": {"type": "array", "items": {
+                "type": "object", "required": ["results"], "additionalProperties": False,
+                "properties": {"results": {"type": "array", "items": {"$ref": "#/components/schemas/SearchResult"}}}}},
             "took_ms": {"type": "number"},
             "encoder": {"type": "string"},
         },
