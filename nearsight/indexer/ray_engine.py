@@ -28,7 +28,7 @@ from ..retrieval.errors import ClusterUnreachable, NearsightError
 from .decode import DecodeTask, Decoded, Decoder
 from .ingest import IngestConfig, IngestSummary, embed, index_paths
 from .shards import (STAGING, is_done, plan_shards, read_shard, remove_shard, remove_stale, shard_key,
-                     write_shard)
+                     start_shard, write_shard)
 
 LOG = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ class _RayEngine:
                     committer.advance({index})
                     bar.set_postfix(items=run.store.count("items"), refresh=False)
             committer.finish()
+            bar.set_postfix(items=run.store.count("items"), refresh=False)
+        if os.path.isdir(staging) and not os.listdir(staging):
+            os.rmdir(staging)
 
     def _stage(self, rows: list[dict], task: DecodeTask, config: IngestConfig):
         """Yield shard indexes as the actors finish them (in any order)."""
@@ -206,6 +209,7 @@ class _ShardWriter:
     def __call__(self, batch: dict) -> dict:
         for directory, key, jobs in zip(batch["dir"], batch["key"], batch["jobs"]):
             jobs = pickle.loads(jobs)
+            start_shard(str(directory))
             results = list(self.pool.map(self.decoder, jobs) if self.pool else map(self.decoder, jobs))
             embed([r for r in results if isinstance(r, Decoded)], self.encoders, self.batch_size)
             write_shard(str(directory), str(key), results, [e.name for e in self.encoders])

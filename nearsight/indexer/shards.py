@@ -56,10 +56,15 @@ def shard_key(jobs: list[tuple[Source, int]], task: DecodeTask) -> str:
     return h.hexdigest()[:24]
 
 
-def write_shard(directory: str, key: str, results: list[Decoded | Failed], encoder_names: list[str]) -> None:
-    """Write one shard durably, ``done.json`` last. ``Decoded.vectors`` must be filled for every encoder."""
+def start_shard(directory: str) -> None:
+    """Called before a shard's sources are read: the folder shows the shard in progress (no ``done.json``)."""
     os.makedirs(directory, exist_ok=True)
     _remove(os.path.join(directory, DONE))  # a redo of a shard is not done until it is written again
+
+
+def write_shard(directory: str, key: str, results: list[Decoded | Failed], encoder_names: list[str]) -> None:
+    """Write one shard durably, ``done.json`` last. ``Decoded.vectors`` must be filled for every encoder."""
+    start_shard(directory)
     decoded = [r for r in results if isinstance(r, Decoded)]
     for name in encoder_names:
         rows = [d.vectors[name] for d in decoded]
