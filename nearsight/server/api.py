@@ -387,8 +387,9 @@ def image_data_url(image, quality: int = 90) -> str:
 
 
 # -- image methods: scene completion, colorization, colour transfer ----------------------------------
-# Each answers JSON with the result as a JPEG data URL. The library modules (scipy, cv2, PyMaxflow)
-# are imported inside the handlers, so a server that only searches never loads them.
+# Each checks its request here, then runs as a job in a worker process (``job_routes.run_job``): the
+# answer is JSON with the result as a JPEG data URL, or with ``?async=1`` a 202 and the job's status.
+# The library modules (scipy, cv2, PyMaxflow) load in the workers, never in a server that only searches.
 
 MAX_COMPLETIONS = 50
 # Each composite is a full-size graph cut and Poisson solve, about 0.8 s apiece on one core at 1024x768
@@ -416,59 +417,37 @@ def _field_bool(fields: dict, name: str) -> bool:
     return value
 
 
-def _finite(value: float) -> float | None:
-    """JSON has no infinity or NaN: such a value goes out as null."""
-    import math
-
-    return value if math.isfinite(value) else None
-
-
-def _took_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
-
-
 @bp.post("/complete")
 def complete():
     """Scene completion: the hole (white in ``mask``) filled from the collection's photos, best first."""
     start = time.perf_counter()
-    coll = state().holder.fresh()
     image, fields = read_image_request(frozenset({"n"}), images=frozenset({"mask"}))
     n = _field_int(fields, "n", DEFAULT_COMPLETIONS, 1, MAX_COMPLETIONS)
     if "mask" not in fields:
         raise InvalidQuery("scene completion needs a 'mask' image of the photo's size (white = the hole to fill)")
-    from ..retrieval.complete import complete_scene
+    from .job_routes import run_job
 
     item_id = _request_item_id()
-    completions = complete_scene(coll, image, fields["mask"], n=n, exclude=() if item_id is None else (item_id,))
-    answers = []
-    for c in completions:
-        summary = c.to_dict()
-        summary["terms"] = {name: _finite(value) for name, value in summary["terms"].items()}
-        answers.append({**summary, "score": _finite(summary["score"]), "image": image_data_url(c.image)})
-    return jsonify({"completions": answers, "took_ms": _took_ms(start)})
+    return run_job("complete", {"image": image, "mask": fields["mask"], "n": n,
+                                "exclude": () if item_id is None else (item_id,)}, start)
 
 
 @bp.post("/colorize")
 def colorize():
     """Colorization of a gray (or sepia) photo from its nearest neighbours by luminance descriptors."""
     start = time.perf_counter()
-    coll = state().holder.fresh()
     image, fields = read_image_request(frozenset({"n"}))
     n = _field_int(fields, "n", COLORIZE_NEIGHBORS, 1, MAX_NEIGHBORS)
-    from ..retrieval.colorize import colorize as colorize_image
+    from .job_routes import run_job
 
     item_id = _request_item_id()
-    result = colorize_image(coll, image, n_neighbors=n, exclude_ids=() if item_id is None else (item_id,))
-    return jsonify({"image": image_data_url(result.image()), "neighbor_ids": list(result.neighbor_ids),
-                    "usage": [round(u, 6) for u in result.usage], "warnings": list(result.warnings),
-                    "took_ms": _took_ms(start)})
+    return run_job("colorize", {"image": image, "n": n, "exclude": () if item_id is None else (item_id,)}, start)
 
 
 @bp.post("/recolor")
 def recolor():
     """Reinhard colour transfer toward an uploaded ``reference``, the item ``like``, or the photo's neighbours."""
     start = time.perf_counter()
-    coll = state().holder.fresh()
     image, fields = read_image_request(frozenset({"like", "n", "per_region"}), images=frozenset({"reference"}))
     n = _field_int(fields, "n", RECOLOR_NEIGHBORS, 1, MAX_NEIGHBORS)
     per_region = _field_bool(fields, "per_region")
@@ -485,13 +464,11 @@ def recolor():
         if like < 0:
             raise UnknownItem(f"no item with id {like}")
         _live_item(like)
-    from ..retrieval.colorize import recolor as recolor_image
+    from .job_routes import run_job
 
     item_id = _request_item_id()
-    result = recolor_image(coll, image, like_id=like, reference=fields.get("reference"), n_neighbors=n,
-                           per_region=per_region, exclude_ids=() if item_id is None else (item_id,))
-    return jsonify({"image": image_data_url(result.image()), "reference_ids": list(result.reference_ids),
-                    "warnings": list(result.warnings), "took_ms": _took_ms(start)})
+    return run_job("recolor", {"image": image, "like": like, "reference": fields.get("reference"), "n": n,
+                               "per_region": per_region, "exclude": () if item_id is None else (item_id,)}, start)
 
 
 # -- items --------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from ..retrieval.collection import Collection
 from ..retrieval.errors import (CollectionBusy, ImageError, ImageTooLarge, InvalidFilter, InvalidMask, InvalidQuery,
                                 NearsightError, UnknownEncoder, UnknownItem, UnsupportedModality, WeightsUnavailable)
 from ..retrieval.images import DEFAULT_MAX_PIXELS
+from .jobs import JobConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ServerConfig:
     max_upload_bytes: int = 20 * 1024 * 1024  # an uploaded image file, after base64 decoding
     max_pixels: int = DEFAULT_MAX_PIXELS      # decompression-bomb guard for uploads
     device: str = "auto"
+    jobs: JobConfig = field(default_factory=JobConfig)  # the heavy image methods' workers and queue
 
     def __post_init__(self):
         if self.max_upload_bytes < 1 or self.max_pixels < 1:
@@ -129,7 +131,7 @@ def state() -> State:
 
 def create_app(config: ServerConfig) -> Flask:
     """The app: the JSON API under ``/api``, ``/openapi.json``, the web page at ``/`` and its static files."""
-    from . import api, openapi
+    from . import api, job_routes, openapi
 
     app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
@@ -137,6 +139,8 @@ def create_app(config: ServerConfig) -> Flask:
     app.json.sort_keys = False
     app.extensions["nearsight"] = State(config, CollectionHolder(config.collection, config.device))
     app.register_blueprint(api.bp)
+    app.register_blueprint(job_routes.bp)
+    job_routes.install(app, config)
 
     @app.get("/")
     def index():

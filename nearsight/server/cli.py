@@ -382,7 +382,16 @@ def list_encoders_command():
 @click.option("--blas-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Threads each request's numpy/torch math may use; more than 1 oversubscribes the cores "
                    "when several requests run at once (unless OMP_NUM_THREADS etc. are set).")
-def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, device, blas_threads):
+@click.option("--heavy-workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes for complete/colorize/recolor jobs (default: all cores but one, at least 1).")
+@click.option("--job-queue", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Image jobs that may wait for a worker; past that the server answers 503 with Retry-After.")
+@click.option("--job-ttl", type=click.FloatRange(min=1), default=600, show_default=True,
+              help="Seconds a finished image job's result is kept.")
+@click.option("--job-max-side", type=click.IntRange(min=64), default=1024, show_default=True,
+              help="Photos are reduced to this long side before an image job (bounds its memory).")
+def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, device, blas_threads, heavy_workers,
+          job_queue, job_ttl, job_max_side):
     """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
     import os
 
@@ -395,13 +404,19 @@ def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, dev
     from waitress import create_server
 
     from .app import ServerConfig, create_app, install_reload_signal
+    from .jobs import JobConfig
 
+    jobs = JobConfig(queue=job_queue, ttl=job_ttl, max_side=job_max_side,
+                     **({} if heavy_workers is None else {"workers": heavy_workers}))
     config = ServerConfig(collection, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                          max_pixels=max_pixels, device=device)
+                          max_pixels=max_pixels, device=device, jobs=jobs)
     app = create_app(config)
     install_reload_signal(app)
-    server = create_server(app, host=host, port=port, threads=threads, ident="nearsight",
-                           max_request_body_size=config.max_request_bytes)
+    # A synchronous image request holds its thread while its job waits or runs: one more thread per worker
+    # and queue slot keeps --threads free for searches. The lookahead lets waitress see a client that
+    # went away, so its job is cancelled.
+    server = create_server(app, host=host, port=port, threads=threads + jobs.workers + jobs.queue, ident="nearsight",
+                           max_request_body_size=config.max_request_bytes, channel_request_lookahead=1)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host} with no token; anyone who can reach it can search", err=True)
     url_host = f"[{server.effective_host}]" if ":" in str(server.effective_host) else server.effective_host
@@ -413,6 +428,7 @@ def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, dev
         pass
     finally:
         server.close()
+        app.extensions["nearsight.jobs"].close()
 
 
 if __name__ == "__main__":

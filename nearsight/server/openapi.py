@@ -267,6 +267,74 @@ _SCHEMAS.update({
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
+# -- heavy image jobs (job_routes.py) ---------------------------------------------------------------
+_METHODS = ("complete", "colorize", "recolor")
+_JOB_STATES = ["queued", "running", "done", "failed", "cancelled"]
+_SCHEMAS["JobStatus"] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "method", "state", "stage", "fraction", "queue_position", "cancel_requested", "queued_s",
+                 "run_s", "status_url"],
+    "properties": {
+        "id": {"type": "string"}, "method": {"type": "string", "enum": list(_METHODS)},
+        "state": {"type": "string", "enum": _JOB_STATES},
+        "stage": {"type": ["string", "null"], "description": "The method's current stage while running."},
+        "fraction": {"type": "number", "minimum": 0, "maximum": 1, "description": "Rough share of the work done."},
+        "queue_position": {"type": "integer", "minimum": 0, "description": "1 = runs next; 0 = not waiting."},
+        "cancel_requested": {"type": "boolean"},
+        "queued_s": {"type": "number"}, "run_s": {"type": ["number", "null"]},
+        "expires_in_s": {"type": "number", "description": "A finished job is forgotten (404) after this."},
+        "status_url": {"type": "string"}, "result_url": {"type": "string", "description": "Once done."},
+        "error": {"$ref": "#/components/schemas/Error/properties/error", "description": "Once failed."},
+    },
+}
+_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+_ASYNC = {"name": "async", "in": "query", "required": False, "schema": {"type": "string", "enum": ["1", "true"]},
+          "description": "Answer 202 with the job's status at once instead of waiting for the result."}
+_JOB_ACCEPTED = {"description": "Queued (or already running); poll the Location / status_url.",
+                 "headers": {"Location": {"schema": {"type": "string"}}},
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatus"}}}}
+_JOB_STATUS = {"application/json": {"schema": {"$ref": "#/components/schemas/JobStatus"}}}
+_QUEUE_FULL = {"description": "Every worker is busy and the job queue is full (code queue_full); retry after "
+                              "Retry-After seconds.",
+               "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _job_paths() -> dict:
+    method = {"name": "method", "in": "query", "required": True, "schema": {"type": "string", "enum": list(_METHODS)}}
+    any_of = {kind: {"oneOf": [{"$ref": f"#/components/schemas/{m.capitalize()}{kind}"} for m in _METHODS]}
+              for kind in ("Request", "Upload", "Response")}
+    return {
+        "/api/jobs": {"post": {
+            "operationId": "submitJob", "summary": "Submit a complete, colorize or recolor job (the body of its "
+                                                   "route); answered at once.",
+            "parameters": [method],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": any_of["Request"]},
+                                                          "multipart/form-data": {"schema": any_of["Upload"]}}},
+            "responses": {"202": _JOB_ACCEPTED, "503": _QUEUE_FULL, **_errors(400, 401, 404, 413, 415, 422)},
+        }},
+        "/api/jobs/{job_id}": {
+            "get": {"operationId": "getJob", "summary": "A job's state, stage, fraction done and queue position.",
+                    "parameters": [_JOB_ID],
+                    "responses": {"200": {"description": "The job.", "content": _JOB_STATUS}, **_errors(401, 404)}},
+            "delete": {"operationId": "cancelJob", "summary": "Cancel a queued job, or stop a running one at its "
+                                                              "next stage.",
+                       "parameters": [_JOB_ID],
+                       "responses": {"200": {"description": "Cancelled (it was queued).", "content": _JOB_STATUS},
+                                     "202": {"description": "Cancel requested; the running job stops at its next "
+                                                            "stage.", "content": _JOB_STATUS},
+                                     **_errors(401, 404, 409)}},
+        },
+        "/api/jobs/{job_id}/result": {"get": {
+            "operationId": "getJobResult", "summary": "A done job's answer (the same as its route's); a failed "
+                                                      "job's error with its status; 409 before it is done.",
+            "parameters": [_JOB_ID],
+            "responses": {"200": {"description": "The method's answer.",
+                                  "content": {"application/json": {"schema": any_of["Response"]}}},
+                          **_errors(400, 401, 404, 409, 413, 415, 422, 500)},
+        }},
+    }
+
 
 def _image_method(operation: str, summary: str, schema: str, answer: str) -> dict:
     return {"post": {
@@ -274,9 +342,10 @@ def _image_method(operation: str, summary: str, schema: str, answer: str) -> dic
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}Request"}},
             "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{schema}Upload"}}}},
+        "parameters": [_ASYNC],
         "responses": {"200": {"description": answer, "content": {
             "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}Response"}}}},
-            **_errors(400, 401, 404, 413, 415, 422)},
+            "202": _JOB_ACCEPTED, "503": _QUEUE_FULL, **_errors(400, 401, 404, 413, 415, 422)},
     }}
 
 
@@ -352,7 +421,7 @@ def document(token_required: bool = False, max_upload_bytes: int = 20 * 1024 * 1
                  "description": "Image retrieval over a nearsight collection. Errors are "
                                 "{\"error\": {\"code\", \"message\"}}. Uploaded images may be at most "
                                 f"{max_upload_bytes:,} bytes. The server never fetches URLs."},
-        "paths": _paths(),
+        "paths": {**_paths(), **_job_paths()},
         "components": {
             "schemas": copy.deepcopy(_SCHEMAS),
             "responses": {"Error": {"description": "An error.", "content": {
