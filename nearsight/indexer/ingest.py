@@ -7,24 +7,27 @@ moment leaves either the whole flush or none of it; re-running the same command 
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
-import threading
 import time
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 
+import lmdb
 import numpy as np
 
-from ..retrieval.collection import Collection
-from ..retrieval.embeddings import load_ids, write_part
+from ..retrieval.collection import MANIFEST, Collection
+from ..retrieval.embeddings import discard_part, load_ids, write_part
 from ..retrieval.encoders import Encoder, create_encoder
-from ..retrieval.errors import CollectionBusy, NearsightError
-from ..retrieval.images import DEFAULT_MAX_PIXELS, decode_image
+from ..retrieval.errors import Interrupted, NearsightError, SourceError, StorageError
+from ..retrieval.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from ..retrieval.store import Item, StoreWriter
-from .decode import DecodeTask, Decoded, Decoder, Failed, decode_job, init_worker
+from ..retrieval.writelock import write_lock
+from .decode import DecodeTask, Decoded, Decoder, Failed
+from .pool import DecodePool
 from .sources import Source, iter_sources
 
 LOG = logging.getLogger(__name__)
@@ -73,32 +76,65 @@ def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig(
     # Validate everything a user typed before touching the disk.
     requested = [create_encoder(name, device=config.device, **dict(options.get(name, ()))) for name in config.encoders]
     sources = iter_sources(paths)
+    if not sources and not os.path.exists(os.path.join(collection_dir, MANIFEST)):
+        raise SourceError(f"no images in {', '.join(map(str, paths))} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                          "no collection created")
     coll = Collection.create_or_open(collection_dir, device=config.device)
+    summary = IngestSummary()
     try:
-        with _write_lock(collection_dir):
-            for encoder in requested:
-                coll.add_encoder(encoder)
-            encoders = [coll.encoder(name) for name in coll.encoder_names]
-            run = _Run(coll, encoders, config)
-            summary = IngestSummary()
-            summary.backfilled = run.backfill()
-            todo = []
-            for source in sources:
-                entry = coll.store.path_entry(source.key)
-                if entry is not None and entry[1:] == (source.size, source.mtime_ns):
-                    summary.already_present += 1
-                else:
-                    todo.append((source, -1))
-            (engine or _Run.ingest)(run, todo, summary)
+        with write_lock(collection_dir):
+            run = _Run(coll, _run_encoders(coll, requested), config)
+            # One failure path: whatever stops the run (Ctrl-C, SIGTERM turned into KeyboardInterrupt by the
+            # CLI, a full disk, an encoder that cannot load, a dead worker) has already stopped the decode
+            # workers by the time it gets here; what was committed is whole, and a re-run finishes the job.
+            try:
+                summary.backfilled = run.backfill()
+                todo = []
+                for source in sources:
+                    entry = coll.store.path_entry(source.key)
+                    if entry is not None and entry[1:] == (source.size, source.mtime_ns):
+                        summary.already_present += 1
+                    else:
+                        todo.append((source, -1))
+                (engine or _Run.ingest)(run, todo, summary)
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted; {run.committed} new items committed, "
+                                  "re-run the same command to continue") from None
+            except (OSError, lmdb.Error) as exc:
+                raise StorageError(f"cannot write to {collection_dir}: {_reason(exc, collection_dir)}; "
+                                   f"{run.committed} new items committed, re-run once fixed to continue") from None
     finally:
         coll.close()
     summary.seconds = time.perf_counter() - start
     return summary
 
 
+def _run_encoders(coll: Collection, requested: list[Encoder]) -> list[Encoder]:
+    """The collection's encoders plus the requested new ones.
+
+    A new encoder enters the manifest only once its first embeddings are committed (``_Run._record``), so a
+    run that fails before (weights that do not load, Ctrl-C) leaves no empty encoder behind. Leftovers of such
+    a run killed between its commit and its manifest write are cleared first: the config may differ now.
+    """
+    for encoder in requested:
+        if encoder.name in coll.encoder_names:
+            coll.add_encoder(encoder)  # only checks that the config is the recorded one
+    new = [e for e in requested if e.name not in coll.encoder_names]
+    for encoder in new:
+        coll.remove_encoder(encoder.name, missing_ok=True)
+    return [coll.encoder(name) for name in coll.encoder_names] + new
+
+
 class _Run:
     def __init__(self, coll: Collection, encoders: list[Encoder], config: IngestConfig):
         self.coll, self.store, self.encoders, self.config = coll, coll.store, encoders, config
+        self.committed = 0  # new items committed by this run
+
+    def _record(self, names) -> None:
+        """Add the run's new encoders among ``names`` to the manifest: their first embeddings are durable."""
+        for encoder in self.encoders:
+            if encoder.name in names and encoder.name not in self.coll.encoder_names:
+                self.coll.add_encoder(encoder)
 
     # -- decoding ---------------------------------------------------------------------------
     def _decoded(self, jobs, encoders: list[Encoder], thumbnails: bool):
@@ -112,29 +148,30 @@ class _Run:
         # fork is instant and workers inherit our imports, but forking a process whose torch runtime has
         # started threads can deadlock the child: then workers start from a clean forkserver instead.
         ctx = multiprocessing.get_context("forkserver" if "torch" in sys.modules else "fork")
-        window = threading.BoundedSemaphore(max(64, 16 * self.config.workers))
+        # Closing this generator (callers use ``closing``) terminates the workers, whatever stopped the run.
+        with DecodePool(task, self.config.workers, ctx, window=max(64, 16 * self.config.workers)) as pool:
+            yield from pool.map(jobs)
 
-        def throttled():
-            for job in jobs:
-                window.acquire()  # back-pressure: never more than the window decoded and waiting
-                yield job
-
-        with ctx.Pool(self.config.workers, initializer=init_worker, initargs=(task,)) as pool:
-            for result in pool.imap(decode_job, throttled(), chunksize=4):
-                window.release()
-                yield result
-
+    @contextmanager
     def _progress(self, total: int, desc: str):
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="img", disable=not self.config.progress or total == 0,
-                    dynamic_ncols=True, smoothing=0.1)
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not self.config.progress or total == 0,
+                   dynamic_ncols=True, smoothing=0.1)
+        try:
+            yield bar
+        except BaseException:
+            bar.leave = False  # a failed run ends with its one error line, not a half-drawn bar above it
+            raise
+        finally:
+            bar.close()
 
     # -- new items --------------------------------------------------------------------------
     def ingest(self, jobs: list[tuple[Source, int]], summary: IngestSummary) -> None:
         batch, unencoded = _Flush(), []
-        with self._progress(len(jobs), "indexing") as bar:
-            for result in self._decoded(jobs, self.encoders, thumbnails=True):
+        with self._progress(len(jobs), "indexing") as bar, \
+                closing(self._decoded(jobs, self.encoders, thumbnails=True)) as results:
+            for result in results:
                 bar.update(1)
                 if self._classify(result, batch, summary):
                     unencoded.append(result)
@@ -178,7 +215,7 @@ class _Run:
         ids = np.arange(first_id, first_id + len(new), dtype=np.int64)
         parts = self._write_shards(new, ids, self.encoders)
         now = time.time()
-        with self.store.write() as w:
+        with self._recording(parts), self.store.write() as w:
             for item_id, d in zip(ids, new):
                 s = d.source
                 _detach(w, s.key, int(item_id))
@@ -203,17 +240,36 @@ class _Run:
                 w.put_path(s.key, target, s.size, s.mtime_ns)
             for f in batch.failures:
                 w.put_failure(f.source.key, f.reason, now)
+        self.committed += len(new)
+        self._record(parts)
 
     def _write_shards(self, decoded: list[Decoded], ids: np.ndarray, encoders: list[Encoder]) -> dict[str, dict]:
         parts = {}
         if not len(ids):
             return parts
         self._embed([d for d in decoded if d.arrays], encoders)
-        for encoder in encoders:
-            vectors = np.stack([d.vectors[encoder.name] for d in decoded])
-            directory = os.path.join(self.coll.dir, "embeddings", encoder.name)
-            parts[encoder.name] = write_part(directory, len(self.store.parts(encoder.name)), vectors, ids)
+        with self._recording(parts):
+            for encoder in encoders:
+                vectors = np.stack([d.vectors[encoder.name] for d in decoded])
+                directory = os.path.join(self.coll.dir, "embeddings", encoder.name)
+                parts[encoder.name] = write_part(directory, len(self.store.parts(encoder.name)), vectors, ids)
         return parts
+
+    @contextmanager
+    def _recording(self, parts: dict[str, dict]):
+        """Around the writes that lead to recording ``parts``: when one fails (a full disk, Ctrl-C), remove the
+        shard files that no commit recorded, so that they do not hold the space a full disk needs back."""
+        try:
+            yield
+        except BaseException:
+            for name, record in parts.items():
+                try:
+                    if any(p["file"] == record["file"] for p in self.store.parts(name)):
+                        continue  # the commit did happen (the signal came after it): the files are the collection's
+                except lmdb.Error:
+                    continue  # cannot tell: keep them; the next write of this part number replaces them
+                discard_part(os.path.join(self.coll.dir, "embeddings", name), record["file"])
+            raise
 
     def _embed(self, decoded: list[Decoded], encoders: list[Encoder]) -> None:
         """Encode decoded items in batches, as they arrive, so encoding overlaps the workers' decoding."""
@@ -237,8 +293,9 @@ class _Run:
     def _backfill(self, encoder: Encoder, items: list[Item]) -> None:
         jobs = [(Source(item.path, item.size, item.mtime_ns, item.caption), item.id) for item in items]
         pending: list[Decoded] = []
-        with self._progress(len(jobs), f"embedding {encoder.name}") as bar:
-            for result in self._decoded(jobs, [encoder], thumbnails=False):
+        with self._progress(len(jobs), f"embedding {encoder.name}") as bar, \
+                closing(self._decoded(jobs, [encoder], thumbnails=False)) as results:
+            for result in results:
                 bar.update(1)
                 if isinstance(result, Failed):  # the source is gone: embed what we kept, the thumbnail
                     result = self._from_thumbnail(encoder, result)
@@ -261,8 +318,9 @@ class _Run:
             return
         ids = np.array([d.item_id for d in decoded], dtype=np.int64)
         parts = self._write_shards(decoded, ids, [encoder])
-        with self.store.write() as w:
+        with self._recording(parts), self.store.write() as w:
             w.add_part(encoder.name, parts[encoder.name])
+        self._record(parts)
         self.coll.refresh()
 
 
@@ -315,21 +373,14 @@ def _detach(w: StoreWriter, key: str, new_id: int) -> None:
     w.put_item(old)
 
 
-class _write_lock:
-    """One writer per collection: an exclusive flock on DIR/.write.lock, held for the whole run."""
-
-    def __init__(self, directory: str):
-        self.path = os.path.join(directory, ".write.lock")
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise CollectionBusy(f"another nearsight process is writing to {os.path.dirname(self.path)}") from None
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+def _reason(exc: BaseException, directory: str) -> str:
+    """What went wrong with a write, in words ("No space left on device", not a stack), with the free space
+    when it is low: LMDB reports a full disk as an I/O error."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return reason
+    if free < 64 << 20:
+        reason += f" (only {free / 1024:.0f} KB free on that disk)"
+    return reason

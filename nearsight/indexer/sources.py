@@ -49,6 +49,8 @@ def iter_sources(paths) -> list[Source]:
     for path in paths:
         if not os.path.exists(path):
             raise SourceError(f"no such file or directory: {path}")
+        if not (os.path.isdir(path) or os.path.isfile(path)):  # a FIFO would block, a device read forever
+            raise SourceError(f"not a regular file or folder: {path}")
     out: list[Source] = []
     for path in paths:
         path = os.path.abspath(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import threading
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from .pca import PCA, PCA_FILE, fit_pca, prefiltered_search
 from .search import exact_search
 from .store import Item, ItemStore
 from .tar_members import is_member_key, read_member
+from .writelock import write_lock
 
 FORMAT_VERSION = 1
 MANIFEST = "collection.json"
@@ -82,7 +84,8 @@ class Collection:
         directory = os.fspath(directory)
         if not os.path.exists(os.path.join(directory, MANIFEST)):
             # Only an empty folder, or one a killed creation left (store but no manifest yet), is taken.
-            leftovers = set(os.listdir(directory)) - {"store.lmdb", ".write.lock"} if os.path.isdir(directory) else set()
+            killed = {"store.lmdb", ".write.lock", MANIFEST + ".tmp"}  # what a creation killed part-way can leave
+            leftovers = set(os.listdir(directory)) - killed if os.path.isdir(directory) else set()
             if leftovers:
                 raise NotACollection(f"{directory} is not empty and holds no {MANIFEST}; refusing to write there")
             os.makedirs(directory, exist_ok=True)
@@ -103,7 +106,7 @@ class Collection:
         for spec in self.manifest["encoders"]:
             if spec["name"] == name:
                 return spec
-        raise UnknownEncoder(f"collection {self.dir} has no encoder {name!r}; it has: {', '.join(self.encoder_names) or 'none'}")
+        raise UnknownEncoder(f"this collection has no encoder {name!r}; it has: {', '.join(self.encoder_names) or 'none'}")
 
     def encoder(self, name: str) -> Encoder:
         """The collection's encoder ``name``, configured as when its embeddings were made (cached)."""
@@ -140,6 +143,57 @@ class Collection:
             takes_text = [n for n in list_encoders() if TEXT in encoder_class(n).modalities]
             raise UnsupportedModality(f"no encoder of this collection takes text (it has {', '.join(self.encoder_names)}); "
                                       f"encoders that take text: {', '.join(takes_text)}")
+    def remove_encoder(self, name: str, missing_ok: bool = False) -> None:
+        """Remove encoder ``name`` with its embeddings, PCA, index and (for a trained model) weights, under the
+        write lock.
+
+        The manifest goes first, so from then on nothing reads the encoder; a crash part-way leaves only
+        unreferenced files and shard records, which adding an encoder of that name clears again.
+        UnknownEncoder if the collection has no trace of ``name`` (unless ``missing_ok``).
+        """
+        with write_lock(self.dir):
+            keys = self.storage_keys(name)
+            if name in self.encoder_names:
+                self.manifest["encoders"] = [e for e in self.manifest["encoders"] if e["name"] != name]
+                write_manifest(self.dir, self.manifest)
+            elif not keys:
+                if missing_ok:
+                    return
+                raise UnknownEncoder(f"this collection has no encoder {name!r}; it has: "
+                                     f"{', '.join(self.encoder_names) or 'none'}")
+            for key in keys:
+                self.drop_storage(key)
+            shutil.rmtree(os.path.join(self.dir, "models", name), ignore_errors=True)
+            with self._lock:
+                self._encoders.pop(name, None)
+                self._matrices.pop(name, None)
+                self._matrices.pop("pca/" + name, None)
+                self._indexes.pop(name, None)
+
+    def storage_keys(self, name: str) -> list[str]:
+        """Every storage key of encoder ``name`` with something on disk: ``name``, and ``name@...`` generations."""
+        emb = os.path.join(self.dir, "embeddings")
+        keys = {k for k in (os.listdir(emb) if os.path.isdir(emb) else []) if k == name or k.startswith(name + "@")}
+        keys |= {k for k in self.store.part_keys() if k == name or k.startswith(name + "@")}
+        return sorted(keys)
+
+    def drop_storage(self, key: str) -> None:
+        """Delete one storage key's shard records, shards and index files (caller holds the write lock)."""
+        from .index.storage import index_dir
+
+        if self.store.parts(key):
+            with self.store.write() as w:
+                w.delete_meta(f"parts/{key}")
+        shutil.rmtree(os.path.join(self.dir, "embeddings", key), ignore_errors=True)
+        directory = index_dir(self.dir)
+        if os.path.isdir(directory):
+            meta = os.path.join(directory, key + ".json")
+            if os.path.exists(meta):
+                os.remove(meta)  # first: without its record, no reader opens the index files
+            for f in os.listdir(directory):
+                if f.startswith(key + "."):
+                    os.remove(os.path.join(directory, f))
+
         raise UnknownEncoder("this collection has no encoders yet")
 
     # -- items ----------------------------------------------------------------------------

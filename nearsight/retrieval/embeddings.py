@@ -20,11 +20,22 @@ def part_name(index: int) -> str:
 
 def _save_synced(path: str, array: np.ndarray) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, Ctrl-C: leave no half-written file behind
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def write_part(directory: str, index: int, vectors: np.ndarray, ids: np.ndarray) -> dict:
@@ -35,14 +46,26 @@ def write_part(directory: str, index: int, vectors: np.ndarray, ids: np.ndarray)
         raise ValueError(f"shard needs (n, d) vectors and (n,) ids, got {vectors.shape} and {ids.shape}")
     os.makedirs(directory, exist_ok=True)
     name = part_name(index)
-    _save_synced(os.path.join(directory, name + ".npy"), vectors)
-    _save_synced(os.path.join(directory, name + ".ids.npy"), ids)
-    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)  # make the renames themselves durable before the store records the part
-    finally:
-        os.close(fd)
+        _save_synced(os.path.join(directory, name + ".npy"), vectors)
+        _save_synced(os.path.join(directory, name + ".ids.npy"), ids)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # make the renames themselves durable before the store records the part
+        finally:
+            os.close(fd)
+    except BaseException:
+        # No store records this part number yet, so its files are nobody's: do not leave half a part (or a
+        # whole one that will never be recorded) taking the space a full disk needs back.
+        discard_part(directory, name)
+        raise
     return {"file": name, "count": int(len(ids))}
+
+
+def discard_part(directory: str, name: str) -> None:
+    """Remove the files of part ``name`` (one the store never recorded)."""
+    for ext in (".npy", ".ids.npy"):
+        _remove(os.path.join(directory, name + ext))
 
 
 @dataclass

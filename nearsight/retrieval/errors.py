@@ -53,5 +53,17 @@ class InvalidMask(InvalidQuery):
     """A completion mask that marks nothing, or (nearly) the whole photo (HTTP 422)."""
 
 
+class StorageError(NearsightError):
+    """A collection that cannot be written: disk full, read-only file system, permissions."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a write, after the collection was left consistent; says what was committed.
+
+    A KeyboardInterrupt, not a NearsightError: code that stops on Ctrl-C keeps doing so, and the CLI turns it
+    into its one ``interrupted; ...`` line.
+    """
+
+
 class ClusterUnreachable(NearsightError):
     """A Ray cluster address with no cluster behind it (nothing listening, or not a Ray head)."""

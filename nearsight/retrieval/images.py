@@ -8,6 +8,8 @@ fewer pixels, which is most of what makes ingest fast.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ from .errors import ImageError, ImageTooLarge
 
 DEFAULT_MAX_PIXELS = 100_000_000
 THUMBNAIL_SIDE = 256
+# One image file is read whole into memory; nothing a camera or scanner makes comes near this.
+MAX_FILE_BYTES = 1 << 30
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 # We check the pixel count ourselves, with a clear message and a configurable limit.
@@ -88,25 +92,66 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        flat = Image.alpha_composite(background, rgba).convert("RGB")
+        # Some files keep a whole picture in the colour channels under an (almost) fully transparent alpha
+        # (wallpapers, layers exported from editors). Flattened they are a blank page, which every encoder
+        # maps to the same (or a zero) vector: index their colours instead.
+        if _is_blank(flat):
+            colours = rgba.convert("RGB")
+            if not _is_blank(colours):
+                return colours
+        return flat
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def read_file(path, offset: int = 0, size: int = -1) -> bytes:
-    """The bytes of a file (``size`` of them from ``offset``, e.g. a tar member); ImageError when unreadable."""
+def _is_blank(image: Image.Image) -> bool:
+    """True for an image of (nearly) one flat colour, judged on a 64 px copy (cheap at any size)."""
+    small = image.convert("L")
+    small.thumbnail((64, 64))
+    lo, hi = small.getextrema()
+    return hi - lo <= 2
+
+
+def read_file(path, offset: int = 0, size: int = -1, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a file (``size`` of them from ``offset``, e.g. a tar member); ImageError when unreadable.
+
+    Only regular files are read, and never more than their size at open time (at most ``max_bytes``): a FIFO
+    named ``x.jpg`` would block forever, and a link to /dev/zero would read without end.
+    """
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ImageError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise ImageError(f"is a directory, not an image: {path}") from None
     except OSError as exc:
-        raise ImageError(f"cannot read {path}: {exc}") from None
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"is a directory, not an image: {path}")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"not a regular file ({_file_kind(st.st_mode)}): {path}")
+        want = st.st_size - offset if size < 0 else size
+        if want > max_bytes:
+            raise ImageError(f"{path} is {want:,} bytes, over the limit of {max_bytes:,} for one image")
+        try:
+            f.seek(offset)
+            data = f.read(max(want, 0))
+        except OSError as exc:
+            raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
     if size >= 0 and len(data) != size:
         raise ImageError(f"{path} is truncated: {len(data)} of {size} bytes at offset {offset}")
     return data
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a plain file"
 
 
 def load_image(path, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

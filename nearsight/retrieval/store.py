@@ -160,6 +160,14 @@ class ItemStore:
         """Shard records of an encoder, in write order: [{"file": "part-00000", "count": n}, ...]."""
         return self.meta(f"parts/{encoder}", [])
 
+    def part_keys(self) -> list[str]:
+        """Every storage key with recorded shards (``parts/<key>`` entries)."""
+        with self.env.begin(db=self.db["meta"]) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(b"parts/"):
+                return []
+            return [bytes(k)[6:].decode() for k, _ in cursor if bytes(k).startswith(b"parts/")]
+
     def deleted_ids(self) -> list[int]:
         return self.meta("deleted", [])
 
@@ -248,6 +256,9 @@ class StoreWriter:
         item.deleted, item.replaced_by = True, replaced_by
         self.put_item(item)
         self.put_meta("deleted", sorted(set(self.get_meta("deleted", [])) | {item_id}))
+
+    def delete_meta(self, key: str) -> None:
+        self.txn.delete(key.encode(), db=self._db("meta"))
 
     def add_part(self, encoder: str, record: dict) -> None:
         self.put_meta(f"parts/{encoder}", self.get_meta(f"parts/{encoder}", []) + [record])

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 
 import click
 
-from ..retrieval.errors import NearsightError
+from ..retrieval.errors import Interrupted, NearsightError
 
 COLLECTION = click.option("-c", "--collection", "collection", required=True, type=click.Path(file_okay=False),
                           help="Collection directory.")
@@ -17,14 +19,35 @@ class _Group(click.Group):
     """Turns nearsight's own errors into one-line messages and exit status 1 (no tracebacks)."""
 
     def invoke(self, ctx):
+        previous = _terminate_as_interrupt()
         try:
             return super().invoke(ctx)
         except NearsightError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted; re-run the same command to finish", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _terminate_as_interrupt)
+            click.echo(str(exc) if isinstance(exc, Interrupted) else "interrupted; re-run the same command to finish",
+                       err=True)
+            sys.exit(128 + _signals_seen[-1] if _signals_seen else 130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+_signals_seen: list[int] = []
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt, so a stopped command takes the same clean way out as Ctrl-C (workers
+    stopped, lock released, one line) instead of dying mid-write. Returns the previous handler to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        _signals_seen.append(signum)
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 @click.group(cls=_Group)
@@ -357,14 +380,29 @@ def recolor(collection, photo, output, like_id, reference, neighbors, per_region
     _save_image(result.image(), output)
 
 
-@main.command("encoders")
-def list_encoders_command():
-    """List the registered encoders."""
-    from ..retrieval.encoders import encoder_class, list_encoders
+@main.group("encoders", invoke_without_command=True)
+@click.pass_context
+def encoders_group(ctx):
+    """List the registered encoders (or remove one from a collection: `encoders remove`)."""
+    if ctx.invoked_subcommand is None:
+        from ..retrieval.encoders import encoder_class, list_encoders
 
-    for name in list_encoders():
-        cls = encoder_class(name)
-        click.echo(f"{name:10s} {cls.metric}  {'+'.join(sorted(cls.modalities))}")
+        for name in list_encoders():
+            cls = encoder_class(name)
+            click.echo(f"{name:10s} {cls.metric}  {'+'.join(sorted(cls.modalities))}")
+
+
+@encoders_group.command("remove")
+@click.argument("name")
+@COLLECTION
+def remove_encoder_command(name, collection):
+    """Remove encoder NAME from a collection, with its embeddings, PCA and index (items stay)."""
+    from ..retrieval.collection import Collection
+
+    coll = Collection.open(collection, readonly=False)
+    click.get_current_context().call_on_close(coll.close)
+    coll.remove_encoder(name)
+    click.echo(f"removed encoder {name}; the collection now has: {', '.join(coll.encoder_names) or 'no encoders'}")
 
 
 @main.command()
