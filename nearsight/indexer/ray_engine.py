@@ -159,8 +159,7 @@ class _RayEngine:
             # a GPU actor decodes with threads on its share of the CPUs, so the GPU is kept fed
             actors = self.config.actors or total_gpus
             return actors, max(1, total_cpus // actors), 1
-        actors = self.config.actors or max(1, total_cpus)
-        return actors, max(1, total_cpus // actors), 0
+        return self.config.actors or max(1, total_cpus), 1, 0  # decoding is per process: one CPU each
 
 
 class _InOrder:
