@@ -297,3 +297,21 @@ def test_token_prompt_then_search_with_authorised_thumbnails(token_server, page,
     assert ids[0] == 5
     src = page.locator("#results .result img").first.get_attribute("src")
     assert src.startswith("blob:")  # fetched with the Authorization header, shown from memory
+
+
+@screenshot_on_failure
+def test_image_jobs_run_through_the_job_api_with_progress(server, page):
+    """The page's job client (runJob in app.js): submit, poll with statuses, resolve to the route's answer."""
+    page.goto(server.url)
+    outcome = page.evaluate("""async () => {
+        const statuses = [];
+        const answer = await runJob("recolor", {id: 1, like: 2}, (s) => statuses.push(jobLabel(s) + "|" + s.state));
+        let refused = null;
+        try { await runJob("colorize", {id: 1}); } catch (err) { refused = [err.status, err.code]; }
+        return {answer, statuses, refused};
+    }""")
+    assert outcome["answer"]["reference_ids"] == [2] and outcome["answer"]["image"].startswith("data:image/jpeg")
+    states = [s.split("|")[1] for s in outcome["statuses"]]
+    assert states[0] in ("queued", "running") and states[-1] == "done" and outcome["statuses"][-1].startswith("Done")
+    assert outcome["refused"] == [422, "unknown_encoder"]  # no luminance descriptors: refused at submit
+    assert not page.js_errors

@@ -175,6 +175,39 @@ function searchFile(file) {
   search({ kind: "image", value: file, label: file.name });
 }
 
+// -- heavy image jobs (complete, colorize, recolor) ---------------------------------------------
+// The image tools go through the job API rather than the synchronous routes, so a completion that
+// waits behind others shows its queue position, then its stage and progress, and can be cancelled:
+//   const answer = await runJob("complete", formOrObject, (s) => { note.textContent = jobLabel(s); }, abort.signal);
+// resolves to the route's own answer; a failed job rejects with its ApiError (503 when the queue is full),
+// and aborting the signal cancels the job on the server.
+const JOB_POLL_MS = 500;
+
+function jobLabel(status) {
+  if (status.state === "queued") return `Queued, position ${status.queue_position}…`;
+  if (status.state === "running") return `${status.stage || "starting"}… ${Math.round(100 * status.fraction)}%`;
+  return status.state === "done" ? "Done" : status.state[0].toUpperCase() + status.state.slice(1);
+}
+
+async function runJob(method, body, onStatus = () => {}, signal = null) {
+  const json = !(body instanceof FormData);
+  const submit = { method: "POST", body: json ? JSON.stringify(body) : body,
+                   headers: json ? { "Content-Type": "application/json" } : {} };
+  let status = await (await api(`api/jobs?method=${encodeURIComponent(method)}`, submit)).json();
+  const url = `api/jobs/${encodeURIComponent(status.id)}`;
+  onStatus(status);
+  while (status.state === "queued" || status.state === "running") {
+    if (signal && signal.aborted) {
+      await api(url, { method: "DELETE" }).catch(() => {}); // already finished: nothing to cancel
+      throw new DOMException("the job was cancelled", "AbortError");
+    }
+    await new Promise((resolve) => setTimeout(resolve, JOB_POLL_MS));
+    status = await (await api(url)).json();
+    onStatus(status);
+  }
+  return (await api(`${url}/result`)).json(); // a failed or cancelled job rejects with its error here
+}
+
 // -- events ------------------------------------------------------------------------------------
 els.form.addEventListener("submit", (e) => {
   e.preventDefault();
