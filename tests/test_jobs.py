@@ -275,6 +275,14 @@ def test_a_client_that_disconnects_cancels_its_job(gated_app, gate):
     assert ex.counts()["running"] == ex.counts()["queued"] == 0
 
 
+def _check_schema(client, instance, name):
+    import jsonschema
+
+    doc = client.get("/openapi.json").get_json()
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    jsonschema.validate(instance, schema, cls=jsonschema.Draft202012Validator)
+
+
 def test_real_methods_as_jobs_report_progress_and_answer_like_the_routes(coll_dir):
     """The default runner in a real worker: an async colorize and recolor, polled to the end."""
     from conftest import make_photo
@@ -299,6 +307,8 @@ def test_real_methods_as_jobs_report_progress_and_answer_like_the_routes(coll_di
         _until(finished, timeout=120)
         status = client.get(url).get_json()
         assert status["state"] == "done", status
+        _check_schema(client, r.get_json(), "JobStatus")  # the 202's status, and the final one
+        _check_schema(client, status, "JobStatus")
         assert stages - {None} <= {"start", "neighbors", "load", "align", "cut", "finish"}
         answer = client.get(status["result_url"]).get_json()
         assert set(answer) == {"image", "neighbor_ids", "usage", "warnings", "took_ms"}
