@@ -23,7 +23,7 @@ import glob
 import json
 import os
 import random
-import statistics
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,8 +36,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 RUN = """
-import json, sys
+import json, logging, sys
 from nearsight.indexer.ingest import IngestConfig, index_paths
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+logging.getLogger("nearsight.indexer.ray_engine").setLevel(logging.INFO)  # the driver's commit rate
 engine, coll, photos, encoders, address, actors = sys.argv[1:7]
 config = IngestConfig(encoders=tuple(encoders.split(",")), progress=False)
 if engine == "local":
@@ -99,6 +101,8 @@ def run(engine: str, photos: str, encoders: str, address: str = "", actors: int 
         if proc.returncode != 0:
             raise SystemExit(f"{engine} run failed:\n{err[-3000:]}")
         result = json.loads(out.strip().splitlines()[-1])
+        commit = re.search(r"driver: committed .* in ([0-9.]+)s of commit work", err)
+        result["driver_commit_s"] = float(commit.group(1)) if commit else None
         result["driver_peak_mb"] = peak / 2**20
         result["images_per_s"] = (result["added"] + result["duplicates"] + result["failed"]) / result["seconds"]
         return result
@@ -143,7 +147,9 @@ def main() -> None:
 
     print(f"machine: {cpus} CPUs; encoders {args.encoders}; Ray session start {ray_init:.1f}s (not counted)")
     for name, r in (("local engine", local), ("ray, 2 actors", ray2), ("ray, 1 actor", ray1)):
-        print(f"{name:14s} {r['images_per_s']:7.1f} images/s  ({r['seconds']:.1f}s, {r['added']} added)  "
+        commit = (f", of which the driver's commit work {r['driver_commit_s']:.1f}s"
+                  if r.get("driver_commit_s") is not None else "")
+        print(f"{name:14s} {r['images_per_s']:7.1f} images/s  ({r['seconds']:.1f}s{commit}, {r['added']} added)  "
               f"driver peak {r['driver_peak_mb']:.0f} MiB")
     print(f"ray (2 actors) / local: {ray2['images_per_s'] / local['images_per_s']:.2f}x; "
           f"2 actors / 1 actor: {ray2['images_per_s'] / ray1['images_per_s']:.2f}x")
@@ -157,6 +163,7 @@ def main() -> None:
                            "ray1": round(ray1["driver_peak_mb"])},
         "seconds": {"local": round(local["seconds"], 1), "ray2": round(ray2["seconds"], 1),
                     "ray1": round(ray1["seconds"], 1)},
+        "driver_commit_s": {"ray2": ray2["driver_commit_s"], "ray1": ray1["driver_commit_s"]},
     }))
 
 
