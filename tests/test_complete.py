@@ -110,14 +110,37 @@ def test_threads_give_the_same_answer(gist_collection):
     assert all(np.array_equal(a.image, b.image) and a.score == b.score for a, b in zip(one, two))
 
 
-def test_large_image_is_composited_at_max_side(gist_collection):
+def test_large_image_is_composited_at_max_side_and_returned_at_its_own_size(gist_collection):
     coll, _, truth = gist_collection
     big = np.asarray(Image.fromarray(truth).resize((400, 300)))
     hole = np.asarray(Image.fromarray(central_hole().astype(np.uint8) * 255).resize((400, 300))) > 127
     config = CompletionConfig(context_radius=20, seam_radius=20, match_side=100, max_side=240, candidates=3)
     report = complete_scene_report(coll, big, hole, n=1, config=config)
     assert report.composite_size == (180, 240) and report.match_size == (75, 100)
-    assert report.completions[0].image.shape == (180, 240, 3)
+    best = report.completions[0]
+    assert best.image.shape == (300, 400, 3) and report.output_size == (300, 400)
+    assert best.region.shape == (300, 400) and best.region[hole].all()
+    # Away from the filled region the photo's own full-resolution pixels come back untouched.
+    far = ndimage.distance_transform_edt(~best.region) > 4
+    assert np.array_equal(best.image[far], big[far])
+
+
+def test_the_query_photo_and_its_copies_are_left_out(gist_collection, tmp_path):
+    """Hays & Efros leave the query out: its own item (by content hash) and its near-duplicates."""
+    import hashlib
+
+    coll, source_id, _ = gist_collection
+    photo = np.asarray(Image.open(coll.item(source_id).path).convert("RGB"))
+    hole = central_hole()
+    sha = hashlib.sha256(open(coll.item(source_id).path, "rb").read()).hexdigest()
+    report = complete_scene_report(coll, photo, hole, n=2, config=SMALL, query_sha256=sha)
+    assert report.excluded == (source_id,) and source_id not in report.scenes.ids
+    assert all(r.id != source_id for r in report.completions)
+    # Without the hash, masked GIST still finds the photo itself (distance ~0) and skips it.
+    report = complete_scene_report(coll, photo, hole, n=2, config=SMALL)
+    assert report.excluded == () and report.near_duplicates == (source_id,)
+    assert report.skipped == {"excluded": [], "near_duplicates": [source_id]}
+    assert all(r.id != source_id for r in report.completions)
 
 
 def test_bad_inputs_have_clear_errors(gist_collection, collection):

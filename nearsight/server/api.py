@@ -358,6 +358,20 @@ def _request_item_id() -> int | None:
     return _integer(body.get("id")) if isinstance(body, dict) else None
 
 
+def _upload_sha256() -> str | None:
+    """sha256 of the uploaded 'image' file (multipart or base64 JSON), as ingest hashes files; None for an id."""
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("image")
+        if upload is None:
+            return None
+        upload.stream.seek(0)
+        return hashlib.sha256(upload.stream.read()).hexdigest()
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and isinstance(body.get("image"), str):
+        return hashlib.sha256(_b64_image(body["image"])).hexdigest()
+    return None
+
+
 def _decode_upload(data: bytes):
     return decode_image(_sized(data), max_pixels=state().config.max_pixels).image
 
@@ -428,8 +442,10 @@ def complete():
     from .job_routes import run_job
 
     item_id = _request_item_id()
+    # The query never completes itself: its item by id, or by the uploaded file's content hash.
     return run_job("complete", {"image": image, "mask": fields["mask"], "n": n,
-                                "exclude": () if item_id is None else (item_id,)}, start)
+                                "exclude": () if item_id is None else (item_id,),
+                                "query_sha256": _upload_sha256()}, start)
 
 
 @bp.post("/colorize")

@@ -29,7 +29,12 @@ def prepare(collection, method: str, inputs: dict, max_side: int) -> dict:
 
         require_gist(collection)
         rgb, hole = prepare_inputs(inputs["image"], inputs["mask"], CompletionConfig(max_side=max_side))
-        return {**inputs, "image": rgb, "mask": hole}
+        full = {}
+        if rgb.shape[:2] != (inputs["image"].height, inputs["image"].width):
+            # composited at the working size, answered at the photo's own (complete.at_input_size)
+            full = {"full_image": np.asarray(inputs["image"].convert("RGB")),
+                    "full_mask": np.asarray(inputs["mask"].convert("L"))}
+        return {**inputs, "image": rgb, "mask": hole, **full}
     if method == "colorize":
         from ..retrieval.colorize import GRAY_ENCODERS
 
@@ -84,18 +89,21 @@ def run(collection, method: str, inputs: dict, progress) -> dict:
     start = time.perf_counter()
     exclude = tuple(inputs.get("exclude", ()))
     if method == "complete":
-        from ..retrieval.complete import CompletionConfig, complete_scene
+        from ..retrieval.complete import CompletionConfig, at_input_size, complete_scene_report
 
         config = CompletionConfig(max_side=max(inputs["image"].shape[:2]))  # already capped at submit
-        completions = complete_scene(collection, inputs["image"], inputs["mask"], n=inputs["n"], config=config,
-                                     exclude=exclude, progress=progress)
+        report = complete_scene_report(collection, inputs["image"], inputs["mask"], n=inputs["n"], config=config,
+                                       exclude=exclude, progress=progress, query_sha256=inputs.get("query_sha256"))
+        completions = report.completions
+        if "full_image" in inputs:
+            completions = at_input_size(inputs["full_image"], inputs["full_mask"], completions)
         progress("encode", 1.0)
         answers = []
         for c in completions:
             summary = c.to_dict()
             summary["terms"] = {name: _finite(value) for name, value in summary["terms"].items()}
             answers.append({**summary, "score": _finite(summary["score"]), "image": data_url(c.image)})
-        answer = {"completions": answers}
+        answer = {"completions": answers, "skipped": report.skipped}
     elif method == "colorize":
         from ..retrieval.colorize import colorize
 
