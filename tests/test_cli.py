@@ -69,3 +69,39 @@ def test_index_builds_ann_indexes_and_build_index(tmp_path, photo_dir):
     assert json.loads(r.output)["results"][0]["path"] == str(photo_dir / "p05.jpg")
     r = run("index", photo_dir, "-c", tmp_path / "d", "--workers", 0, "--quiet", "--no-index")
     assert "index tiny" not in r.output and not (tmp_path / "d" / "indexes").exists()
+
+
+def test_encoders_remove(tmp_path, photo_dir):
+    c = tmp_path / "c"
+    assert run("index", photo_dir, "-c", c, "--encoders", "tiny,tiny-gray", "--workers", 0, "--quiet").exit_code == 0
+    assert (c / "indexes" / "tiny-gray.json").exists()
+    r = run("encoders", "remove", "tiny-gray", "-c", c)
+    assert r.exit_code == 0 and "now has: tiny" in r.output, r.output
+    assert json.loads((c / "collection.json").read_text())["encoders"][0]["name"] == "tiny"
+    assert not (c / "embeddings" / "tiny-gray").exists()
+    assert not [f for f in (c / "indexes").iterdir() if f.name.startswith("tiny-gray.")]
+    r = run("encoders", "remove", "tiny-gray", "-c", c)
+    assert r.exit_code == 1 and r.output.strip() == "error: this collection has no encoder 'tiny-gray'; it has: tiny"
+    assert "tiny-gray" in run("encoders").output  # the plain listing still works
+    # added back, it is embedded afresh for every item
+    r = run("index", photo_dir, "-c", c, "--encoders", "tiny-gray", "--workers", 0, "--quiet", "--no-index")
+    assert r.exit_code == 0 and "12 embedded for tiny-gray" in r.output, r.output
+
+
+def test_writers_exclude_each_other(tmp_path, photo_dir):
+    """build-index and fit-pca take the write lock that index holds (issue 13)."""
+    import fcntl
+    import os
+
+    c = tmp_path / "c"
+    assert run("index", photo_dir, "-c", c, "--workers", 0, "--quiet", "--no-index").exit_code == 0
+    fd = os.open(c / ".write.lock", os.O_RDWR)  # as another process's index run would hold it
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        for args in (("build-index", "-c", c, "--encoder", "tiny"), ("fit-pca", "-c", c, "--encoder", "tiny", "--dim", 4),
+                     ("index", photo_dir, "-c", c, "--workers", 0), ("encoders", "remove", "tiny", "-c", c)):
+            r = run(*args)
+            assert r.exit_code == 1 and "another nearsight process is writing" in r.output, (args, r.output)
+    finally:
+        os.close(fd)
+    assert run("build-index", "-c", c, "--encoder", "tiny").exit_code == 0

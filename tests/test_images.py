@@ -86,3 +86,25 @@ def test_draft_mode_decodes_jpeg_at_reduced_size_but_reports_the_original():
 def test_thumbnail_longer_side():
     thumb = Image.open(io.BytesIO(thumbnail_jpeg(make_photo(5, (600, 300)), 256)))
     assert thumb.size == (256, 128) and thumb.format == "JPEG"
+
+
+def test_picture_under_a_transparent_alpha_keeps_its_colours():
+    """Wallpapers whose alpha is (almost) all 0 would flatten to blank white: all-zero tiny vectors (issue 13)."""
+    from nearsight.retrieval.encoders import create_encoder
+
+    tiny = create_encoder("tiny")
+    vectors = []
+    for seed in (1, 2):
+        rgba = make_photo(seed).convert("RGBA")
+        rgba.putalpha(Image.new("L", rgba.size, 0))
+        buf = io.BytesIO()
+        rgba.save(buf, "PNG")
+        rgb = decode_image(buf.getvalue()).image
+        assert np.array_equal(np.asarray(rgb), np.asarray(make_photo(seed)))
+        vectors.append(tiny.encode_images(np.stack([tiny.preprocess(rgb)]))[0])
+    assert all(np.linalg.norm(v) > 0.5 for v in vectors) and not np.allclose(vectors[0], vectors[1])
+    # a visible shape on a transparent page is what a viewer sees: flattened on white as before
+    logo = Image.new("RGBA", (64, 64), (200, 0, 0, 0))
+    logo.paste((0, 0, 255, 255), (20, 20, 40, 40))
+    flat = np.asarray(to_rgb(logo))
+    assert tuple(flat[0, 0]) == (255, 255, 255) and tuple(flat[30, 30]) == (0, 0, 255)

@@ -139,6 +139,9 @@ class _Run:
     # -- decoding ---------------------------------------------------------------------------
     def _decoded(self, jobs, encoders: list[Encoder], thumbnails: bool):
         """Yield decode results in order; worker processes decode ahead of the consumer, bounded."""
+        for encoder in encoders:  # weights that do not load fail here, before any worker starts
+            if hasattr(encoder, "load"):
+                encoder.load()
         task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in encoders),
                           self.config.max_pixels, self.config.thumbnail_side, thumbnails)
         if self.config.workers <= 0 or len(jobs) < 8:
