@@ -283,6 +283,29 @@ def _check_schema(client, instance, name):
     jsonschema.validate(instance, schema, cls=jsonschema.Draft202012Validator)
 
 
+def test_waitress_tells_of_a_client_that_hangs_up_and_its_job_is_cancelled(gated_app, gate):
+    """The real thing behind the test above: ``nearsight serve``'s waitress settings, a raw socket closed."""
+    import json
+    import socket
+    import threading
+
+    from waitress import create_server
+
+    server = create_server(gated_app, host="127.0.0.1", port=0, threads=2, channel_request_lookahead=1)
+    threading.Thread(target=server.run, daemon=True).start()
+    ex = gated_app.extensions["nearsight.jobs"]
+    try:
+        body = json.dumps({"id": 0, "like": 1, "n": 9})
+        sock = socket.create_connection(("127.0.0.1", server.effective_port), timeout=30)
+        sock.sendall(f"POST /api/recolor HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+        _until(lambda: ex.counts()["running"] == 1)
+        sock.close()
+        _until(lambda: ex.counts()["cancelled"] == 1)
+    finally:
+        server.close()
+
+
 def test_real_methods_as_jobs_report_progress_and_answer_like_the_routes(coll_dir):
     """The default runner in a real worker: an async colorize and recolor, polled to the end."""
     from conftest import make_photo
