@@ -8,6 +8,12 @@ alignment, alpha-expansion chroma choice, edge-aware smoothing) and by three bas
 - mean chroma: the collection's mean a*, b* on every pixel;
 - Reinhard: statistics transfer of the gray toward the single best neighbour (what one retrieved photo gives).
 
+``ours_lstar`` is colorize comparing L* to L* (``gray_model="lstar"``, what it did before the gray models):
+side by side with ``ours`` (``gray_model="auto"``) in the same run.
+
+``--copies N`` also colours Rec. 601 gray copies (PIL's "L", what most tools make) of N photos the collection
+holds: the exact source is the nearest neighbour, so the colours should come back (``copies`` in the JSON).
+
 Every method keeps the query's L*, so the error is about chroma only: mean Euclidean a*b* distance to the
 truth per pixel (CIE units), and colourfulness (Hasler & Suesstrunk 2003) against the truth's. The held-out
 set is one member of each near-duplicate pair in the sample set (stereo pairs, video frames: where a
@@ -39,7 +45,7 @@ from nearsight.retrieval.encoders import list_encoders  # noqa: E402
 # Near-duplicate pairs in scripts/fetch_sample_photos.sh's set: the first of each is held out.
 PAIRS = [("aloeL", "aloeR"), ("leuvenA", "leuvenB"), ("basketball1", "basketball2"), ("rubberwhale1", "rubberwhale2"),
          ("graf1", "graf3"), ("aero1", "aero3"), ("left", "right")]
-METHODS = ("ours", "zero", "mean_chroma", "reinhard_best")
+METHODS = ("ours", "ours_lstar", "zero", "mean_chroma", "reinhard_best")
 
 
 def colourfulness(rgb: np.ndarray) -> float:
@@ -92,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sheet", default="out/colorize_sheet.png", help="contact sheet PNG path")
     ap.add_argument("--sheet-rows", type=int, default=8)
+    ap.add_argument("--copies", type=int, default=0, help="also colour Rec. 601 gray copies of N collection photos")
     args = ap.parse_args()
 
     from nearsight.indexer.ingest import IngestConfig, index_paths
@@ -134,12 +141,15 @@ def main() -> None:
             result = colorize(coll, Image.fromarray(to_uint8(np.repeat(gray[..., None], 3, axis=2))),
                               n_neighbors=args.neighbors, config=config)
             seconds.append(time.perf_counter() - t0)
+            before = colorize(coll, Image.fromarray(to_uint8(np.repeat(gray[..., None], 3, axis=2))),
+                              n_neighbors=args.neighbors, config=ColorizeConfig(gray_model="lstar"))
             zero = np.stack([lightness, np.zeros_like(lightness), np.zeros_like(lightness)], axis=-1)
             mean_c = zero.copy()
             mean_c[..., 1:] = mean_ab
             best = np.asarray(coll.load_image(result.neighbor_ids[0]).convert("RGB"))
             reinhard = with_lightness(reinhard_transfer(np.repeat(gray[..., None], 3, axis=2), best), lightness)
-            labs = {"ours": result.lab, "zero": zero, "mean_chroma": mean_c, "reinhard_best": reinhard}
+            labs = {"ours": result.lab, "ours_lstar": before.lab, "zero": zero, "mean_chroma": mean_c,
+                    "reinhard_best": reinhard}
             rgbs = {m: (result.rgb if m == "ours" else lab_to_rgb(labs[m])) for m in METHODS}
             entry = {"photo": n, "paired": n in paired, "seconds": seconds[-1],
                      "neighbors": [os.path.basename(coll.item(i).path) for i in result.neighbor_ids[:3]],
@@ -156,6 +166,19 @@ def main() -> None:
                        tile(rgbs["reinhard_best"], h, "reinhard best"), tile(rgbs["mean_chroma"], h, "mean chroma"),
                        tile(truth_rgb, h, "truth"), tile(best.astype(np.float32) / 255, h, "neighbour 1")]
                 rows.append(row)
+        copies = []
+        in_coll = [n for n in names if n not in held_out][:args.copies]
+        for n in in_coll:
+            truth = rgb_to_lab(images[n].astype(np.float32) / 255.0)
+            gray601 = Image.fromarray(images[n]).convert("L")   # how most tools make a gray photo
+            zero_err = float(np.hypot(truth[..., 1], truth[..., 2]).mean())
+            errs = {}
+            for label, cfg in (("ours", config), ("ours_lstar", ColorizeConfig(gray_model="lstar"))):
+                out = colorize(coll, gray601, n_neighbors=args.neighbors, config=cfg)
+                errs[label] = float(np.hypot(out.lab[..., 1] - truth[..., 1], out.lab[..., 2] - truth[..., 2]).mean())
+            copies.append({"photo": n, "ab_error": {**errs, "zero": zero_err}})
+            print(f"copy {n:55s} ab error ours {errs['ours']:5.2f}  ours_lstar {errs['ours_lstar']:5.2f}  "
+                  f"zero {zero_err:5.2f}", flush=True)
         coll.close()
 
     width = max(sum(t.width for t in r) for r in rows)
@@ -186,6 +209,10 @@ def main() -> None:
               "seconds_per_query": float(np.mean(seconds)), "all": summary(per_query),
               "near_duplicate_pairs": summary([e for e in per_query if e["paired"]]),
               "random": summary([e for e in per_query if not e["paired"]]), "sheet": os.path.abspath(args.sheet)}
+    if copies:
+        mean = {m: float(np.mean([c["ab_error"][m] for c in copies])) for m in ("ours", "ours_lstar", "zero")}
+        report["copies"] = {"n": len(copies), "ab_error": mean,
+                            "ab_error_ratio_to_zero": {m: mean[m] / mean["zero"] for m in ("ours", "ours_lstar")}}
     print(json.dumps(report))
 
 

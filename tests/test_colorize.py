@@ -503,3 +503,30 @@ def test_progress_reports_stages_in_order_and_can_stop_the_run(fake_collection, 
 
     with pytest.raises(Stop):
         colorize(fake_collection, photos["astronaut"], n_neighbors=2, progress=stop)
+
+
+def _saturated_scene() -> np.ndarray:
+    """Flat saturated shapes (green, mint, orange, blue) on gray: where Rec. 601 luma and L* differ most."""
+    rgb = np.full((96, 128, 3), 128, np.uint8)
+    rgb[10:50, 10:60] = (30, 200, 40)      # green
+    rgb[55:90, 20:70] = (150, 255, 200)    # mint
+    rgb[15:45, 75:120] = (250, 140, 20)    # orange
+    rgb[55:88, 80:122] = (30, 60, 220)     # blue
+    return rgb
+
+
+@pytest.mark.parametrize("convert", ["rec601", "lstar"])
+def test_gray_copy_made_by_any_tool_gets_its_colours_back(photos, convert):
+    """A Rec. 601 gray copy (PIL "L", JPEG, OpenCV) or an L* gray of a neighbour: its colours come back,
+    within a quarter of the error of leaving it gray (comparing L* to luma used to give beige and orange)."""
+    truth = _saturated_scene()
+    gray = np.asarray(Image.fromarray(truth).convert("L")) if convert == "rec601" else to_gray(truth)[0]
+    truth_lab = rgb_to_lab(truth)
+    zero = float(np.hypot(truth_lab[..., 1], truth_lab[..., 2]).mean())
+    result = colorize_arrays(gray, [photos["coffee"], truth, photos["rocket"]])
+    error = float(np.hypot(*(result.lab[..., c] - truth_lab[..., c] for c in (1, 2))).mean())
+    assert error <= 0.25 * zero, (error, zero)
+    assert result.usage[1] > 0.9
+    if convert == "rec601":  # the L*-to-L* comparison misses: the gray model is what fixed it
+        old = colorize_arrays(gray, [photos["coffee"], truth, photos["rocket"]], ColorizeConfig(gray_model="lstar"))
+        assert float(np.hypot(*(old.lab[..., c] - truth_lab[..., c] for c in (1, 2))).mean()) > 2 * error

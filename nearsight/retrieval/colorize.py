@@ -5,7 +5,11 @@ Colorization of a gray photo:
 
 1. Neighbours by luminance-only descriptors (``gist-gray`` and ``tiny-gray``; their distances are each
    normalised by their median over the candidate pool and summed).
-2. Each neighbour is squashed to the query's frame (as the descriptors see it), its lightness is
+2. Each neighbour is squashed to the query's frame (as the descriptors see it) and turned gray the way gray
+   photos are made (``gray_model``: Rec. 601 luma, as JPEG, PIL and OpenCV make them; Rec. 709 luma; or
+   CIE L*; "auto" takes, per neighbour, the one whose gray best matches the query), because a gray photo's
+   value is not the L* of the colour it came from (saturated greens, reds and blues differ by 10-20 L*), and
+   comparing the two makes even the exact source look wrong. Its lightness is then
    remapped to the query's mean and spread (Welsh et al. 2002), and it is placed over the query by the
    same translation-and-scale search as scene completion's context matching, on L* only, with the
    whole frame as context. The scales zoom the neighbour *in* (1, 1/0.9, 1/0.81: the inverse of the
@@ -59,6 +63,9 @@ COLORIZE_SCALES = (1.0, 1.0 / 0.9, 1.0 / 0.81)
 GRAY_CHROMA = 4.0
 # A toned print's chroma all points one way: mean resultant length of the hue above this.
 TONED_HUE_CONCENTRATION = 0.9
+# How a colour photo becomes gray: luma weights on the gamma-encoded R'G'B', or CIE L* itself.
+LUMA_WEIGHTS = {"rec601": (0.299, 0.587, 0.114), "rec709": (0.2126, 0.7152, 0.0722)}
+GRAY_MODELS = ("auto", "rec601", "rec709", "lstar")
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,11 @@ class ColorizeConfig:
     smooth_radius: int = 3          # guided-filter radius on a*b* (0 = no smoothing)
     smooth_eps: float = 25.0        # guided-filter regulariser in (L*)^2: 5 L* of contrast counts as an edge
     max_pixels: int = 40_000_000    # refuse larger outputs
+    gray_model: str = "auto"        # how the query's gray was made (GRAY_MODELS): neighbours are compared so
 
     def __post_init__(self):
+        if self.gray_model not in GRAY_MODELS:
+            raise InvalidQuery(f"gray_model must be one of {', '.join(GRAY_MODELS)}; got {self.gray_model!r}")
         if self.work_side < MIN_SIDE:
             raise InvalidQuery(f"work_side must be >= {MIN_SIDE}; got {self.work_side}")
         if not self.scales or min(self.scales) < 1.0:
@@ -295,6 +305,15 @@ def _working_shape(shape: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, int(round(h * f))), max(1, int(round(w * f)))
 
 
+def gray_lightness(rgb: np.ndarray, model: str, lab: np.ndarray | None = None) -> np.ndarray:
+    """(h, w, 3) float sRGB in [0, 1] -> (h, w) float32 L* of the gray photo ``model`` makes of it: the
+    neutral gray whose sRGB value is the luma (``rec601``, ``rec709``), or the colour's own L* (``lstar``)."""
+    if model == "lstar":
+        return (lab if lab is not None else rgb_to_lab(rgb))[..., 0]
+    luma = np.clip(rgb @ np.asarray(LUMA_WEIGHTS[model], np.float32), 0.0, 1.0)
+    return rgb_to_lab(np.repeat(luma[..., None], 3, axis=2))[..., 0]
+
+
 def _remap_lightness(l_ref: np.ndarray, mean: float, std: float) -> np.ndarray:
     """Affine L* remap of a neighbour onto the query's mean and spread (Welsh et al. 2002), for matching."""
     s = float(l_ref.std())
@@ -368,12 +387,21 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig(), 
         if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
             raise InvalidQuery(f"neighbour {i} must be an (h, w, 3) RGB array; got shape {rgb.shape}")
         # Squash to the query's frame, as the whole-frame descriptors that found it did.
-        lab = rgb_to_lab(np.clip(resize_image(_float_rgb(rgb), (h, w)), 0.0, 1.0))
+        small = np.clip(resize_image(_float_rgb(rgb), (h, w)), 0.0, 1.0)
+        lab = rgb_to_lab(small)
+        models = GRAY_MODELS[1:] if config.gray_model == "auto" else (config.gray_model,)
+        grays = {m: gray_lightness(small, m, lab) for m in models}
         # Placement on the remapped lightness, so a darker exposure of the same layout still lines up;
         # the data term then compares the real lightness, which is what tells sky from snow from wall.
-        remapped = _remap_lightness(lab[..., 0], mean_q, std_q)
+        remapped = _remap_lightness(grays[models[0]], mean_q, std_q)
         placement = best_placement(l_work[..., None], ones, remapped[..., None], scales=config.scales,
                                    offset_penalty=config.offset_penalty, query_texture=t_work)
+        if len(models) > 1:  # the gray model under which this neighbour, so placed, looks most like the query
+            model = min(models, key=lambda m: float(np.abs(
+                warp_candidate(grays[m][..., None], placement, (h, w))[0][..., 0] - l_work).mean()))
+        else:
+            model = models[0]
+        lab[..., 0] = grays[model]
         warped, _ = warp_candidate(lab, placement, (h, w))  # zoom-in scales: the whole frame is covered
         cost, ab = _local_match(l_work, t_work, warped, config)
         local.append(cost)
