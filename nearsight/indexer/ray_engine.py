@@ -72,7 +72,7 @@ def connect(address: str | None) -> bool:
         _check_reachable(address)
     kwargs = {"include_dashboard": False} if address is None else {}
     try:
-        ray.init(address=address, logging_level=logging.WARNING, configure_logging=False, **kwargs)
+        ray.init(address=address, logging_level=logging.ERROR, configure_logging=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ClusterUnreachable(f"cannot reach a Ray cluster at {address}: {first}") from None

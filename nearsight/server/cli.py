@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -118,6 +119,8 @@ def index(paths, collection, encoders, options, workers, batch_size, flush_every
     if engine == "ray":
         from ..indexer.ray_engine import RayConfig, index_paths_ray
 
+        if logging.getLogger().level >= logging.WARNING:  # Ray Data's own run chatter only with -v
+            os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
         summary = index_paths_ray(collection, list(paths), config, RayConfig(address=address))
     else:
         summary = index_paths(collection, list(paths), config)
