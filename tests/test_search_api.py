@@ -119,3 +119,22 @@ def test_cli_search_filters_batch_and_json(built):
     assert out.exit_code == 0 and "a sunny beach" in out.output and "100.0%" not in out.output
     out = runner.invoke(main, ["search", "-c", str(coll), "--id", "0", "--only-ids", "x,y"])
     assert out.exit_code == 2 and "expected item ids" in out.output
+
+
+def test_browse_pages_recent_and_random(client):
+    import jsonschema
+
+    first = client.get("/api/items?k=4").get_json()
+    assert first["total"] == 9 and first["order"] == "recent" and len(first["items"]) == 4
+    rest = client.get("/api/items?k=10&offset=4").get_json()["items"]
+    ids = [i["id"] for i in first["items"] + rest]
+    assert sorted(ids) == list(range(9)) and ids[0] == 8  # one commit: ties go to the newest id
+    shuffled = [i["id"] for i in client.get("/api/items?k=9&order=random&seed=3").get_json()["items"]]
+    assert sorted(shuffled) == list(range(9)) and shuffled != ids
+    assert shuffled == [i["id"] for i in client.get("/api/items?k=9&order=random&seed=3").get_json()["items"]]
+    assert client.get("/api/items?order=oldest").status_code == 400
+    assert client.get("/api/items?k=0").status_code == 400
+    assert client.get("/api/items?colour=red").status_code == 400
+    doc = client.get("/openapi.json").get_json()
+    jsonschema.validate(first, {"$ref": "#/components/schemas/ItemPage", "components": doc["components"]},
+                        cls=jsonschema.Draft202012Validator)

@@ -168,3 +168,18 @@ def _path_prefix(prefix: str) -> str:
     keep_sep = prefix.endswith(os.sep)
     absolute = os.path.abspath(prefix)
     return absolute + os.sep if keep_sep else absolute
+
+
+BROWSE_ORDERS = ("recent", "random")
+
+
+def browse_ids(table: ItemTable, order: str = "recent", k: int = 30, offset: int = 0, seed: int = 0) -> np.ndarray:
+    """A page of live item ids to look through without a query: the most recently added first (ties: the
+    higher id), or a random order fixed by ``seed`` (so paging through it neither repeats nor skips)."""
+    if order == "recent":
+        ranked = np.lexsort((-table.ids, -table.added))
+    elif order == "random":
+        ranked = np.random.default_rng(seed).permutation(len(table))
+    else:
+        raise InvalidFilter(f"order must be one of {', '.join(BROWSE_ORDERS)}, got {order!r:.100}")
+    return table.ids[ranked[offset:offset + k]]

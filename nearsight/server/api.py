@@ -499,6 +499,36 @@ def _live_item(item_id: int):
     return item
 
 
+@bp.get("/items")
+def browse():
+    """Items to look through without a query (the page's grid on arrival): recent first, or shuffled."""
+    from ..retrieval.filters import BROWSE_ORDERS, browse_ids
+
+    coll = state().holder.fresh()
+    args = {name: request.args[name] for name in request.args}
+    unknown = set(args) - {"k", "offset", "order", "seed"}
+    if unknown:
+        raise InvalidQuery(f"unknown parameter(s) {sorted(unknown)}; use k, offset, order, seed")
+    numbers = {}
+    for name, default, hi in (("k", 30, MAX_K), ("offset", 0, 10_000_000), ("seed", 0, 2 ** 32 - 1)):
+        value = args.get(name, str(default))
+        if not value.isdigit() or not (name == "k" and 1 <= int(value) <= hi or name != "k" and int(value) <= hi):
+            raise InvalidQuery(f"{name} must be an integer from {1 if name == 'k' else 0} to {hi}, got {value!r:.100}")
+        numbers[name] = int(value)
+    order = args.get("order", "recent")
+    if order not in BROWSE_ORDERS:
+        raise InvalidQuery(f"order must be one of {', '.join(BROWSE_ORDERS)}, got {order!r:.100}")
+    table = coll.item_table()
+    ids = browse_ids(table, order, numbers["k"], numbers["offset"], numbers["seed"])
+    items = []
+    for item_id in ids:
+        it = coll.item(int(item_id))
+        items.append({"id": it.id, "caption": it.caption, "width": it.width, "height": it.height,
+                      "sha256": it.sha256, "added": it.added,
+                      "thumbnail_url": url_for("api.thumbnail", item_id=it.id)})
+    return jsonify({"items": items, "total": len(table), "order": order})
+
+
 @bp.get("/items/<int:item_id>")
 def item(item_id: int):
     it = _live_item(item_id)

@@ -135,6 +135,21 @@ _SCHEMAS = {
             "encoder": {"type": "string"},
         },
     },
+    "ItemPage": {
+        "type": "object", "required": ["items", "total", "order"], "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False,
+                "required": ["id", "caption", "width", "height", "sha256", "added", "thumbnail_url"],
+                "properties": {"id": {"type": "integer"}, "caption": {"type": ["string", "null"]},
+                               "width": {"type": "integer"}, "height": {"type": "integer"},
+                               "sha256": {"type": "string"},
+                               "added": {"type": ["number", "null"], "description": "Unix time it was indexed."},
+                               "thumbnail_url": {"type": "string"}}}},
+            "total": {"type": "integer", "description": "Live items in the collection."},
+            "order": {"type": "string"},
+        },
+    },
     "Item": {
         "type": "object", "additionalProperties": False,
         "required": ["id", "caption", "width", "height", "filename", "bytes", "sha256", "duplicates",
@@ -369,6 +384,18 @@ def _paths() -> dict:
         "/api/recolor": _image_method(
             "recolor", "Reinhard colour transfer toward an item, an uploaded reference or the photo's neighbours.",
             "Recolor", "The recoloured photo."),
+        "/api/items": {"get": {
+            "operationId": "browse", "summary": "Items to look through without a query: most recent first, or "
+                                                "shuffled (a fixed seed pages without repeats).",
+            "parameters": [
+                {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 30}},
+                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["recent", "random"],
+                                                            "default": "recent"}},
+                {"name": "seed", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
+            "responses": {"200": {"description": "A page of items.", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ItemPage"}}}}, **_errors(400, 401)},
+        }},
         "/api/items/{item_id}": {"get": {
             "operationId": "getItem", "summary": "An item's metadata.", "parameters": [ITEM_ID],
             "responses": {"200": {"description": "The item.", "content": {
