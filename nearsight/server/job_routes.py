@@ -128,7 +128,8 @@ def job_result(job_id: str):
         return jsonify(job.result)
     if job.state in (FAILED, CANCELLED):
         return _job_error(job)
-    return error_response(409, "job_not_finished", f"job {job_id} is {job.state}; poll {url_for('jobs.get_job', job_id=job_id)}")
+    return error_response(409, "job_not_finished",
+                          f"job {job_id} is {job.state}; poll {url_for('jobs.get_job', job_id=job_id)}")
 
 
 @bp.delete("/<job_id>")

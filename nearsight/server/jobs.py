@@ -312,8 +312,9 @@ class _Slot:
     def _start_process(self) -> None:
         ex = self.executor
         here, there = self._ctx.Pipe()
+        args = (there, self.cancel, ex.collection, ex.device, ex.runner, ex.config.nice)
         self._process = self._ctx.Process(target=worker_main, name=f"nearsight-job-worker-{self.index}", daemon=True,
-                                          args=(there, self.cancel, ex.collection, ex.device, ex.runner, ex.config.nice))
+                                          args=args)
         self._process.start()
         there.close()  # so that the worker's death reads as EOF here
         self._conn = here
