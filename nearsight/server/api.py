@@ -280,6 +280,9 @@ def _b64_image(value) -> bytes:
         head, comma, value = value.partition(",")
         if not comma or not head.endswith(";base64"):
             raise InvalidQuery("an image data: URL must be base64 encoded (data:image/jpeg;base64,...)")
+    size, limit = len(value) // 4 * 3, state().config.max_upload_bytes
+    if size - 2 > limit:  # known from the text's length: refused before spending a decode on it
+        raise ImageTooLarge(f"the image file is about {size:,} bytes, over the limit of {limit:,}")
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

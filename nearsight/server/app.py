@@ -9,7 +9,8 @@ reopens the collection from scratch, for changes refresh cannot see (a collectio
 
 Access: with a token configured (``--token`` or ``NEARSIGHT_TOKEN``) every ``/api`` route but
 ``/api/health`` needs ``Authorization: Bearer <token>``. The health probe, the web page, its static
-files and ``/openapi.json`` stay open: they hold nothing from the collection.
+files and ``/openapi.json`` stay open: they hold nothing from the collection. Every route answers only
+requests whose ``Host`` is a loopback name or one of ``allowed_hosts`` (DNS rebinding; see ``guard.py``).
 
 Errors are JSON ``{"error": {"code", "message"}}``, never a stack trace (see ``STATUS``).
 """
@@ -21,13 +22,14 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from flask import Flask, current_app, jsonify, send_from_directory
+from flask import Flask, current_app, has_app_context, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from ..retrieval.collection import Collection
 from ..retrieval.errors import (CollectionBusy, ImageError, ImageTooLarge, InvalidFilter, InvalidMask, InvalidQuery,
                                 NearsightError, UnknownEncoder, UnknownItem, UnsupportedModality, WeightsUnavailable)
 from ..retrieval.images import DEFAULT_MAX_PIXELS
+from .guard import host_allowed, public_message
 from .jobs import JobConfig
 
 LOG = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class ServerConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS      # decompression-bomb guard for uploads
     device: str = "auto"
     jobs: JobConfig = field(default_factory=JobConfig)  # the heavy image methods' workers and queue
+    # Host names answered besides the loopback ones ("*": any); see guard.py on DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.max_upload_bytes < 1 or self.max_pixels < 1:
@@ -142,6 +146,13 @@ def create_app(config: ServerConfig) -> Flask:
     app.register_blueprint(job_routes.bp)
     job_routes.install(app, config)
 
+    @app.before_request
+    def check_host():
+        if not host_allowed(request.host, config.allowed_hosts):
+            return error_response(400, "host_not_allowed", "this server does not answer for the host named in the "
+                                  "request; its operator can add it with --allowed-host")
+        return None
+
     @app.get("/")
     def index():
         return send_from_directory(STATIC_DIR, "index.html", max_age=0)
@@ -172,6 +183,10 @@ def create_app(config: ServerConfig) -> Flask:
         response.content_type = "application/json"
         return response
 
+    @app.errorhandler(RecursionError)
+    def too_deep(exc: RecursionError):  # a JSON body like [[[[...]]]] nested past Python's recursion limit
+        return error_response(400, "invalid_query", "the request body is nested too deeply")
+
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         LOG.exception("internal error")  # the traceback goes to the server log, never to the client
@@ -193,11 +208,18 @@ def create_app(config: ServerConfig) -> Flask:
 def _error_body(code: str, message: str) -> str:
     import json
 
-    return json.dumps({"error": {"code": code, "message": message}})
+    return json.dumps({"error": {"code": code, "message": _public(message)}})
+
+
+def _public(message: str) -> str:
+    """No server-side path in an answer (see guard.public_message)."""
+    if not has_app_context() or "nearsight" not in current_app.extensions:
+        return message
+    return public_message(message, current_app.extensions["nearsight"].config.collection)
 
 
 def error_response(status: int, code: str, message: str):
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify({"error": {"code": code, "message": _public(message)}})
     response.status_code = status
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="nearsight"'

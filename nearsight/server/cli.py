@@ -298,6 +298,21 @@ def fit_pca_command(collection, encoder, dim, shortlist):
                f"pre-filter recall@10 with a {shortlist}-item shortlist: {recall:.3f}")
 
 
+def _check_output(out: str) -> None:
+    """Refuse an output name PIL cannot write, or a folder that does not exist, before any work is done."""
+    import os
+
+    from PIL import Image
+
+    from ..retrieval.errors import InvalidQuery
+
+    Image.init()
+    if os.path.splitext(out)[1].lower() not in Image.registered_extensions():
+        raise InvalidQuery(f"cannot tell the image format from {out!r}; use .jpg, .png or .webp")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise InvalidQuery(f"cannot write {out}: no such folder {os.path.dirname(os.path.abspath(out))}")
+
+
 def _save_image(image, out: str) -> None:
     """Write a PIL image; a clear error for a path that cannot be written or has no image extension."""
     import os
@@ -353,6 +368,7 @@ def colorize(collection, image, output, neighbors):
     """Colour a grayscale or sepia photo from its nearest neighbours (gist-gray, tiny-gray)."""
     from ..retrieval.colorize import colorize as colorize_image
 
+    _check_output(output)
     result = colorize_image(_open(collection), image, n_neighbors=neighbors)
     for warning in result.warnings:
         click.echo(f"note: {warning}", err=True)
@@ -373,6 +389,7 @@ def recolor(collection, photo, output, like_id, reference, neighbors, per_region
     """Reinhard colour transfer toward a reference, an item, or the photo's own nearest neighbours."""
     from ..retrieval.colorize import recolor as recolor_image
 
+    _check_output(output)
     coll = None if reference is not None else _open(collection)
     result = recolor_image(coll, photo, like_id=like_id, reference=reference, n_neighbors=neighbors,
                            per_region=per_region)
@@ -414,7 +431,13 @@ def remove_encoder_command(name, collection):
               help="Interface to bind; 0.0.0.0 opens the server to the network (set a token then).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
 @click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Request threads.")
-@click.option("--token", envvar="NEARSIGHT_TOKEN", help="Bearer token required on the API [env NEARSIGHT_TOKEN].")
+@click.option("--token", envvar="NEARSIGHT_TOKEN",
+              help="Bearer token required on the API [env NEARSIGHT_TOKEN]. On the command line it shows in `ps`: "
+                   "prefer the variable or --token-file.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Read the bearer token from this file's first line.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Host name the server answers for besides localhost/127.0.0.1/::1 and --host (repeatable; "
+                   "'*' = any). Other Host headers are refused, against DNS rebinding.")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
               help="Largest uploaded image file.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=100_000_000, show_default=True,
@@ -431,8 +454,8 @@ def remove_encoder_command(name, collection):
               help="Seconds a finished image job's result is kept.")
 @click.option("--job-max-side", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Photos are reduced to this long side before an image job (bounds its memory).")
-def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, device, blas_threads, heavy_workers,
-          job_queue, job_ttl, job_max_side):
+def serve(collection, host, port, threads, token, token_file, allowed_hosts, max_upload_mb, max_pixels, device,
+          blas_threads, heavy_workers, job_queue, job_ttl, job_max_side):
     """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
     import os
 
@@ -449,15 +472,29 @@ def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, dev
 
     jobs = JobConfig(queue=job_queue, ttl=job_ttl, max_side=job_max_side,
                      **({} if heavy_workers is None else {"workers": heavy_workers}))
+    from .guard import use_json_errors
+
+    if token_file:
+        token = _read_token(token_file)
+    bound = () if host in ("0.0.0.0", "::", "") else (host,)  # a wildcard bind names no host
     config = ServerConfig(collection, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                          max_pixels=max_pixels, device=device, jobs=jobs)
+                          max_pixels=max_pixels, device=device, jobs=jobs, allowed_hosts=tuple(allowed_hosts) + bound)
     app = create_app(config)
     install_reload_signal(app)
     # A synchronous image request holds its thread while its job waits or runs: one more thread per worker
     # and queue slot keeps --threads free for searches. The lookahead lets waitress see a client that
     # went away, so its job is cancelled.
-    server = create_server(app, host=host, port=port, threads=threads + jobs.workers + jobs.queue, ident="nearsight",
-                           max_request_body_size=config.max_request_bytes, channel_request_lookahead=1)
+    try:
+        server = create_server(app, host=host, port=port, threads=threads + jobs.workers + jobs.queue,
+                               ident="nearsight", max_request_body_size=config.max_request_bytes,
+                               channel_request_lookahead=1)
+    except OSError as exc:  # port in use, no such interface, a port below 1024 without the right
+        app.extensions["nearsight.jobs"].close()
+        raise NearsightError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    use_json_errors(server)
+    if not bound and not allowed_hosts:
+        click.echo(f"note: serving on {host}; requests must name localhost unless you add --allowed-host NAME "
+                   "(the name clients use)", err=True)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host} with no token; anyone who can reach it can search", err=True)
     url_host = f"[{server.effective_host}]" if ":" in str(server.effective_host) else server.effective_host
@@ -470,6 +507,17 @@ def serve(collection, host, port, threads, token, max_upload_mb, max_pixels, dev
     finally:
         server.close()
         app.extensions["nearsight.jobs"].close()
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--token-file") from None
+    if not token:
+        raise click.BadParameter(f"{path} holds no token on its first line", param_hint="--token-file")
+    return token
 
 
 if __name__ == "__main__":
