@@ -7,6 +7,7 @@ moment leaves either the whole flush or none of it; re-running the same command 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -31,6 +32,9 @@ from .pool import DecodePool
 from .sources import Source, iter_sources
 
 LOG = logging.getLogger(__name__)
+# OSErrors that mean the collection cannot be written; they become one StorageError line.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                            errno.EFBIG})
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig(
                 raise Interrupted(f"interrupted; {run.committed} new items committed, "
                                   "re-run the same command to continue") from None
             except (OSError, lmdb.Error) as exc:
+                if isinstance(exc, OSError) and exc.errno not in STORAGE_ERRNOS:
+                    raise  # not the collection's disk (a lost connection to a Ray cluster, say)
                 raise StorageError(f"cannot write to {collection_dir}: {_reason(exc, collection_dir)}; "
                                    f"{run.committed} new items committed, re-run once fixed to continue") from None
     finally:
