@@ -347,3 +347,23 @@ def test_real_methods_as_jobs_report_progress_and_answer_like_the_routes(coll_di
     finally:
         app.extensions["nearsight.jobs"].close()
         app.extensions["nearsight"].holder.collection.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to split")
+def test_partition_gives_a_running_job_its_own_cores_and_the_searches_the_rest(coll_dir, gate):
+    from nearsight.server.jobs import JobConfig, JobExecutor
+
+    cores = sorted(os.sched_getaffinity(0))
+    ex = JobExecutor(JobConfig(workers=1, queue=1, partition=True), coll_dir, device="cpu",
+                     runner=f"{__name__}:gated")
+    try:
+        job = ex.submit("recolor", {"n": 1})
+        _until(lambda: ex.status(job)["stage"] == "waiting")
+        assert os.sched_getaffinity(ex._slots[0]._process.pid) == {cores[-1]}
+        assert os.sched_getaffinity(0) == set(cores[:-1])  # this process's threads: the searches' side
+        _release(gate, 1)
+        assert job.wait(60)
+        _until(lambda: os.sched_getaffinity(0) == set(cores))  # idle again: every core for the searches
+    finally:
+        ex.close()
+        os.sched_setaffinity(0, cores)

@@ -454,8 +454,11 @@ def remove_encoder_command(name, collection):
               help="Seconds a finished image job's result is kept.")
 @click.option("--job-max-side", type=click.IntRange(min=64), default=1024, show_default=True,
               help="Photos are reduced to this long side before an image job (bounds its memory).")
+@click.option("--job-cores", type=click.Choice(["partition", "shared"]), default="partition", show_default=True,
+              help="partition: while image jobs run, the workers have the last --heavy-workers cores and searches "
+                   "the others; shared: workers run niced on every core (searches first, jobs may starve).")
 def serve(collection, host, port, threads, token, token_file, allowed_hosts, max_upload_mb, max_pixels, device,
-          blas_threads, heavy_workers, job_queue, job_ttl, job_max_side):
+          blas_threads, heavy_workers, job_queue, job_ttl, job_max_side, job_cores):
     """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
     import os
 
@@ -470,7 +473,8 @@ def serve(collection, host, port, threads, token, token_file, allowed_hosts, max
     from .app import ServerConfig, create_app, install_reload_signal
     from .jobs import JobConfig
 
-    jobs = JobConfig(queue=job_queue, ttl=job_ttl, max_side=job_max_side,
+    jobs = JobConfig(queue=job_queue, ttl=job_ttl, max_side=job_max_side, partition=job_cores == "partition",
+                     nice=0 if job_cores == "partition" else 10,  # on their own cores, workers need no lower priority
                      **({} if heavy_workers is None else {"workers": heavy_workers}))
     from .guard import use_json_errors
 

@@ -2,9 +2,14 @@
 
 Why processes and not threads: the methods are seconds of numpy, scipy and PyMaxflow with Python in
 between; run on the server's threads they would contend for the GIL with every search, and they would
-share its memory. A worker process runs at a lower CPU priority (``nice``), so on a busy machine the
-search threads are scheduled first, and its memory is its own: the server's RSS stays the searches', and
-each worker's peaks at its own base plus one job at the capped working size (``JobConfig.max_side``).
+share its memory. A worker's memory is its own: the server's RSS stays the searches', and each worker's
+peaks at its own base plus one job at the capped working size (``JobConfig.max_side``).
+
+CPU: closed-loop searches saturate every core they may use, so a worker that merely shares the cores gets
+a thread's share (niced, next to nothing: measured 0 completions a minute under 8 concurrent searches on
+2 cores). With ``partition`` (what ``nearsight serve`` does; Linux), the workers run on the last
+``workers`` cores and, while any job runs, the server's threads on the others; with no job running the
+searches have every core again. Without it the workers are only niced, searches first.
 
 Bounds: at most ``workers`` jobs run at once and at most ``queue`` wait behind them; past that ``submit``
 raises ``QueueFull`` with a retry estimate (the server answers 503 with ``Retry-After``). Finished jobs
@@ -56,6 +61,8 @@ class JobConfig:
     - ``max_side``: the working size cap: photos are reduced to this long side at submit, so one job's
       memory is bounded whatever was uploaded (results have that size at most).
     - ``nice``: how much lower than the server a worker's CPU priority is.
+    - ``partition``: split the cores between the workers and the server while jobs run (see above);
+      ignored where the cores cannot be set or there are not more cores than workers.
     """
     workers: int = field(default_factory=_default_workers)
     queue: int = 8
@@ -63,6 +70,7 @@ class JobConfig:
     keep: int = 32
     max_side: int = 1024
     nice: int = 10
+    partition: bool = False
 
     def __post_init__(self):
         if self.workers < 1 or self.queue < 0 or self.keep < 1 or self.ttl <= 0 or self.max_side < 64:
@@ -121,6 +129,9 @@ class JobExecutor:
         self._slots: list[_Slot] = []
         self._closed = False
         self._mean_run_s: float | None = None
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self._cores = cores if config.partition and len(cores) > config.workers else []
+        self._worker_cores = self._cores[-config.workers:]
 
     # -- the server's side ------------------------------------------------------------------------
     def submit(self, method: str, inputs: dict) -> Job:
@@ -214,6 +225,8 @@ class JobExecutor:
                 return None
             job = self._queue.popleft()
             slot.cancel.clear()  # before the job counts as running, so a cancel from now on reaches it
+            if self._cores and not any(s.job for s in self._slots):
+                _pin_threads(self._cores[:-self.config.workers])  # the first job: searches leave the workers' cores
             slot.job, job.state, job.started = job, RUNNING, self._clock()
             return job
 
@@ -226,6 +239,8 @@ class JobExecutor:
               error: NearsightError | None = None) -> None:
         with self._lock:
             slot.job = None
+            if self._cores and not any(s.job for s in self._slots):
+                _pin_threads(self._cores)  # no job running: every core is the searches' again
             if state == DONE:
                 run = self._clock() - job.started
                 self._mean_run_s = run if self._mean_run_s is None else 0.7 * self._mean_run_s + 0.3 * run
@@ -312,7 +327,7 @@ class _Slot:
     def _start_process(self) -> None:
         ex = self.executor
         here, there = self._ctx.Pipe()
-        args = (there, self.cancel, ex.collection, ex.device, ex.runner, ex.config.nice)
+        args = (there, self.cancel, ex.collection, ex.device, ex.runner, ex.config.nice, ex._worker_cores)
         self._process = self._ctx.Process(target=worker_main, name=f"nearsight-job-worker-{self.index}", daemon=True,
                                           args=args)
         self._process.start()
@@ -336,7 +351,17 @@ class _Slot:
 
 # -- the worker process -------------------------------------------------------------------------------
 
-def worker_main(conn, cancel, collection_dir: str, device: str, runner: str, nice: int) -> None:
+def _pin_threads(cores: list[int]) -> None:
+    """Move every thread of this process onto ``cores`` (Linux sets affinity per thread)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except OSError:  # the thread has just exited
+            pass
+
+
+def worker_main(conn, cancel, collection_dir: str, device: str, runner: str, nice: int,
+                cores: list[int] | None = None) -> None:
     """A worker's loop: (method, inputs) in; progress, then ("done", answer) / ("failed", error) /
     ("cancelled", None) out. Exits on None or when the server's end of the pipe closes."""
     import signal
@@ -344,6 +369,8 @@ def worker_main(conn, cancel, collection_dir: str, device: str, runner: str, nic
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on `nearsight serve` is for the server, which stops us
     try:
         os.nice(nice)
+        if cores:
+            os.sched_setaffinity(0, cores)  # before any thread pool starts, so they all inherit it
     except OSError:
         pass
     module, _, name = runner.partition(":")
