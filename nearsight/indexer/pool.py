@@ -24,7 +24,12 @@ CHUNK = 4  # jobs per task: amortises the pickling round trip of small images
 STOP_SECONDS = 5.0  # how long close() lets the workers finish the images in their hands
 
 
-def _worker_start(task: DecodeTask) -> None:
+_stop = None  # in a worker: the pool's stop event
+
+
+def _worker_start(task: DecodeTask, stop) -> None:
+    global _stop
+    _stop = stop
     # Ctrl-C and `kill -TERM -PGID` reach the whole process group; the main process stops the workers itself,
     # in order. A worker that died on the signal could do so halfway through writing a result, and the
     # executor thread of the main process would wait forever for the rest of that message.
@@ -36,7 +41,9 @@ def _worker_start(task: DecodeTask) -> None:
 
 
 def _decode_chunk(jobs: list) -> list:
-    return [decode_job(job) for job in jobs]
+    # Once the pool stops, the chunks already queued to a worker are skipped rather than decoded: a stop then
+    # waits for one image per worker, not for a queue of them.
+    return [decode_job(job) for job in jobs if not _stop.is_set()]
 
 
 def _die_with_parent() -> None:
@@ -56,8 +63,9 @@ class DecodePool:
     """``workers`` processes decoding ``(Source, item_id)`` jobs with ``task``; use as a context manager."""
 
     def __init__(self, task: DecodeTask, workers: int, mp_context, window: int):
+        self._stop = mp_context.Event()
         self._executor = ProcessPoolExecutor(workers, mp_context=mp_context, initializer=_worker_start,
-                                             initargs=(task,))
+                                             initargs=(task, self._stop))
         self._window = max(2, window // CHUNK)  # tasks in flight: decoded results waiting stay bounded
         self._pending: deque = deque()
 
@@ -79,13 +87,14 @@ class DecodePool:
                                  "re-run with --workers 0 to see the cause") from None
 
     def close(self) -> None:
-        """Stop: drop queued jobs, let each worker finish the chunk in its hands, kill any still busy after
+        """Stop: drop queued jobs, let each worker finish the image in its hands, kill any still busy after
         ``STOP_SECONDS`` (a read stuck on a dead file system). Returns within that bound.
 
         Workers are not terminated at once: one killed while writing its result leaves a partial message in
         the result pipe, and the executor's own thread (which the interpreter joins at exit) then waits on it
         forever.
         """
+        self._stop.set()
         for future in self._pending:
             future.cancel()
         self._pending.clear()
