@@ -235,3 +235,27 @@ def test_creation_killed_before_its_manifest_is_renamed(tmp_path, photo_dir, ing
     ItemStore(str(tmp_path / "c" / "store.lmdb")).close()
     (tmp_path / "c" / "collection.json.tmp").write_text("")
     assert ingest(tmp_path / "c", [photo_dir]).added == 12
+
+
+def test_recorded_encoder_whose_weights_are_gone_names_the_way_out(tmp_path, photo_dir, ingest, monkeypatch):
+    """A collection made before encoders were recorded late may hold one that cannot load: the error says
+    how to drop it, and dropping it lets the next run complete."""
+    from nearsight.retrieval.encoders import create_encoder
+    from nearsight.retrieval.errors import WeightsUnavailable
+
+    ingest(tmp_path / "c", [photo_dir])
+    coll = Collection.open(tmp_path / "c", readonly=False)
+    gray = create_encoder("tiny-gray")
+    coll.add_encoder(gray)  # recorded with no embeddings, as the old code did
+    coll.close()
+
+    def gone(self):
+        raise WeightsUnavailable("checkpoint not found: /gone.pt")
+
+    from nearsight.retrieval.encoders.tiny import TinyGrayEncoder
+
+    monkeypatch.setattr(TinyGrayEncoder, "load", gone, raising=False)
+    with pytest.raises(WeightsUnavailable, match="nearsight encoders remove tiny-gray -c "):
+        ingest(tmp_path / "c", [photo_dir])
+    Collection.open(tmp_path / "c", readonly=False).remove_encoder("tiny-gray")
+    assert ingest(tmp_path / "c", [photo_dir]).already_present == 12

@@ -23,7 +23,7 @@ import numpy as np
 from ..retrieval.collection import MANIFEST, Collection
 from ..retrieval.embeddings import discard_part, load_ids, write_part
 from ..retrieval.encoders import Encoder, create_encoder
-from ..retrieval.errors import Interrupted, NearsightError, SourceError, StorageError
+from ..retrieval.errors import Interrupted, NearsightError, SourceError, StorageError, WeightsUnavailable
 from ..retrieval.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from ..retrieval.store import Item, StoreWriter
 from ..retrieval.writelock import write_lock
@@ -147,7 +147,13 @@ class _Run:
         """Yield decode results in order; worker processes decode ahead of the consumer, bounded."""
         for encoder in encoders:  # weights that do not load fail here, before any worker starts
             if hasattr(encoder, "load"):
-                encoder.load()
+                try:
+                    encoder.load()
+                except WeightsUnavailable as exc:
+                    if encoder.name not in self.coll.encoder_names:
+                        raise  # a new encoder: nothing of it was recorded
+                    raise WeightsUnavailable(f"{exc} (or drop encoder {encoder.name!r} from this collection: "
+                                             f"nearsight encoders remove {encoder.name} -c {self.coll.dir})") from None
         task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in encoders),
                           self.config.max_pixels, self.config.thumbnail_side, thumbnails)
         if self.config.workers <= 0 or len(jobs) < 8:
