@@ -127,22 +127,6 @@ class Collection:
         write_manifest(self.dir, self.manifest)
         self._encoders[encoder.name] = encoder
 
-    def default_encoder(self, modality: str = IMAGE) -> str:
-        """The encoder a query of ``modality`` uses when none is named. Images: the best image encoder held
-        (``IMAGE_ENCODER_PREFERENCE``; an encoder of an unknown kind ranks after the known ones, in manifest
-        order). Text: the first encoder that takes text."""
-        names = [n for n in self.encoder_names if modality in self.encoder_spec(n)["modalities"]]
-        if modality == IMAGE and names:
-            rank = {name: i for i, name in enumerate(IMAGE_ENCODER_PREFERENCE)}
-            return min(names, key=lambda n: (rank.get(_kind(self.encoder_spec(n)), len(rank)), names.index(n)))
-        if names:
-            return names[0]
-        if modality == TEXT:
-            from .encoders import encoder_class, list_encoders
-
-            takes_text = [n for n in list_encoders() if TEXT in encoder_class(n).modalities]
-            raise UnsupportedModality(f"no encoder of this collection takes text (it has {', '.join(self.encoder_names)}); "
-                                      f"encoders that take text: {', '.join(takes_text)}")
     def remove_encoder(self, name: str, missing_ok: bool = False) -> None:
         """Remove encoder ``name`` with its embeddings, PCA, index and (for a trained model) weights, under the
         write lock.
@@ -194,6 +178,22 @@ class Collection:
                 if f.startswith(key + "."):
                     os.remove(os.path.join(directory, f))
 
+    def default_encoder(self, modality: str = IMAGE) -> str:
+        """The encoder a query of ``modality`` uses when none is named. Images: the best image encoder held
+        (``IMAGE_ENCODER_PREFERENCE``; an encoder of an unknown kind ranks after the known ones, in manifest
+        order). Text: the first encoder that takes text."""
+        names = [n for n in self.encoder_names if modality in self.encoder_spec(n)["modalities"]]
+        if modality == IMAGE and names:
+            rank = {name: i for i, name in enumerate(IMAGE_ENCODER_PREFERENCE)}
+            return min(names, key=lambda n: (rank.get(_kind(self.encoder_spec(n)), len(rank)), names.index(n)))
+        if names:
+            return names[0]
+        if modality == TEXT:
+            from .encoders import encoder_class, list_encoders
+
+            takes_text = [n for n in list_encoders() if TEXT in encoder_class(n).modalities]
+            raise UnsupportedModality(f"no encoder of this collection takes text (it has {', '.join(self.encoder_names)}); "
+                                      f"encoders that take text: {', '.join(takes_text)}")
         raise UnknownEncoder("this collection has no encoders yet")
 
     # -- items ----------------------------------------------------------------------------
