@@ -176,15 +176,17 @@ def test_type_upload_click_and_the_results_change(server, page, query_photo):
     assert text_ids == [r["id"] for r in expected["results"]] and len(text_ids) == 30
     assert "with clip" in page.text_content("#query-info")
     scores = page.locator("#results .score").all_text_contents()
-    assert scores[0] == f"{expected['results'][0]['score']:.3f}"
+    assert scores[0] == f"{round(100 * expected['results'][0]['similarity'])}%"  # a similarity, not a raw score
 
     page.set_input_files("#upload", str(query_photo))
     image_ids = wait_for_results(page, text_ids)
     assert image_ids[0] == 5 and "image query.jpg" in page.text_content("#query-info")
-    assert "with tiny" in page.text_content("#query-info")
+    assert "with clip" in page.text_content("#query-info")  # the best image encoder held
+    assert page.locator("#query-image").is_visible()  # the query is shown above its results
 
     target = image_ids[2]
-    page.locator(f"#results .result[data-id='{target}']").click()
+    page.locator(f"#results .result[data-id='{target}']").click()  # the detail view, then more like it
+    page.locator("#detail .more-like[data-encoder='clip']").click()
     similar = wait_for_results(page, image_ids)
     assert similar[0] == target and f"more like #{target}" in page.text_content("#query-info")
     assert similar == [r["id"] for r in server.post("api/search", {"id": target, "k": 30})["results"]]
@@ -239,6 +241,7 @@ def test_more_results_pages_on_and_captions_show(server, page):
     assert everything[:30] == first and sorted(everything) == list(range(N_PHOTOS))
     assert page.locator("#more").is_hidden() and "40 results" in page.text_content("#query-info")
     page.locator("#results .result[data-id='11']").click()
+    page.locator("#detail .more-like[data-encoder='clip']").click()
     similar = wait_for_results(page, everything)
     assert similar[0] == 11
     assert page.locator("#results .result").first.locator(".caption").text_content() == "a sunny beach"
@@ -270,6 +273,7 @@ def test_usable_on_a_phone_sized_screen(server, phone):
                              ".split(' ').length")
     assert columns == 2
     phone.locator("#results .result").nth(1).tap()
+    phone.locator("#detail .more-like").first.tap()
     phone.wait_for_function("() => document.querySelector('#query-info').textContent.includes('more like')")
 
 

@@ -77,12 +77,19 @@ function describe(q) {
   return `image ${q.label}`;
 }
 
-async function search(q, append = false) {
+// ``push``: record the query in the address bar (views.js), so Back returns to the previous one and the
+// link can be shared; restoring a query from the address bar searches without pushing again.
+async function search(q, append = false, push = true) {
   const mine = ++generation;
-  if (!append) { offset = 0; current = q; }
+  if (!append) {
+    offset = 0; current = q;
+    if (push && typeof pushQuery === "function") pushQuery(q);
+    if (typeof showQuery === "function") showQuery(q);
+  }
   clearError();
   els.info.textContent = "Searching " + describe(q) + "…";
   const encoder = els.encoder.value;
+  const extra = typeof searchOptions === "function" ? searchOptions() : {}; // filters, min similarity, collapse
   let options;
   if (q.kind === "image") {
     const form = new FormData();
@@ -90,9 +97,12 @@ async function search(q, append = false) {
     form.append("k", String(PAGE));
     form.append("offset", String(offset));
     if (encoder) form.append("encoder", encoder);
+    for (const [name, value] of Object.entries(extra)) {
+      form.append(name, typeof value === "object" ? JSON.stringify(value) : String(value));
+    }
     options = { method: "POST", body: form };
   } else {
-    const body = { [q.kind]: q.value, k: PAGE, offset };
+    const body = { [q.kind]: q.value, k: PAGE, offset, ...extra };
     if (encoder) body.encoder = encoder;
     options = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
   }
@@ -130,7 +140,7 @@ function card(r) {
   fig.className = "result";
   fig.dataset.id = String(r.id);
   fig.tabIndex = 0;
-  fig.title = `#${r.id} (${r.width}×${r.height}) — click for more like this`;
+  fig.title = `#${r.id} (${r.width}×${r.height}) — open for details and more like this`;
   const img = document.createElement("img");
   img.alt = r.caption || `image ${r.id}`;
   img.loading = "lazy";
@@ -140,8 +150,19 @@ function card(r) {
   const caption = document.createElement("figcaption");
   const score = document.createElement("span");
   score.className = "score";
-  score.textContent = r.score.toFixed(3);
-  caption.append(score);
+  // A similarity a person can read (cosine, or exp(-distance / typical distance) for L2 encoders).
+  if (r.similarity !== undefined) {  // browse cards (views.js) have no score
+    score.textContent = `${Math.round(100 * r.similarity)}%`;
+    score.title = `similarity ${r.similarity.toFixed(3)}, raw score ${r.score.toFixed(4)}`;
+    caption.append(score);
+  }
+  if (r.group_size > 1) {
+    const copies = document.createElement("span");
+    copies.className = "copies";
+    copies.textContent = `+${r.group_size - 1}`;
+    copies.title = `${r.group_size - 1} near-copies of this photo were folded into it`;
+    caption.append(" ", copies);
+  }
   if (r.caption) {
     const text = document.createElement("span");
     text.className = "caption";
@@ -149,7 +170,7 @@ function card(r) {
     caption.append(" ", text);
   }
   fig.append(img, caption);
-  const more = () => search({ kind: "id", value: r.id });
+  const more = () => (typeof openDetail === "function" ? openDetail(r.id) : search({ kind: "id", value: r.id }));
   fig.addEventListener("click", more);
   fig.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); more(); } });
   return fig;

@@ -1,0 +1,332 @@
+// nearsight web page, part 2: the page's state in the address bar, the browse grid on arrival, the query
+// shown above its results, the search filters, and the detail view of one item. Uses app.js's api(),
+// search(), card(), setThumbnail(), showError() and els; tools.js adds the complete / colorize tools.
+"use strict";
+
+const view = {
+  queryView: $("query-view"), queryImage: $("query-image"), queryLabel: $("query-label"),
+  browseView: $("browse-view"), browse: $("browse"), browseMore: $("browse-more"), browseOrder: $("browse-order"),
+  detail: $("detail"), detailImage: $("detail-image"), detailTitle: $("detail-title"),
+  detailCaption: $("detail-caption"), detailFields: $("detail-fields"), detailMore: $("detail-more"),
+  detailDownload: $("detail-download"), filters: $("filters"), moreRow: $("more-row"),
+};
+
+// Filter inputs <-> URL parameters <-> search API fields.
+const FILTER_PARAMS = ["path", "caption", "minw", "minh", "after", "minsim", "collapse"];
+let encoders = [];            // the collection's encoders (from /api/stats), for "more like this" per encoder
+let defaultImageEncoder = null;
+const ENCODER_NOTES = {
+  triplet: "what this collection was trained to find", clip: "what is in the picture (and text)",
+  cnn: "what is in the picture", gist: "the same scene layout", lab: "the same colour layout",
+  tiny: "the same colours and layout",
+};
+let browseOffset = 0;
+let browseSeed = Math.floor(Math.random() * 1e9);
+let queryUrl = null;          // object URL of an uploaded query image
+let detailUrls = [];
+
+function filterInput(name) { return $("f-" + name); }
+
+// The search API's extra fields from the filter inputs (app.js's search() adds them to every query).
+function searchOptions() {
+  const filter = {};
+  const path = filterInput("path").value.trim();
+  const caption = filterInput("caption").value.trim();
+  const minw = filterInput("minw").value, minh = filterInput("minh").value;
+  const after = filterInput("after").value;
+  if (path) filter.path_prefix = path;
+  if (caption) filter.caption = caption;
+  if (minw !== "") filter.min_width = Number(minw);
+  if (minh !== "") filter.min_height = Number(minh);
+  if (after) filter.added_after = after;
+  const out = {};
+  if (Object.keys(filter).length) out.filter = filter;
+  const minsim = filterInput("minsim").value;
+  if (minsim !== "") out.min_similarity = Number(minsim) / 100;
+  if (filterInput("collapse").checked) out.collapse = true;
+  return out;
+}
+
+function filtersToParams(params) {
+  for (const name of FILTER_PARAMS) {
+    const input = filterInput(name);
+    const value = input.type === "checkbox" ? (input.checked ? "1" : "") : input.value.trim();
+    if (value) params.set(name, value);
+  }
+}
+
+function filtersFromParams(params) {
+  let any = false;
+  for (const name of FILTER_PARAMS) {
+    const input = filterInput(name);
+    const value = params.get(name) || "";
+    if (input.type === "checkbox") input.checked = value === "1"; else input.value = value;
+    any = any || Boolean(value);
+  }
+  if (any) view.filters.open = true;
+}
+
+// -- the address bar ----------------------------------------------------------------------------
+function urlFor(q, extra = {}) {
+  const params = new URLSearchParams();
+  if (q && q.kind === "text") params.set("q", q.value);
+  if (q && q.kind === "id") params.set("id", String(q.value));
+  if (q && q.kind === "image") params.set("image", q.label);
+  if (els.encoder.value) params.set("encoder", els.encoder.value);
+  filtersToParams(params);
+  for (const [k, v] of Object.entries(extra)) if (v !== null && v !== undefined && v !== "") params.set(k, v);
+  const s = params.toString();
+  return s ? "?" + s : location.pathname;
+}
+
+// Called by search(): one history entry per query. An uploaded file rides in the history state (it cannot
+// be in a link), so Back and Forward still repeat an image search in this tab.
+function pushQuery(q) {
+  const state = q.kind === "image" ? { file: q.value, label: q.label } : {};
+  const url = urlFor(q);
+  if (url === location.search || (url === location.pathname && !location.search)) history.replaceState(state, "", url);
+  else history.pushState(state, "", url);
+}
+
+function showQuery(q) {
+  setTool("");
+  view.browseView.hidden = true;
+  view.moreRow.hidden = false;
+  els.results.hidden = false;
+  view.queryView.hidden = false;
+  view.queryImage.hidden = true;
+  if (queryUrl) { URL.revokeObjectURL(queryUrl); queryUrl = null; }
+  if (q.kind === "text") {
+    view.queryLabel.textContent = `Photos matching “${q.value}”`;
+    if (els.query.value.trim() !== q.value) els.query.value = q.value;
+  } else if (q.kind === "id") {
+    view.queryLabel.textContent = `Photos like #${q.value}`;
+    view.queryImage.hidden = false;
+    showItemThumbnail(view.queryImage, q.value);
+    view.queryImage.alt = `query: item ${q.value}`;
+  } else {
+    view.queryLabel.textContent = `Photos like ${q.label}`;
+    queryUrl = URL.createObjectURL(q.value);
+    view.queryImage.src = queryUrl;
+    view.queryImage.alt = `query: ${q.label}`;
+    view.queryImage.hidden = false;
+  }
+}
+
+// Like app.js's setThumbnail, but the blob URL is not revoked with the results it sits above.
+async function showItemThumbnail(img, id) {
+  const url = `api/items/${id}/thumbnail`;
+  if (!token()) { img.src = url; return; }
+  try {
+    if (queryUrl) URL.revokeObjectURL(queryUrl);
+    queryUrl = URL.createObjectURL(await (await api(url)).blob());
+    img.src = queryUrl;
+  } catch (_) { img.alt = "thumbnail unavailable"; }
+}
+
+// Restore the page from the address bar (on arrival, Back and Forward).
+function route(state) {
+  const params = new URLSearchParams(location.search);
+  filtersFromParams(params);
+  const encoder = params.get("encoder");
+  if (encoder && [...els.encoder.options].some((o) => o.value === encoder)) els.encoder.value = encoder;
+  const tool = params.get("tool") || "";
+  const item = params.get("item");
+  if (tool) {
+    setTool(tool);
+  } else if (params.get("q")) {
+    search({ kind: "text", value: params.get("q") }, false, false);
+  } else if (params.get("id") && /^\d+$/.test(params.get("id"))) {
+    search({ kind: "id", value: Number(params.get("id")) }, false, false);
+  } else if (params.get("image") && state && state.file) {
+    search({ kind: "image", value: state.file, label: state.label }, false, false);
+  } else {
+    showBrowse();
+  }
+  if (item && /^\d+$/.test(item)) openDetail(Number(item), false);
+  else if (view.detail.open) view.detail.close();
+}
+
+window.addEventListener("popstate", (e) => route(e.state));
+
+// -- browse (the page on arrival) -----------------------------------------------------------------
+function showBrowse() {
+  current = null;
+  setTool("");
+  view.queryView.hidden = true;
+  clearResults();
+  els.info.textContent = "";
+  els.results.hidden = true;
+  view.moreRow.hidden = true;
+  view.browseView.hidden = false;
+  if (!view.browse.children.length) loadBrowse(false);
+}
+
+async function loadBrowse(append) {
+  if (!append) { browseOffset = 0; view.browse.replaceChildren(); }
+  const order = view.browseOrder.value;
+  try {
+    const page = await (await api(`api/items?k=${PAGE}&offset=${browseOffset}&order=${order}&seed=${browseSeed}`)).json();
+    for (const item of page.items) view.browse.append(card(item));
+    browseOffset += page.items.length;
+    view.browseMore.hidden = browseOffset >= page.total;
+  } catch (err) {
+    if (!(err instanceof ApiError && err.status === 401)) showError(err);
+  }
+}
+
+view.browseMore.addEventListener("click", () => loadBrowse(true));
+els.tokenForm.addEventListener("submit", () => { if (!view.browseView.hidden) loadBrowse(false); });
+view.browseOrder.addEventListener("change", () => { browseSeed = Math.floor(Math.random() * 1e9); loadBrowse(false); });
+
+// -- detail view ------------------------------------------------------------------------------------
+async function openDetail(id, push = true) {
+  if (push) history.pushState(history.state, "", urlFor(current, { item: id, tool: currentTool() }));
+  for (const url of detailUrls) URL.revokeObjectURL(url);
+  detailUrls = [];
+  view.detailTitle.textContent = `#${id}`;
+  view.detailCaption.textContent = "";
+  view.detailFields.replaceChildren();
+  view.detailMore.replaceChildren();
+  view.detailImage.removeAttribute("src");
+  view.detail.dataset.id = String(id);
+  if (!view.detail.open) view.detail.showModal();
+  try {
+    const it = await (await api(`api/items/${id}`)).json();
+    if (view.detail.dataset.id !== String(id)) return;
+    view.detailTitle.textContent = it.filename;
+    view.detailCaption.textContent = it.caption || "";
+    const fields = [["Size", `${it.width} × ${it.height} px`], ["File", `${(it.bytes / 1024).toFixed(0)} KB`],
+                    ["Item", `#${it.id}`], ["SHA-256", it.sha256]];
+    if (it.duplicates) fields.push(["Copies", `${it.duplicates} other file${it.duplicates === 1 ? "" : "s"}`]);
+    for (const [k, v] of fields) {
+      const dt = document.createElement("dt"), dd = document.createElement("dd");
+      dt.textContent = k; dd.textContent = v;
+      view.detailFields.append(dt, dd);
+    }
+    // The large image: the original when the server still has it, else the thumbnail.
+    await setDetailImage(it.image_url, it.thumbnail_url, it.filename);
+    // The default image encoder first (the best the collection holds), then the others.
+    const image = encoders.filter((e) => e.modalities.includes("image"));
+    image.sort((a, b) => (b.name === defaultImageEncoder) - (a.name === defaultImageEncoder));
+    for (const e of image) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "more-like" + (e.name === defaultImageEncoder ? "" : " secondary");
+      b.dataset.encoder = e.name;
+      b.textContent = `More like this (${e.name})`;
+      b.title = ENCODER_NOTES[e.name.split("-")[0]] || "";
+      b.addEventListener("click", () => {
+        closeDetail();
+        els.encoder.value = e.name;
+        search({ kind: "id", value: id });
+      });
+      view.detailMore.append(b);
+    }
+    const first = view.detailMore.querySelector("button");
+    if (first) first.focus();
+  } catch (err) {
+    view.detail.close();
+    showError(err);
+  }
+}
+
+async function setDetailImage(imageUrl, thumbUrl, filename) {
+  view.detailImage.alt = filename;
+  view.detailDownload.download = filename;
+  if (!token()) {
+    view.detailImage.onerror = () => { view.detailImage.onerror = null; view.detailImage.src = thumbUrl; };
+    view.detailImage.src = imageUrl;
+    view.detailDownload.href = imageUrl;
+    return;
+  }
+  for (const url of [imageUrl, thumbUrl]) {  // <img> and <a> cannot send the token: fetch, show a blob URL
+    try {
+      const blob = await (await api(url)).blob();
+      const objectUrl = URL.createObjectURL(blob);
+      detailUrls.push(objectUrl);
+      view.detailImage.src = objectUrl;
+      view.detailDownload.href = objectUrl;
+      return;
+    } catch (_) { /* the original is gone: try the thumbnail */ }
+  }
+}
+
+// Closing the detail view takes the item out of this history entry (Back then goes to the query before).
+function dropItemFromUrl() {
+  if (new URLSearchParams(location.search).has("item")) {
+    history.replaceState(history.state, "", urlFor(current, { tool: currentTool() }));
+  }
+}
+
+function closeDetail() {
+  dropItemFromUrl();  // before whatever the caller pushes next
+  if (view.detail.open) view.detail.close();
+}
+
+view.detail.addEventListener("close", dropItemFromUrl);
+
+$("detail-complete").addEventListener("click", () => { const id = Number(view.detail.dataset.id); closeDetail(); startCompleteFromItem(id); });
+$("detail-colorize").addEventListener("click", () => { const id = Number(view.detail.dataset.id); closeDetail(); startColorizeFromItem(id); });
+
+// -- tools tabs -------------------------------------------------------------------------------------
+function currentTool() {
+  return !$("complete-tool").hidden ? "complete" : !$("colorize-tool").hidden ? "colorize" : "";
+}
+
+function setTool(tool) {
+  $("complete-tool").hidden = tool !== "complete";
+  $("colorize-tool").hidden = tool !== "colorize";
+  for (const tab of document.querySelectorAll("#tabs .tab")) {
+    tab.classList.toggle("active", tab.dataset.tool === tool);
+    if (tab.dataset.tool === tool) tab.setAttribute("aria-current", "page"); else tab.removeAttribute("aria-current");
+  }
+  if (tool) {
+    view.browseView.hidden = true;
+    view.queryView.hidden = true;
+    els.results.hidden = true;
+    view.moreRow.hidden = true;
+    els.info.textContent = "";
+  }
+}
+
+for (const tab of document.querySelectorAll("#tabs .tab")) {
+  tab.addEventListener("click", (e) => {
+    e.preventDefault();
+    const tool = tab.dataset.tool;
+    history.pushState({}, "", tool ? `?tool=${tool}` : location.pathname);
+    if (tool) setTool(tool); else showBrowse();
+  });
+}
+$("home").addEventListener("click", (e) => { e.preventDefault(); history.pushState({}, "", location.pathname); els.query.value = ""; showBrowse(); });
+
+// -- filters ------------------------------------------------------------------------------------------
+for (const name of FILTER_PARAMS) {
+  filterInput(name).addEventListener("change", () => { if (current) search(current); });
+}
+$("f-clear").addEventListener("click", () => {
+  for (const name of FILTER_PARAMS) { const i = filterInput(name); if (i.type === "checkbox") i.checked = false; else i.value = ""; }
+  if (current) search(current);
+});
+
+// Escape leaves a tool or a query for the browse grid (the detail dialog closes itself on Escape).
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape" || view.detail.open || e.target.matches("input, select, textarea")) return;
+  if (current || currentTool()) { history.pushState({}, "", location.pathname); showBrowse(); }
+});
+
+// The encoders for "more like this", then the page the address bar names.
+(async () => {
+  try {
+    const stats = await (await api("api/stats")).json();
+    encoders = stats.encoders;
+    defaultImageEncoder = stats.default_encoder && stats.default_encoder.image;
+    const encoder = new URLSearchParams(location.search).get("encoder");
+    // app.js fills the selector too, keeping what is selected: make sure the linked encoder is there to select
+    if (encoder && encoders.some((e) => e.name === encoder)) {
+      if (![...els.encoder.options].some((o) => o.value === encoder)) els.encoder.add(new Option(encoder, encoder));
+      els.encoder.value = encoder;
+    }
+  } catch (_) { /* app.js's loadStats shows the error or asks for a token */ }
+  route(history.state);
+})();
