@@ -470,3 +470,92 @@ def test_gpu_code_path_with_a_stand_in_gpu(data, monkeypatch):
     cpu = build_index(x, ids, "ip", plan, source=source, use_gpu=False)
     q = clustered(10, 32, seed=2)
     np.testing.assert_array_equal(gpu.search(q, 5)[1], cpu.search(q, 5)[1])
+
+
+# -- fine tuning, stable choice, degree by measurement, the plain search path, warnings ----------
+
+def test_tuning_finds_the_cheapest_passing_efsearch(data):
+    x, ids, source = data
+    held = ids[::20]
+    index = build_index(x, ids, "ip", plan_from_factory("HNSW16", len(x), 32, "ip"), skip_ids=held)
+    result = tune(index, source, target_recall=0.95, holdout_ids=held)
+    chosen = result["search_params"]["efSearch"]
+    assert result["target_met"]
+    rule = lambda pt: pt["recall"] - pt["stderr"] >= 0.95
+    points = {pt["params"]["efSearch"]: pt for pt in result["curve"]}
+    assert rule(points[chosen])
+    assert all(not rule(pt) for ef, pt in points.items() if ef < chosen)
+    # bisection ran: the value just below the choice was measured (and failed), unless it is the floor
+    assert chosen == 10 or chosen - 1 in points
+    assert result["exact_latency_ms"] > 0 and isinstance(result["warnings"], list)
+
+
+def test_pick_cheapest_is_stable_under_timing_noise():
+    from nearsight.retrieval.index.tuning import pick_cheapest
+    rng = np.random.default_rng(0)
+    settings = ["shallow", "deep"]
+    base = {"shallow": 1.0, "deep": 0.97}          # within the 10% tie: the shallower wins, every time
+    for _ in range(50):
+        chosen, _ = pick_cheapest(settings, lambda p: base[p] * rng.uniform(0.97, 1.03), repeats=3)
+        assert chosen == "shallow"
+    base["deep"] = 0.6                               # a real difference still wins
+    assert pick_cheapest(settings, lambda p: base[p] * rng.uniform(0.95, 1.05), repeats=3)[0] == "deep"
+    assert pick_cheapest(["only"], lambda p: 1 / 0) == ("only", None)
+
+
+def test_degree_is_chosen_by_measurement(data):
+    from nearsight.retrieval.index.degree import choose_degree
+    x, ids, _ = data
+    plan = plan_index(len(x), 32, "ip", "4G", "speed")
+    assert plan.factory == "HNSW32"
+    chosen = choose_degree(plan, x, ids, target_recall=0.9)
+    assert chosen.factory in ("HNSW16", "HNSW32") and "degree by measurement" in chosen.reasons[-1]
+    assert chosen.memory_bytes == int(len(x) * estimate_size(chosen.factory, 32)[0] + estimate_size(chosen.factory, 32)[1])
+    # only one degree fits the budget: nothing to measure
+    tight = plan_index(len(x), 32, "ip", "4G", "speed")
+    assert choose_degree(tight, x, ids, max_memory_bytes=estimate_size("HNSW16", 32)[0] * len(x)) is tight
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "HNSW16,SQ8", "LSHr"])
+def test_default_search_path_matches_the_general_one(factory, data, fresh):
+    x, ids, source = data
+    index = build_index(x, ids, "ip", plan_from_factory(factory, len(x), 32, "ip"), source=source)
+    for p in (SearchParams(nprobe=4, efSearch=24, k_factor=4), SearchParams(nprobe=8, efSearch=48, k_factor=8)):
+        index.set_params(p)                             # the cached default path follows new parameters
+        for q in (fresh[:1], fresh):
+            D, I = index.search(q, 10)
+            Dg, Ig = index.search(q, 10, params=p)
+            np.testing.assert_array_equal(I, Ig)
+            np.testing.assert_allclose(D, Dg, rtol=1e-5)
+    index.remove(ids[:500])                             # and tombstones / deletions
+    _, I = index.search(x[:50], 10)
+    assert not np.isin(I, ids[:500]).any()
+    np.testing.assert_array_equal(I, index.search(x[:50], 10, params=index.params)[1])
+    with pytest.raises(InvalidQuery, match="NaN"):
+        index.search(np.full((1, 32), np.inf, np.float32), 1)
+    big = np.full((1, 32), 1e19, np.float32)            # finite, though its square overflows
+    assert index.search(big, 1)[1].shape == (1, 1)
+
+
+def test_saved_index_serves_its_rerank_rows_from_the_file(data, fresh, tmp_path):
+    x, ids, source = data
+    index = build_index(x, ids, "ip", plan_from_factory("IVF16,PQ8x4fs", len(x), 32, "ip"))
+    before = index.search(fresh, 10)[1]
+    assert not index._s.store.mapped
+    index.save(str(tmp_path), "e")
+    assert index._s.store.mapped                        # no 2d bytes a vector left in RAM once saved
+    np.testing.assert_array_equal(index.search(fresh, 10)[1], before)
+
+
+def test_warnings_say_where_the_plan_falls_short(data, tmp_path):
+    compact = plan_index(60_000, 784, "l2", "8G", "compact")
+    assert compact.warnings and "cannot meet 64 B/vector" in compact.warnings[0]
+    assert compact.to_dict()["warnings"] == list(compact.warnings)
+    assert not plan_index(2_000_000, 64, "l2", "8G", "compact").warnings
+    assert any("not for speed" in w for w in plan_index(1_000_000, 128, "ip", mode="lsh").warnings)
+    x, ids, source = data
+    report = build_collection_index(str(tmp_path), "e", source, metric="ip", mode="lsh", target_recall=0.9,
+                                    n_queries=50)
+    saved = json.loads((tmp_path / "indexes" / "e.json").read_text())
+    assert report["warnings"] and saved["warnings"] == report["warnings"]
+    assert any("Flat" in w for w in report["warnings"])       # 6000 vectors: an exact scan is as fast

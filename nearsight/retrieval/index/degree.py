@@ -42,23 +42,21 @@ def hnsw_search_cost(index, queries: np.ndarray, k: int) -> float:
     return float(per_query)
 
 
-def choose_degree(plan: IndexPlan, vectors, ids: np.ndarray, *, target_recall: float = 0.95, k: int = 10,
-                  max_memory_bytes: int | None = None, seed: int = 0) -> IndexPlan:
-    """``plan`` with its HNSW degree chosen by measurement (a copy; ``plan`` itself when it is no HNSW plan,
-    when the collection is too small to sample, or when only one degree fits the budget). ``vectors`` (n, d)
-    any float dtype (a float16 memmap is fine), ``ids`` (n,) int64 aligned with it. The measured costs go into
-    the returned plan's reasons."""
+def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), k: int = 10,
+                    max_memory_bytes: int | None = None, seed: int = 0) -> dict:
+    """Search cost of each candidate degree at each recall target: ``{target: {M: (distances a query,
+    tuned params, recall, build seconds)}}``; empty when there is nothing to choose (no HNSW plan, too few
+    vectors to sample, or only one degree fits the budget). Each candidate graph is built once, on a sample
+    of the collection with QUERIES of it held out, and tuned to every target."""
     from .build import build_index
     from .plan import plan_from_factory
     from .source import ArraySource
     from .tuning import tune
 
     parts = parse_factory(plan.factory)
-    if plan.kind != "hnsw" or not parts.hnsw_m:
-        return plan
     n, d = len(ids), plan.dim
-    if n < 10 * QUERIES:
-        return plan
+    if plan.kind != "hnsw" or not parts.hnsw_m or n < 10 * QUERIES:
+        return {}
     suffix = plan.factory[len(f"HNSW{parts.hnsw_m}"):]
     budget = max_memory_bytes if max_memory_bytes is not None else plan.memory_bytes
     fits = []
@@ -67,7 +65,7 @@ def choose_degree(plan: IndexPlan, vectors, ids: np.ndarray, *, target_recall: f
         if m == parts.hnsw_m or n * bpv + fixed <= budget:
             fits.append(m)
     if len(fits) < 2:
-        return plan
+        return {}
     rng = np.random.default_rng(seed)
     size = min(n, SAMPLE)
     rows = np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n)
@@ -75,28 +73,49 @@ def choose_degree(plan: IndexPlan, vectors, ids: np.ndarray, *, target_recall: f
     sample_ids = np.asarray(ids, dtype=np.int64)[rows]
     held = np.sort(rng.choice(sample_ids, QUERIES, replace=False))
     source = ArraySource(x, sample_ids)
-    costs = {}
+    queries = source.reconstruct(held)
+    out: dict = {t: {} for t in targets}
     for m in fits:
         t0 = time.perf_counter()
         candidate = plan_from_factory(f"HNSW{m}{suffix}", size, d, plan.metric, plan.mode)
         candidate = dataclasses.replace(candidate, ef_construction=plan.ef_construction)
         index = build_index(x, sample_ids, plan.metric, candidate, source=source, skip_ids=held, use_gpu=False)
         built = time.perf_counter() - t0
-        tuned = tune(index, source, target_recall=target_recall, k=k, holdout_ids=held, repeats=1)
-        queries = source.reconstruct(held)
-        costs[m] = (hnsw_search_cost(index, queries, k), tuned["search_params"], tuned["recall_at_k"], built)
+        for t in targets:
+            tuned = tune(index, source, target_recall=t, k=k, holdout_ids=held, repeats=1)
+            out[t][m] = (hnsw_search_cost(index, queries, k), tuned["search_params"], tuned["recall_at_k"], built)
         del index
+    return out
+
+
+def degree_plan(plan: IndexPlan, costs: dict, target_recall: float, k: int = 10) -> IndexPlan:
+    """``plan`` with the degree that ``costs`` (one target's entry of ``measure_degrees``) finds cheapest; the
+    measurements go into its reasons."""
+    if not costs:
+        return plan
+    parts = parse_factory(plan.factory)
+    suffix = plan.factory[len(f"HNSW{parts.hnsw_m}"):]
     best = min(costs, key=lambda m: costs[m][0])
-    chosen = min((m for m in fits if costs[m][0] <= costs[best][0] * (1 + TIE)), default=best)
+    chosen = min((m for m in costs if costs[m][0] <= costs[best][0] * (1 + TIE)), default=best)
     factory = f"HNSW{chosen}{suffix}"
     measured = "; ".join(f"HNSW{m}{suffix}: {c:.0f} distances a query at {p} (recall {r:.3f}), built in {b:.1f} s"
                          for m, (c, p, r, b) in sorted(costs.items()))
-    reason = (f"degree by measurement on {size} sampled vectors tuned to recall@{k} {target_recall:g} on "
-              f"{QUERIES} held out: {measured} -> {factory}"
+    reason = (f"degree by measurement on {SAMPLE}-vector sample (or all) tuned to recall@{k} {target_recall:g} "
+              f"on {QUERIES} held out: {measured} -> {factory}"
               + (" (within 5% of the cheapest: the smaller graph)" if chosen != best else ""))
     LOG.info(reason)
-    bpv, fixed = estimate_size(factory, d)
+    bpv, fixed = estimate_size(factory, plan.dim)
+    n = plan.n
     reasons = [r for r in plan.reasons if not r.startswith(plan.factory)]
     reasons.append(f"{factory} needs {(n * bpv + fixed) / 2**30:.2f} GiB ({bpv:.0f} B/vector)")
     return dataclasses.replace(plan, factory=factory, bytes_per_vector=float(bpv),
                                memory_bytes=int(n * bpv + fixed), reasons=tuple(reasons) + (reason,))
+
+
+def choose_degree(plan: IndexPlan, vectors, ids: np.ndarray, *, target_recall: float = 0.95, k: int = 10,
+                  max_memory_bytes: int | None = None, seed: int = 0) -> IndexPlan:
+    """``plan`` with its HNSW degree chosen by measurement (a copy; ``plan`` itself when it is no HNSW plan,
+    when the collection is too small to sample, or when only one degree fits the budget). ``vectors`` (n, d)
+    any float dtype (a float16 memmap is fine), ``ids`` (n,) int64 aligned with it."""
+    costs = measure_degrees(plan, vectors, ids, (target_recall,), k, max_memory_bytes, seed)
+    return degree_plan(plan, costs.get(target_recall, {}), target_recall, k)

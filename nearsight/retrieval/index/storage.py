@@ -161,11 +161,25 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
                 os.remove(os.path.join(directory, vectors_name(encoder, j)))
                 j += 1
             index._s.info.update({k: meta[k] for k in ("files", "saved_at")})
-            return meta
+        _map_saved_store(index, s)
+        return meta
     finally:
         for tmp, _ in renames:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def _map_saved_store(index: VectorIndex, s) -> None:
+    """Once saved, serve the float16 re-rank rows from their file, memory-mapped, as a freshly loaded index does:
+    a new compact index would otherwise keep 2d bytes a vector in RAM until it is reopened."""
+    store = s.store
+    if store is None or store.mapped or store.file is None:
+        return
+    mapped = RerankStore.load([store.file], mmap=True)
+    mapped.file = store.file
+    with index._lock.exclusive():
+        if index._s is s and s.store is store and not store.dirty:      # nothing was added meanwhile
+            s.store = mapped
 
 
 def load_index(collection_dir: str, encoder: str, source=None, mmap: bool = True, *, metric: str | None = None,
