@@ -602,7 +602,7 @@ def stats():
 
             with open(meta_path) as f:
                 meta = json.load(f)
-            index = {k: meta[k] for k in ("factory", "recall", "k", "ntotal") if k in meta}
+            index = {k: meta[k] for k in ("factory", "recall", "k", "ntotal", "warnings") if k in meta}
         encoders.append({"name": name, "dim": spec["dim"], "metric": spec["metric"], "modalities": spec["modalities"],
                          "embedded": sum(p["count"] for p in coll.store.parts(name)), "index": index,
                          "pca_dim": _pca_dim(coll, name)})

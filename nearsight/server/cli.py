@@ -138,6 +138,8 @@ def _echo_index_report(r: dict) -> None:
                f"{r['bytes_per_vector']} B/vector), recall@{r['k']} "
                f"{recall if recall is None else format(recall, '.3f')} at {r.get('latency_ms') or 0:.2f} ms/query"
                + (f"; {r['reason']}" if r.get("reason") else ""))
+    for warning in r.get("warnings") or []:        # where the index falls short of what was asked
+        click.echo(f"  warning: {warning}")
 
 
 @main.command("build-index")
@@ -269,6 +271,8 @@ def info(collection, as_json, failures):
             line += (f"  index {index.get('factory')} recall@{index.get('k', 10)} "
                      f"{'?' if recall is None else format(recall, '.3f')} {index.get('latency_ms') or 0:.2f} ms")
         click.echo(line)
+        for warning in (index or {}).get("warnings") or []:
+            click.echo(f"    warning: {warning}")
     for f in data.get("failure_list", []):
         click.echo(f"  FAILED {f['source']}: {f['reason']}")
 
