@@ -4,6 +4,7 @@ Public API (faiss is imported only when a name that needs it is first used):
 
 - ``plan_index(n, d, metric, max_memory_bytes=None, mode="auto") -> IndexPlan``; ``parse_size("2G")``
 - ``build_index(vectors, ids, metric, plan, *, source=None, use_gpu=None, max_file_bytes=None) -> VectorIndex``
+- ``choose_degree(plan, vectors, ids, target_recall=0.95, k=10) -> IndexPlan``: an HNSW plan's M by measurement
 - ``tune(index, source, target_recall=0.95, k=10, n_queries=500) -> dict``
 - ``VectorIndex.search(queries, k) -> (D, I)``, ``.add(vectors, ids)``, ``.remove(ids)``, ``.needs_rebuild``,
   ``.save(collection_dir, encoder)``, ``.replace_with(other)``
@@ -34,6 +35,7 @@ _LAZY = {
     "read_meta": ".storage",
     "sync_with_source": ".storage",
     "build_collection_index": ".collection_index",
+    "choose_degree": ".degree",
 }
 
 __all__ = ["IndexPlan", "parse_size", "plan_from_factory", "plan_index", "ArraySource", "VectorSource",
