@@ -7,7 +7,7 @@ Colorization of a gray photo:
    normalised by their median over the candidate pool and summed).
 2. Each neighbour is squashed to the query's frame (as the descriptors see it) and turned gray the way gray
    photos are made (``gray_model``: Rec. 601 luma, as JPEG, PIL and OpenCV make them; Rec. 709 luma; or
-   CIE L*; "auto" takes, per neighbour, the one whose gray best matches the query), because a gray photo's
+   CIE L*; "auto" takes the one under which the best-matching neighbour's gray matches the query), because a gray photo's
    value is not the L* of the colour it came from (saturated greens, reds and blues differ by 10-20 L*), and
    comparing the two makes even the exact source look wrong. Its lightness is then
    remapped to the query's mean and spread (Welsh et al. 2002), and it is placed over the query by the
@@ -380,7 +380,8 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig(), 
     mean_q, std_q = float(l_work.mean()), float(l_work.std())
     ones = np.ones((h, w), bool)
 
-    placements, ab_layers, unary, local = [], [], [], []
+    models = GRAY_MODELS[1:] if config.gray_model == "auto" else (config.gray_model,)
+    prepared = []  # per neighbour: (lab on the working grid, its gray under each model, placement)
     for i, nb in enumerate(neighbors):
         report("align", 0.8 * i / len(neighbors))  # the placements are most of the core's time
         rgb = np.asarray(nb)
@@ -389,18 +390,24 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig(), 
         # Squash to the query's frame, as the whole-frame descriptors that found it did.
         small = np.clip(resize_image(_float_rgb(rgb), (h, w)), 0.0, 1.0)
         lab = rgb_to_lab(small)
-        models = GRAY_MODELS[1:] if config.gray_model == "auto" else (config.gray_model,)
         grays = {m: gray_lightness(small, m, lab) for m in models}
         # Placement on the remapped lightness, so a darker exposure of the same layout still lines up;
         # the data term then compares the real lightness, which is what tells sky from snow from wall.
         remapped = _remap_lightness(grays[models[0]], mean_q, std_q)
         placement = best_placement(l_work[..., None], ones, remapped[..., None], scales=config.scales,
                                    offset_penalty=config.offset_penalty, query_texture=t_work)
-        if len(models) > 1:  # the gray model under which this neighbour, so placed, looks most like the query
-            model = min(models, key=lambda m: float(np.abs(
-                warp_candidate(grays[m][..., None], placement, (h, w))[0][..., 0] - l_work).mean()))
-        else:
-            model = models[0]
+        prepared.append((lab, grays, placement))
+    # One gray model for the query (a photo was made gray one way): the one under which the best-matching
+    # neighbour, as placed, looks most like the query. An exact source decides it; without one the choice
+    # barely matters.
+    model = models[0]
+    if len(models) > 1:
+        error = {m: min(float(np.abs(warp_candidate(grays[m][..., None], placement, (h, w))[0][..., 0]
+                                     - l_work).mean()) for _, grays, placement in prepared) for m in models}
+        model = min(models, key=error.get)
+
+    placements, ab_layers, unary, local = [], [], [], []
+    for lab, grays, placement in prepared:
         lab[..., 0] = grays[model]
         warped, _ = warp_candidate(lab, placement, (h, w))  # zoom-in scales: the whole frame is covered
         cost, ab = _local_match(l_work, t_work, warped, config)
