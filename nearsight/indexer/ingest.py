@@ -24,6 +24,7 @@ from ..retrieval.collection import MANIFEST, Collection
 from ..retrieval.embeddings import discard_part, load_ids, write_part
 from ..retrieval.encoders import Encoder, create_encoder
 from ..retrieval.errors import Interrupted, NearsightError, SourceError, StorageError, WeightsUnavailable
+from ..retrieval.heap import keep_freed_memory
 from ..retrieval.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from ..retrieval.store import Item, StoreWriter
 from ..retrieval.writelock import write_lock
@@ -76,6 +77,7 @@ def index_paths(collection_dir: str, paths, config: IngestConfig = IngestConfig(
     write lock, backfills, skipping known sources, and (through ``_Run.commit``) dedup, ids and failures.
     """
     start = time.perf_counter()
+    keep_freed_memory()  # this process owns the run: batch after batch reuses the same heap pages (heap.py)
     options = dict(config.encoder_options)
     # Validate everything a user typed before touching the disk.
     requested = [create_encoder(name, device=config.device, **dict(options.get(name, ()))) for name in config.encoders]
