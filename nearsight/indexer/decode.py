@@ -86,6 +86,12 @@ def read_source(source: Source) -> bytes:
     return read_file(source.file)
 
 
+def pixel_encoders(encoders: list) -> list:
+    """The encoders that need decoded pixels: all but those computed from another one's vectors in this run."""
+    names = {e.name for e in encoders}
+    return [e for e in encoders if e.derived_from not in names]
+
+
 def init_worker(task: DecodeTask) -> None:
     global _worker
     # Decode workers share the cores with the encoder; one thread each avoids oversubscription.

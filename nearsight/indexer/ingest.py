@@ -28,7 +28,7 @@ from ..retrieval.heap import keep_freed_memory
 from ..retrieval.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from ..retrieval.store import Item, StoreWriter
 from ..retrieval.writelock import write_lock
-from .decode import DecodeTask, Decoded, Decoder, Failed
+from .decode import DecodeTask, Decoded, Decoder, Failed, pixel_encoders
 from .pool import DecodePool
 from .sources import Source, iter_sources
 
@@ -156,7 +156,7 @@ class _Run:
                         raise  # a new encoder: nothing of it was recorded
                     raise WeightsUnavailable(f"{exc} (or drop encoder {encoder.name!r} from this collection: "
                                              f"nearsight encoders remove {encoder.name} -c {self.coll.dir})") from None
-        task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in encoders),
+        task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in pixel_encoders(encoders)),
                           self.config.max_pixels, self.config.thumbnail_side, thumbnails)
         if self.config.workers <= 0 or len(jobs) < 8:
             decoder = Decoder(task)
@@ -242,7 +242,7 @@ class _Run:
                 w.put_hash(d.sha256, int(item_id))
             w.put_meta("next_id", first_id + len(new))
             for name, record in parts.items():
-                w.add_part(name, record)
+                w.add_part(self.coll.storage(name), record)
             for d in batch.aliases:
                 target = w.get_hash(d.sha256)
                 s = d.source
@@ -268,8 +268,8 @@ class _Run:
         with self._recording(parts):
             for encoder in encoders:
                 vectors = np.stack([d.vectors[encoder.name] for d in decoded])
-                directory = os.path.join(self.coll.dir, "embeddings", encoder.name)
-                parts[encoder.name] = write_part(directory, len(self.store.parts(encoder.name)), vectors, ids)
+                parts[encoder.name] = write_part(self.coll.embedding_dir(encoder.name),
+                                                 len(self.coll.parts(encoder.name)), vectors, ids)
         return parts
 
     @contextmanager
@@ -281,11 +281,11 @@ class _Run:
         except BaseException:
             for name, record in parts.items():
                 try:
-                    if any(p["file"] == record["file"] for p in self.store.parts(name)):
+                    if any(p["file"] == record["file"] for p in self.coll.parts(name)):
                         continue  # the commit did happen (the signal came after it): the files are the collection's
                 except lmdb.Error:
                     continue  # cannot tell: keep them; the next write of this part number replaces them
-                discard_part(os.path.join(self.coll.dir, "embeddings", name), record["file"])
+                discard_part(self.coll.embedding_dir(name), record["file"])
             raise
 
     def _embed(self, decoded: list[Decoded], encoders: list[Encoder]) -> None:
@@ -296,14 +296,16 @@ class _Run:
     def backfill(self) -> dict[str, int]:
         """Embed existing items for encoders that lack them (an encoder added to the collection later)."""
         total = self.store.count("items")
-        lacking = [e for e in self.encoders if sum(p["count"] for p in self.store.parts(e.name)) < total]
+        lacking = [e for e in self.encoders if sum(p["count"] for p in self.coll.parts(e.name)) < total]
         live = [item for item in self.store.iter_items() if not item.deleted] if lacking else []
         done = {}
         for encoder in lacking:
-            have = load_ids(os.path.join(self.coll.dir, "embeddings", encoder.name), self.store.parts(encoder.name))
+            have = load_ids(self.coll.embedding_dir(encoder.name), self.coll.parts(encoder.name))
             missing = [item for item in live if item.id not in have]
             done[encoder.name] = len(missing)
-            if missing:
+            if missing and encoder.derived_from in self.coll.encoder_names:
+                self._backfill_derived(encoder, [item.id for item in missing])
+            elif missing:
                 self._backfill(encoder, missing)
         return done
 
@@ -324,6 +326,16 @@ class _Run:
                     pending = []
             self._commit_backfill(encoder, pending)
 
+    def _backfill_derived(self, encoder: Encoder, ids: list[int]) -> None:
+        """A trained encoder's missing embeddings, from its base encoder's stored ones (no image decoded)."""
+        base = self.coll.embedding_matrix(encoder.derived_from)  # backfilled before it: manifest order
+        ids = [i for i in ids if base.has(i)]
+        for start in range(0, len(ids), self.config.flush_every):
+            chunk = np.array(ids[start:start + self.config.flush_every], np.int64)
+            vectors = encoder.encode_features(base.reconstruct(chunk))
+            decoded = [Decoded(None, "", 0, 0, None, {}, int(i), vectors={encoder.name: v}) for i, v in zip(chunk, vectors)]
+            self._commit_backfill(encoder, decoded)
+
     def _from_thumbnail(self, encoder: Encoder, failed: Failed) -> Decoded:
         LOG.warning("%s: %s; embedding its stored thumbnail for %s", failed.source.key, failed.reason, encoder.name)
         image = decode_image(self.store.thumbnail(failed.item_id)).image
@@ -336,7 +348,7 @@ class _Run:
         ids = np.array([d.item_id for d in decoded], dtype=np.int64)
         parts = self._write_shards(decoded, ids, [encoder])
         with self._recording(parts), self.store.write() as w:
-            w.add_part(encoder.name, parts[encoder.name])
+            w.add_part(self.coll.storage(encoder.name), parts[encoder.name])
         self._record(parts)
         self.coll.refresh()
 
@@ -346,11 +358,17 @@ def embed(decoded: list[Decoded], encoders: list[Encoder], batch_size: int) -> N
 
     The vectors replace the preprocessed arrays (much smaller), until a flush writes them.
     """
+    names = {e.name for e in encoders}
+    # a trained encoder is computed from its base encoder's vectors (see ``pixel_encoders``): bases go first
+    ordered = sorted(encoders, key=lambda e: e.derived_from in names)
     for start in range(0, len(decoded), batch_size):
         chunk = decoded[start:start + batch_size]
-        for encoder in encoders:
-            vectors = np.asarray(encoder.encode_images(np.stack([d.arrays[encoder.name] for d in chunk])),
-                                 dtype=np.float32)
+        for encoder in ordered:
+            if encoder.derived_from in names:
+                vectors = encoder.encode_features(np.stack([d.vectors[encoder.derived_from] for d in chunk]))
+            else:
+                vectors = encoder.encode_images(np.stack([d.arrays[encoder.name] for d in chunk]))
+            vectors = np.asarray(vectors, dtype=np.float32)
             if vectors.shape != (len(chunk), encoder.dim) or not np.isfinite(vectors).all():
                 raise NearsightError(f"encoder {encoder.name!r} returned {vectors.shape} (or non-finite values), "
                                      f"expected ({len(chunk)}, {encoder.dim})")

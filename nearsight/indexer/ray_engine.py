@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..retrieval.encoders import create_encoder
 from ..retrieval.errors import ClusterUnreachable, NearsightError
-from .decode import DecodeTask, Decoded, Decoder
+from .decode import DecodeTask, Decoded, Decoder, pixel_encoders
 from .ingest import IngestConfig, IngestSummary, embed, index_paths
 from .shards import (STAGING, is_done, plan_shards, read_shard, remove_shard, remove_stale, shard_key,
                      start_shard, write_shard)
@@ -98,7 +98,7 @@ class _RayEngine:
 
     def __call__(self, run, jobs, summary: IngestSummary) -> None:
         encoders = run.encoders
-        task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in encoders),
+        task = DecodeTask(tuple((e.name, tuple(sorted(e.config.items()))) for e in pixel_encoders(encoders)),
                           run.config.max_pixels, run.config.thumbnail_side, True)
         staging = os.path.join(run.coll.dir, STAGING)
         shards = plan_shards(jobs, self.config.shard_size)

@@ -113,8 +113,25 @@ class Collection:
         with self._lock:
             if name not in self._encoders:
                 spec = self.encoder_spec(name)
-                self._encoders[name] = create_encoder(name, device=self.device, **spec["config"])
+                encoder = create_encoder(spec.get("kind", name), device=self.device, **spec["config"])
+                encoder.name = name  # a trained model answers to its own name ("text"), not its kind
+                encoder.attach(self.dir)
+                self._encoders[name] = encoder
             return self._encoders[name]
+
+    def storage(self, name: str) -> str:
+        """Where encoder ``name``'s embeddings and index live (``embeddings/<storage>/``, ``parts/<storage>``,
+        ``indexes/<storage>.*``): its name, or for a trained model its name and generation ("text@g2"), so a
+        retrained model is written beside the one in use and swapped in by one manifest write."""
+        spec = next((s for s in self.manifest["encoders"] if s["name"] == name), {})
+        return spec.get("storage", name)  # an encoder not yet recorded (its first commit) stores under its name
+
+    def parts(self, name: str) -> list[dict]:
+        """The recorded embedding shards of encoder ``name``."""
+        return self.store.parts(self.storage(name))
+
+    def embedding_dir(self, name: str) -> str:
+        return os.path.join(self.dir, "embeddings", self.storage(name))
 
     def add_encoder(self, encoder: Encoder) -> None:
         """Record a new encoder in the manifest (its embeddings are made by the indexer)."""
@@ -227,8 +244,7 @@ class Collection:
         with self._lock:
             if name not in self._matrices:
                 spec = self.encoder_spec(name)
-                self._matrices[name] = load_matrix(os.path.join(self.dir, "embeddings", name),
-                                                   self.store.parts(name), spec["dim"],
+                self._matrices[name] = load_matrix(self.embedding_dir(name), self.parts(name), spec["dim"],
                                                    exclude=self.store.deleted_ids())
             return self._matrices[name]
 
@@ -263,7 +279,7 @@ class Collection:
 
         spec = self.encoder_spec(name)
         with write_lock(self.dir):
-            report = build_collection_index(self.dir, name, self.embedding_matrix(name), factory=factory,
+            report = build_collection_index(self.dir, self.storage(name), self.embedding_matrix(name), factory=factory,
                                             auto=factory is None, metric=spec["metric"],
                                             live=self._indexes.get(name), **options)
         self.refresh()
@@ -295,9 +311,9 @@ class Collection:
         with self._lock:
             if name not in self._indexes:
                 self._indexes[name] = None
-                if os.path.exists(os.path.join(self.dir, "indexes", name + ".json")):
+                if os.path.exists(os.path.join(self.dir, "indexes", self.storage(name) + ".json")):
                     from .index import load_index
-                    self._indexes[name] = load_index(self.dir, name, self.embedding_matrix(name),
+                    self._indexes[name] = load_index(self.dir, self.storage(name), self.embedding_matrix(name),
                                                      metric=self.encoder_spec(name)["metric"])
             return self._indexes[name]
 
@@ -308,7 +324,11 @@ class Collection:
             return False
         with self._lock:
             self._seen = version
+            old = {spec["name"]: spec for spec in self.manifest["encoders"]}
             self.manifest = read_manifest(self.dir)
+            new = {spec["name"]: spec for spec in self.manifest["encoders"]}
+            for name in [n for n in self._encoders if old.get(n) != new.get(n)]:
+                del self._encoders[name]  # retrained or removed by another process: rebuild from the new spec
             self._matrices.clear()
             self._indexes.clear()
         return True
@@ -488,11 +508,15 @@ class Collection:
         encoders = []
         for spec in self.manifest["encoders"]:
             name = spec["name"]
-            emb_dir = os.path.join(self.dir, "embeddings", name)
-            index_meta = os.path.join(self.dir, "indexes", name + ".json")
+            index_meta = os.path.join(self.dir, "indexes", self.storage(name) + ".json")
             entry = {"name": name, "dim": spec["dim"], "metric": spec["metric"], "modalities": spec["modalities"],
-                     "config": spec["config"], "embedded": sum(p["count"] for p in self.store.parts(name)),
-                     "bytes": _dir_bytes(emb_dir)}
+                     "config": spec["config"], "embedded": sum(p["count"] for p in self.parts(name)),
+                     "bytes": _dir_bytes(self.embedding_dir(name))}
+            if "kind" in spec:
+                entry["kind"] = spec["kind"]
+            training = self.encoder(name).training_report() if spec.get("kind") == "triplet" else None
+            if training:
+                entry["training"] = training
             if os.path.exists(index_meta):
                 with open(index_meta) as f:
                     entry["index"] = json.load(f)

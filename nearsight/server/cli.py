@@ -302,6 +302,54 @@ def fit_pca_command(collection, encoder, dim, shortlist):
                f"pre-filter recall@10 with a {shortlist}-item shortlist: {recall:.3f}")
 
 
+@main.command()
+@COLLECTION
+@click.option("--name", default="text", show_default=True, help="Name of the trained encoder in the collection.")
+@click.option("--image-encoder", default="cnn", show_default=True,
+              help="The frozen image encoder whose stored embeddings the image head reads.")
+@click.option("--dim", type=click.IntRange(min=2), default=256, show_default=True, help="Shared embedding size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="At most this many (training stops early when validation recall stalls).")
+@click.option("--negatives", type=click.Choice(["hardest", "semihard", "random"]), default="hardest", show_default=True)
+@click.option("--margin", type=click.FloatRange(0, 2, min_open=True, max_open=True), default=0.2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True)
+@click.option("--sources", default="captions,labels,weak,feedback", show_default=True,
+              help="Where (text, image) pairs come from.")
+@click.option("--no-mining", is_flag=True, help="In-batch negatives only (no collection-wide mining).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-index", is_flag=True, help="Do not build the ANN index of the trained encoder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+def train(collection, name, image_encoder, dim, epochs, negatives, margin, batch_size, lr, sources, no_mining, seed,
+          device, no_index, quiet, as_json):
+    """Train a text + image encoder on the collection's captions, labels, weak captions and search feedback."""
+    from ..indexer.install_model import install_model
+    from ..indexer.train import TrainConfig, train_heads
+    from ..retrieval.collection import Collection
+
+    config = TrainConfig(name=name, image_encoder=image_encoder, dim=dim, epochs=epochs, negatives=negatives,
+                         margin=margin, batch_size=batch_size, lr=lr, mine_collection=not no_mining, seed=seed,
+                         sources=tuple(s.strip() for s in sources.split(",") if s.strip()), device=device,
+                         progress=not quiet)
+    coll = Collection.open(collection)
+    try:
+        result = train_heads(coll, config)
+    finally:
+        coll.close()
+    install_model(collection, config, result, build_index=not no_index)
+    report = result.report
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    v = report["validation"]
+    click.echo(f"trained {name!r} on {report['train_pairs']} pairs ({', '.join(f'{n} {k}' for k, n in report['pairs'].items())}); "
+               f"best epoch {report['best_epoch']}; validation on {report['val_queries']} held-out texts: "
+               + ", ".join(f"{k} {x:.3f}" for k, x in v.items()) + f"; {report['seconds']:.0f}s")
+    click.echo(f"text search: nearsight search -c {collection} --text \"...\"")
+
+
 def _check_output(out: str) -> None:
     """Refuse an output name PIL cannot write, or a folder that does not exist, before any work is done."""
     import os

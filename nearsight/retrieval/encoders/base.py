@@ -35,6 +35,7 @@ class Encoder:
     metric: str = "ip"
     modalities: frozenset[str] = frozenset({IMAGE})
     draft_size: int = 256
+    derived_from: str | None = None  # set by encoders computed from another encoder's vectors (trained heads)
 
     def __init__(self, device: str = "auto", **config):
         self.device_request = device
@@ -43,8 +44,11 @@ class Encoder:
     # -- identity -------------------------------------------------------------------------
     def describe(self) -> dict:
         """JSON-serialisable description stored in ``collection.json`` (enough to recreate it)."""
-        return {"name": self.name, "dim": self.dim, "metric": self.metric,
+        spec = {"name": self.name, "dim": self.dim, "metric": self.metric,
                 "modalities": sorted(self.modalities), "config": self.config}
+        if self.name != type(self).name:  # an instance named apart from its kind (a trained model)
+            spec["kind"] = type(self).name
+        return spec
 
     @property
     def device(self) -> str:
@@ -52,6 +56,13 @@ class Encoder:
         if not hasattr(self, "_device"):
             self._device = resolve_device(self.device_request)
         return self._device
+
+    def attach(self, collection_dir: str) -> None:
+        """Called by the collection that owns this encoder; a trained model finds its weights there."""
+
+    def training_report(self) -> dict | None:
+        """A trained encoder's training report (validation figures), None for a fixed one."""
+        return None
 
     # -- work -----------------------------------------------------------------------------
     def preprocess(self, image) -> np.ndarray:

@@ -3,3 +3,4 @@ from . import tiny  # noqa: F401
 from . import cnn, clip  # noqa: F401
 from . import gist  # noqa: F401
 from . import lab_layout  # noqa: F401
+from . import triplet  # noqa: F401

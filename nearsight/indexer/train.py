@@ -1,0 +1,342 @@
+"""``nearsight train``: text + image projection heads trained with a hard-negative triplet loss.
+
+The image tower is locked (LiT): its embeddings are read from the collection (no image decoded), and only
+two small heads (``retrieval/encoders/triplet.py``) learn, one over the image features and one over the
+frozen sentence embedding of the text. The loss is the triplet hinge of image search, in both directions
+(VSE++): for a text q, its image g and another image b, ``max(0, margin - cos(q, g) + cos(q, b))``, and
+the same with the roles of texts and images swapped. Negatives:
+
+- ``hardest``: the in-batch negative with the highest score (VSE++ max-violation), after warm-up epochs
+  that sum the hinge over all in-batch negatives (max-violation from random heads does not learn);
+- ``semihard``: the highest-scoring in-batch negative that still scores below the positive (FaceNet),
+  or the lowest-scoring one when none does (TensorFlow's semi-hard triplet loss);
+- ``random``: one uniformly random in-batch negative (kept for comparison).
+
+On top of the batch, each text's negative is mined over the whole collection every epoch with the current
+model, through the collection's own exact search: the highest-scoring image of another group (hardest),
+the highest one below the positive (semihard), or a random one (random). Items of the same text group
+are never negatives of each other. Search feedback adds its recorded (query, opened, passed over) triples.
+
+A validation split of whole groups (so a held-out caption is never seen in training) measures text ->
+image recall@k each epoch; training stops early when the mean average precision has not improved for ``patience`` epochs and
+the best epoch's weights are kept. The model then becomes an encoder of the collection (``commit.py``).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..retrieval.collection import Collection
+from ..retrieval.encoders import IMAGE, encoder_class
+from ..retrieval.errors import InvalidQuery, NearsightError, UnknownEncoder
+from ..retrieval.search import exact_search
+from .pairs import SOURCES, Pairs, collect_pairs
+
+LOG = logging.getLogger(__name__)
+NEGATIVES = ("hardest", "semihard", "random")
+MIN_PAIRS = 20
+# VSE++ warms up for an epoch of a large dataset; on a small collection an epoch is a handful of steps, so the
+# sum-of-hinges warm-up also lasts at least this many steps.
+MIN_WARMUP_STEPS = 100
+RECALL_KS = (1, 5, 10)
+
+
+class NotEnoughPairs(NearsightError):
+    """The collection holds too little text to train on."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "text"
+    image_encoder: str = "cnn"
+    dim: int = 256
+    hidden: int = 512
+    epochs: int = 30
+    negatives: str = "hardest"
+    margin: float = 0.2
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup_epochs: int = 1
+    mine_collection: bool = True
+    sources: tuple[str, ...] = SOURCES
+    val_fraction: float = 0.1
+    patience: int = 4
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def check(self, coll: Collection) -> None:
+        if self.negatives not in NEGATIVES:
+            raise InvalidQuery(f"unknown negatives {self.negatives!r}; use one of {', '.join(NEGATIVES)}")
+        if self.image_encoder not in coll.encoder_names:
+            images = [n for n in coll.encoder_names if IMAGE in coll.encoder_spec(n)["modalities"]
+                      and coll.encoder_spec(n).get("kind", n) != "triplet"]
+            raise UnknownEncoder(f"collection has no image encoder {self.image_encoder!r}; "
+                                 f"its image encoders: {', '.join(images) or 'none'}")
+        if coll.encoder_spec(self.image_encoder).get("kind", self.image_encoder) == "triplet":
+            raise UnknownEncoder(f"{self.image_encoder!r} is itself a trained model; train over a frozen encoder")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", self.name):
+            raise InvalidQuery(f"model name must be a letter then letters, digits, - or _, got {self.name!r}")
+        if self.name in coll.encoder_names and coll.encoder_spec(self.name).get("kind") != "triplet":
+            raise InvalidQuery(f"the collection already has an encoder {self.name!r} that is not a trained model; "
+                               "choose another --name")
+        for field_name, low in (("dim", 2), ("hidden", 1), ("epochs", 1), ("batch_size", 2)):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidQuery(f"{field_name} must be an integer >= {low}, got {value!r}")
+        if not 0 < self.margin < 2 or not 0 < self.val_fraction < 0.5:
+            raise InvalidQuery("margin must be in (0, 2) and val_fraction in (0, 0.5)")
+        encoder_class("triplet")  # registered
+
+
+@dataclass
+class TrainResult:
+    heads: object
+    report: dict
+
+
+def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = None) -> TrainResult:
+    """Train the heads on the collection's pairs (or ``pairs``); nothing in the collection is written."""
+    import torch
+
+    from ..retrieval.encoders.base import resolve_device
+    from ..retrieval.encoders.sentence import sentence_encoder
+    from ..retrieval.encoders.triplet import build_heads
+
+    config.check(coll)
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    matrix = coll.embedding_matrix(config.image_encoder)
+    if pairs is None:
+        pairs = collect_pairs(coll, matrix.has, config.sources)
+    if "weak" in config.sources and pairs.counts().get("weak") and len(pairs.counts()) == 1:
+        LOG.warning("no captions, labels or feedback in this collection: training on weak ImageNet captions only")
+    train_rows, val_rows = split_groups(pairs.groups, config.val_fraction, config.seed)
+    if len(train_rows) < MIN_PAIRS or len(np.unique(pairs.groups[train_rows])) < 2:
+        raise NotEnoughPairs(
+            f"too few training pairs: {len(pairs)} (text, image) pairs in {len(np.unique(pairs.groups))} distinct "
+            f"texts; training needs at least {MIN_PAIRS} pairs for training besides the validation split, in at "
+            f"least 2 distinct texts (from: {', '.join(config.sources)}). Add captions (a file list with a caption "
+            f"column, sidecar .txt files), labels, or index with the cnn encoder for weak captions")
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    texts = sorted(set(pairs.texts) | {t for t, _, _ in pairs.triples})
+    text_row = {t: i for i, t in enumerate(texts)}
+    text_feats = torch.from_numpy(sentence_encoder(device).encode(texts)).to(device)
+    # All collection items (for mining and validation), as stored: float16 rounded, float32 for the heads.
+    all_ids = matrix.ids
+    all_feats = torch.from_numpy(np.asarray(matrix.vectors, dtype=np.float32)).to(device)
+    item_row = matrix.rows
+    pair_text = torch.from_numpy(np.array([text_row[t] for t in pairs.texts], np.int64)).to(device)
+    pair_item = torch.from_numpy(item_row(pairs.item_ids)).to(device)
+    groups = torch.from_numpy(pairs.groups).to(device)
+    # group of every collection row (-1: no text), to keep same-group items out of the negatives
+    row_group = np.full(len(all_ids), -1, np.int64)
+    row_group[item_row(pairs.item_ids)] = pairs.groups
+    row_group_t = torch.from_numpy(row_group).to(device)
+    triples = [(text_row[t], int(item_row([g])[0]), int(item_row([b])[0])) for t, g, b in pairs.triples]
+
+    heads = build_heads(matrix.dim, config.dim, config.hidden).to(device)
+    optimizer = torch.optim.Adam(heads.parameters(), lr=config.lr)
+    val = _Validation(pairs, val_rows, text_feats, text_row, all_feats, item_row)
+    history, best, best_state, stale, steps = [], -1.0, None, 0, 0
+    bar = _progress(config)
+    for epoch in range(config.epochs):
+        heads.train()
+        warm = epoch < config.warmup_epochs or steps < MIN_WARMUP_STEPS
+        mined = None
+        if config.mine_collection and not warm:
+            mined = mine_negatives(heads, text_feats, pair_text[train_rows], groups[train_rows],
+                                   pair_item[train_rows], all_feats, row_group_t, config.negatives, rng)
+        order = rng.permutation(len(train_rows))
+        losses = []
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            if len(batch) < 2:
+                continue
+            rows = train_rows[batch]
+            t = heads["text"](text_feats[pair_text[rows]])
+            v = heads["image"](all_feats[pair_item[rows]])
+            loss = batch_triplet_loss(t @ v.T, groups[rows], pair_item[rows], config.margin,
+                                      "sum" if warm else config.negatives, rng)
+            if mined is not None:
+                neg = heads["image"](all_feats[mined[batch]])
+                loss = loss + hinge(config.margin - (t * v).sum(1) + (t * neg).sum(1)).mean()
+            if triples:
+                loss = loss + feedback_loss(heads, text_feats, all_feats, triples, config.margin, rng, len(rows))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            losses.append(float(loss.detach()))
+        heads.eval()
+        recall = val.recall(heads)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else 0.0, **recall})
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", **{f"R@{k}": f"{recall[f'R@{k}']:.3f}" for k in RECALL_KS})
+        score = recall["mAP"]  # smoother than R@k on a small validation split
+        if score >= best:  # ties move on to the later epoch: a small validation split saturates early
+            best, stale = score, 0
+            best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+            best_epoch = epoch + 1
+        elif not warm:
+            stale += 1
+            if stale >= config.patience:
+                break
+    bar.close()
+    heads.load_state_dict(best_state)
+    heads.eval()
+    report = {"config": {k: v for k, v in asdict(config).items() if k != "progress"},
+              "pairs": pairs.counts(), "train_pairs": int(len(train_rows)), "val_pairs": int(len(val_rows)),
+              "val_queries": val.n_queries, "best_epoch": best_epoch,
+              "validation": {k: v for k, v in history[best_epoch - 1].items() if k not in ("epoch", "loss")},
+              "history": history, "seconds": round(time.perf_counter() - started, 1),
+              "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return TrainResult(heads.cpu(), report)
+
+
+def split_groups(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation): whole groups held out, about ``fraction`` of the distinct texts."""
+    unique = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    n_val = int(round(len(unique) * fraction))
+    if len(unique) >= 4:
+        n_val = max(1, n_val)
+    held = set(rng.permutation(unique)[:n_val].tolist())
+    is_val = np.array([g in held for g in groups], bool)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def hinge(x):
+    return x.clamp(min=0)
+
+
+def batch_triplet_loss(scores, groups, items, margin: float, negatives: str, rng):
+    """Triplet hinge over a (b, b) text x image score matrix whose diagonal holds the positives.
+
+    Both directions (text -> images along rows, image -> texts along columns). ``negatives``: ``sum`` over
+    all valid negatives, ``hardest``, ``semihard`` or ``random`` (one per anchor). Entries of the same group
+    or the same item are not negatives.
+    """
+    import torch
+
+    valid = (groups[:, None] != groups[None, :]) & (items[:, None] != items[None, :])
+    total = 0.0
+    for s, ok in ((scores, valid), (scores.T, valid.T)):
+        pos = s.diagonal()[:, None]
+        cost = hinge(margin - pos + s)
+        if negatives == "sum":
+            per = (cost * ok).sum(1)
+        elif negatives == "hardest":
+            per = cost.masked_fill(~ok, 0).max(1).values
+        elif negatives == "semihard":
+            below = ok & (s < pos)
+            semi = s.masked_fill(~below, -4).max(1).values  # highest negative score under the positive
+            easiest = s.masked_fill(~ok, 4).min(1).values
+            chosen = torch.where(below.any(1), semi, easiest)
+            per = hinge(margin - pos[:, 0] + chosen) * ok.any(1)
+        else:
+            weights = torch.from_numpy(rng.random(tuple(s.shape))).to(s.device).float() * ok
+            pick = weights.argmax(1)
+            per = cost.gather(1, pick[:, None])[:, 0] * ok.any(1)
+        total = total + per.mean()
+    return total
+
+
+def mine_negatives(heads, text_feats, pair_text, pair_group, pair_item, all_feats, row_group, negatives: str, rng):
+    """(m,) collection rows: one negative image per training pair, found over the whole collection.
+
+    Candidates are items that have a text of another group (an item without any text may well show the
+    query, so it is never taken as a negative). Searched with the collection's exact k-NN on the current
+    heads' embeddings.
+    """
+    import torch
+
+    depth = 64
+    with torch.no_grad():
+        images = heads["image"](all_feats).cpu().numpy()
+        queries = heads["text"](text_feats[pair_text]).cpu().numpy()
+        positive = (heads["text"](text_feats[pair_text]) * heads["image"](all_feats[pair_item])).sum(1).cpu().numpy()
+    candidates = np.flatnonzero(row_group.cpu().numpy() >= 0)
+    scores, found = exact_search(images[candidates], queries, min(depth, len(candidates)), "ip")
+    found = candidates[np.maximum(found, 0)]
+    wrong = row_group.cpu().numpy()[found] != pair_group.cpu().numpy()[:, None]
+    out = np.empty(len(queries), np.int64)
+    for i in range(len(queries)):
+        options = np.flatnonzero(wrong[i])
+        if not len(options):  # every near item shares the text: any other-group item will do
+            others = candidates[row_group.cpu().numpy()[candidates] != int(pair_group[i])]
+            out[i] = rng.choice(others) if len(others) else found[i, -1]
+        elif negatives == "hardest":
+            out[i] = found[i, options[0]]
+        elif negatives == "semihard":
+            below = options[scores[i, options] < positive[i]]
+            out[i] = found[i, below[0] if len(below) else options[-1]]
+        else:
+            others = candidates[row_group.cpu().numpy()[candidates] != int(pair_group[i])]
+            out[i] = rng.choice(others)
+    return torch.from_numpy(out).to(all_feats.device)
+
+
+def feedback_loss(heads, text_feats, all_feats, triples, margin: float, rng, batch: int):
+    """The hinge on a sample of recorded (query, opened, passed over) triples: the opened image must win."""
+    import torch
+
+    pick = rng.choice(len(triples), size=min(batch, len(triples)), replace=False)
+    t_idx, g_idx, b_idx = (torch.tensor([triples[i][j] for i in pick], device=all_feats.device) for j in range(3))
+    q = heads["text"](text_feats[t_idx])
+    good, bad = heads["image"](all_feats[g_idx]), heads["image"](all_feats[b_idx])
+    return hinge(margin - (q * good).sum(1) + (q * bad).sum(1)).mean()
+
+
+class _Validation:
+    """Text -> image recall@k of held-out groups: each held-out text ranks the held-out images."""
+
+    def __init__(self, pairs: Pairs, rows, text_feats, text_row, all_feats, item_row):
+        import torch
+
+        self.n_queries = 0
+        if not len(rows):
+            return
+        val = pairs.subset(rows)
+        self.items = np.unique(val.item_ids)
+        self.image_feats = all_feats[torch.from_numpy(item_row(self.items)).to(all_feats.device)]
+        query_texts = sorted(set(val.texts))
+        self.query_feats = text_feats[torch.tensor([text_row[t] for t in query_texts], device=text_feats.device)]
+        col = {item: j for j, item in enumerate(self.items)}
+        self.relevant = np.zeros((len(query_texts), len(self.items)), bool)
+        qrow = {t: i for i, t in enumerate(query_texts)}
+        for text, item in zip(val.texts, val.item_ids):
+            self.relevant[qrow[text], col[int(item)]] = True
+        self.n_queries = len(query_texts)
+
+    def recall(self, heads) -> dict[str, float]:
+        import torch
+
+        if not self.n_queries:
+            return {**{f"R@{k}": 0.0 for k in RECALL_KS}, "mAP": 0.0}
+        with torch.no_grad():
+            scores = (heads["text"](self.query_feats) @ heads["image"](self.image_feats).T).cpu().numpy()
+        return recall_at(scores, self.relevant)
+
+
+def recall_at(scores: np.ndarray, relevant: np.ndarray, ks=RECALL_KS) -> dict[str, float]:
+    """(q, n) scores and (q, n) bool relevance -> {"R@k": fraction of queries with a relevant item in the top k,
+    "mAP": mean average precision}."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant, order, axis=1)
+    out = {f"R@{k}": float(hits[:, :k].any(1).mean()) for k in ks}
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
+    out["mAP"] = float(((precision * hits).sum(1) / np.maximum(hits.sum(1), 1)).mean())
+    return out
+
+
+def _progress(config: TrainConfig):
+    from tqdm import tqdm
+
+    return tqdm(total=config.epochs, desc="training", unit="epoch", disable=not config.progress, dynamic_ncols=True)

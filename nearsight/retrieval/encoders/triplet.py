@@ -1,0 +1,168 @@
+"""A text + image encoder trained inside a collection (``nearsight train``): two small projection heads into
+one shared space, over frozen towers.
+
+- image side: a head over the embeddings of another encoder of the collection (``base``, ``cnn`` by default).
+  Images are embedded by the base encoder and projected, so ingest and queries need nothing new; training
+  and re-embedding read the stored base embeddings and decode no image.
+- text side: a head over the frozen all-MiniLM-L6-v2 sentence embedding (``sentence.py``).
+
+The weights live in the collection (``DIR/models/<name>/<generation>/``: ``heads.safetensors``,
+``model.json``, ``report.json``); the manifest's config names that folder relative to the collection, so a
+collection can be moved. Base features are rounded to float16 before projection, as they are stored, so an
+item embedded at ingest time and one re-embedded from its stored features get the same vector.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+
+from ..errors import WeightsUnavailable
+from .base import IMAGE, TEXT, Encoder, create_encoder, register_encoder
+from .sentence import DIM as TEXT_DIM
+from .sentence import sentence_encoder
+
+WEIGHTS_FILE = "heads.safetensors"
+MODEL_FILE = "model.json"
+REPORT_FILE = "report.json"
+
+
+def build_heads(base_dim: int, dim: int, hidden: int):
+    """The trainable part: {"image": head, "text": head}, each in_dim -> dim (a linear map plus a GELU MLP)."""
+    import torch
+    from torch import nn
+
+    class ProjectionHead(nn.Module):
+        # A linear path keeps the frozen geometry available from the first step; the MLP adds what it lacks.
+        def __init__(self, in_dim: int):
+            super().__init__()
+            self.linear = nn.Linear(in_dim, dim)
+            self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            return nn.functional.normalize(self.linear(x) + self.mlp(x), dim=-1)
+
+    return nn.ModuleDict({"image": ProjectionHead(base_dim), "text": ProjectionHead(TEXT_DIM)})
+
+
+def save_model(directory: str, heads, meta: dict, report: dict) -> None:
+    """Write a trained model folder (fsynced files; the caller renames the folder into place)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    save_file(state, os.path.join(directory, WEIGHTS_FILE))
+    for name, payload in ((MODEL_FILE, meta), (REPORT_FILE, report)):
+        with open(os.path.join(directory, name), "w") as f:
+            json.dump(payload, f, indent=1)
+    for name in (WEIGHTS_FILE, MODEL_FILE, REPORT_FILE):
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_heads(directory: str, device: str = "cpu"):
+    """(heads in eval mode on ``device``, model.json dict) from a model folder; WeightsUnavailable if unreadable."""
+    from safetensors.torch import load_file
+
+    try:
+        with open(os.path.join(directory, MODEL_FILE)) as f:
+            meta = json.load(f)
+        state = load_file(os.path.join(directory, WEIGHTS_FILE), device="cpu")
+        heads = build_heads(meta["base_dim"], meta["dim"], meta["hidden"])
+        heads.load_state_dict(state, strict=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise WeightsUnavailable(f"cannot load the trained model in {directory}: {e}") from e
+    return heads.eval().to(device), meta
+
+
+@register_encoder("triplet")
+class TripletEncoder(Encoder):
+    """Trained heads over a base image encoder and the sentence encoder: (n, dim) float32, unit norm.
+
+    Config: ``base`` and ``base_config`` (the image encoder it projects), ``dim``, ``hidden``, ``model``
+    (the model folder, relative to the collection). Created cheaply; weights load on first encode.
+    """
+
+    metric = "ip"
+    modalities = frozenset({IMAGE, TEXT})
+
+    def __init__(self, device: str = "auto", base: str = "cnn", base_config: dict | None = None,
+                 dim: int = 256, hidden: int = 512, model: str | None = None):
+        super().__init__(device, base=base, base_config=dict(base_config or {}), dim=int(dim),
+                         hidden=int(hidden), model=model)
+        self.dim = int(dim)
+        self.base = create_encoder(base, device=device, **dict(base_config or {}))
+        self.derived_from = base  # ingest feeds it the base encoder's vectors instead of pixels
+        self.draft_size = self.base.draft_size
+        self.root = None  # the collection folder, set by ``attach``
+        self._heads = None
+        self._load_lock = threading.Lock()
+
+    def attach(self, collection_dir: str) -> None:
+        self.root = collection_dir
+
+    @property
+    def model_dir(self) -> str:
+        model = self.config.get("model")
+        if not model:
+            raise WeightsUnavailable("this triplet encoder has no trained model; train one with `nearsight train`")
+        return model if os.path.isabs(model) or self.root is None else os.path.join(self.root, model)
+
+    def heads(self):
+        if self._heads is None:
+            with self._load_lock:
+                if self._heads is None:
+                    self._heads, _ = load_heads(self.model_dir, self.device)
+        return self._heads
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_heads"] = None
+        state.pop("_load_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._load_lock = threading.Lock()
+
+    # -- work -----------------------------------------------------------------------------
+    def preprocess(self, image) -> np.ndarray:
+        return self.base.preprocess(image)
+
+    def encode_images(self, batch: np.ndarray) -> np.ndarray:
+        """Stacked base ``preprocess`` outputs -> (n, dim) float32 through the base encoder and the image head."""
+        return self.encode_features(self.base.encode_images(batch))
+
+    def encode_features(self, features: np.ndarray) -> np.ndarray:
+        """(n, base_dim) base embeddings -> (n, dim) float32 unit vectors (inputs rounded to float16 as stored)."""
+        return self._project("image", np.asarray(features, dtype=np.float16))
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, dim) float32 unit vectors through the sentence encoder and the text head."""
+        return self._project("text", sentence_encoder(self.device).encode(list(texts)))
+
+    def _project(self, side: str, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        heads = self.heads()
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            out = heads[side](torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.device))
+        return out.float().cpu().numpy()
+
+    def training_report(self) -> dict | None:
+        """The report saved with the model: pairs used, validation recall@k, epochs, time."""
+        try:
+            with open(os.path.join(self.model_dir, REPORT_FILE)) as f:
+                report = json.load(f)
+        except (OSError, ValueError, WeightsUnavailable):
+            return None
+        return {k: report[k] for k in ("pairs", "train_pairs", "val_pairs", "val_queries", "best_epoch",
+                                       "validation", "seconds", "trained") if k in report} | \
+            {"negatives": report.get("config", {}).get("negatives")}

@@ -1,0 +1,290 @@
+"""`nearsight train`: pairs, losses and mining, the trained encoder inside the collection, bad input, faults."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from nearsight.indexer.pairs import collect_pairs, label_text, normalize_text, record_feedback
+from nearsight.indexer.train import NotEnoughPairs, TrainConfig, batch_triplet_loss, recall_at, train_heads
+from nearsight.retrieval.collection import Collection
+from nearsight.retrieval.errors import UnknownEncoder
+from nearsight.server.cli import main
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 50, 220), "yellow": (240, 220, 30),
+           "purple": (140, 40, 170), "orange": (250, 140, 20), "black": (15, 15, 15), "white": (245, 245, 245)}
+SHAPES = ("square", "circle")
+
+
+def shape_image(colour, shape, seed) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    background = tuple(int(v) for v in rng.integers(90, 160, 3))
+    im = Image.new("RGB", (64, 64), background)
+    draw = ImageDraw.Draw(im)
+    box = [int(v) for v in (rng.integers(2, 10), rng.integers(2, 10), rng.integers(54, 62), rng.integers(54, 62))]
+    (draw.rectangle if shape == "square" else draw.ellipse)(box, fill=COLOURS[colour])
+    return im
+
+
+@pytest.fixture(scope="module")
+def shapes_collection(tmp_path_factory):
+    """96 captioned images ("a red square", ...: 16 captions x 6) in a tiny-encoder collection."""
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+
+    root = tmp_path_factory.mktemp("shapes")
+    lines = []
+    for c, colour in enumerate(COLOURS):
+        for s, shape in enumerate(SHAPES):
+            for i in range(6):
+                name = f"{colour}-{shape}-{i}.png"
+                shape_image(colour, shape, seed=100 * c + 10 * s + i).save(root / name)
+                lines.append(f"{name}\ta {colour} {shape}")
+    (root / "list.tsv").write_text("\n".join(lines) + "\n")
+    index_paths(str(root / "coll"), [str(root / "list.tsv")], IngestConfig(encoders=("tiny",), workers=0, progress=False))
+    return root
+
+
+def config(**kw):
+    return TrainConfig(**{"image_encoder": "tiny", "dim": 32, "hidden": 64, "epochs": 40, "batch_size": 32,
+                          "lr": 2e-3, "progress": False, "device": "cpu", **kw})
+
+
+def copy_collection(shapes_collection, tmp_path):
+    import shutil
+
+    shutil.copytree(shapes_collection / "coll", tmp_path / "coll")
+    return tmp_path / "coll"
+
+
+# -- pairs ------------------------------------------------------------------------------------
+def test_pairs_groups_and_labels(shapes_collection):
+    coll = Collection.open(shapes_collection / "coll")
+    try:
+        pairs = collect_pairs(coll, coll.embedding_matrix("tiny").has)
+    finally:
+        coll.close()
+    # 6 items share each caption: short shared captions are labels -> "a photo of a ..."
+    assert len(pairs) == 96 and pairs.counts() == {"label": 96}
+    assert "a photo of an a red square" not in pairs.texts and "a photo of a a red square" in pairs.texts or \
+        all(t.startswith("a photo of") for t in pairs.texts)
+    assert len(np.unique(pairs.groups)) == 16
+    assert normalize_text("A frog.") == normalize_text("a  frog") and label_text("Ankle boot") == "a photo of an ankle boot"
+
+
+def test_feedback_pairs_and_triples(shapes_collection, tmp_path):
+    coll_dir = copy_collection(shapes_collection, tmp_path)
+    record_feedback(str(coll_dir), "a fire truck", opened=3, passed_over=[7, 9])
+    with open(coll_dir / "feedback.jsonl", "a") as f:
+        f.write('{"text": "cut off by a cra')  # a torn last line is skipped, not fatal
+    coll = Collection.open(coll_dir)
+    try:
+        pairs = collect_pairs(coll, coll.embedding_matrix("tiny").has)
+    finally:
+        coll.close()
+    assert pairs.counts()["feedback"] == 1 and sorted(pairs.triples) == [("a fire truck", 3, 7), ("a fire truck", 3, 9)]
+
+
+# -- the loss ---------------------------------------------------------------------------------
+def test_batch_loss_masks_same_group_and_picks_negatives():
+    import torch
+
+    rng = np.random.default_rng(0)
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.85, 0.5, 0.7], [0.0, 0.2, 0.6]])
+    items = torch.tensor([0, 1, 2])
+    same = torch.tensor([0, 0, 1])  # rows 0 and 1 share a caption: never each other's negative
+    hardest = batch_triplet_loss(scores, same, items, 0.2, "hardest", rng)
+    # text->image: row0 only negative col2: max(0, .2-.9+.1)=0; row1 only col2: .2-.5+.7=.4; row2 cols 0,1: max(.2-.6+0,.2-.6+.2)=0
+    # image->text (columns): col0 neg row2: .2-.9+0=0; col1 neg row2: .2-.5+.2=0; col2 negs rows 0,1: .2-.6+.7=.3
+    assert float(hardest) == pytest.approx(0.4 / 3 + 0.3 / 3, abs=1e-6)
+    total = batch_triplet_loss(scores, same, items, 0.2, "sum", rng)
+    assert float(total) == pytest.approx(0.4 / 3 + (0.3 + 0.0) / 3, abs=1e-6)
+    distinct = torch.tensor([0, 1, 2])
+    assert float(batch_triplet_loss(scores, distinct, items, 0.2, "hardest", rng)) > float(hardest)
+    semi = batch_triplet_loss(scores, distinct, items, 0.2, "semihard", rng)
+    assert 0 < float(semi) <= float(batch_triplet_loss(scores, distinct, items, 0.2, "hardest", rng))
+
+
+def test_recall_at_k():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    relevant = np.array([[False, False, True], [False, False, True]])
+    assert recall_at(scores, relevant, ks=(1, 2, 3)) == {"R@1": 0.0, "R@2": 0.5, "R@3": 1.0, "mAP": 0.5 * (1 / 2 + 1 / 3)}
+
+
+# -- training and the trained encoder ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(shapes_collection, tmp_path_factory):
+    """The shapes collection with a trained model "text" installed (hardest negatives, mined)."""
+    from nearsight.indexer.install_model import install_model
+    import shutil
+
+    coll_dir = tmp_path_factory.mktemp("trained") / "coll"
+    shutil.copytree(shapes_collection / "coll", coll_dir)
+    cfg = config(negatives="hardest")
+    coll = Collection.open(coll_dir)
+    try:
+        result = train_heads(coll, cfg)
+    finally:
+        coll.close()
+    install_model(str(coll_dir), cfg, result)
+    return coll_dir, result
+
+
+def test_trained_encoder_ranks_captions_own_images_first(trained):
+    coll_dir, result = trained
+    coll = Collection.open(coll_dir)
+    try:
+        assert coll.default_encoder("text") == "text"
+        hits = 0
+        for colour in COLOURS:
+            for shape in SHAPES:
+                top = coll.search(text=f"a photo of a {colour} {shape}", k=1)[0]
+                hits += top.caption == f"a {colour} {shape}"
+        assert hits >= 13, f"only {hits}/16 captions find one of their own images first"
+        info = coll.info()
+        entry = next(e for e in info["encoders"] if e["name"] == "text")
+        assert entry["kind"] == "triplet" and entry["embedded"] == 96
+        assert entry["training"]["validation"]["R@10"] == result.report["validation"]["R@10"]
+    finally:
+        coll.close()
+    assert result.report["pairs"] == {"label": 96} and result.report["val_queries"] >= 1
+
+
+def test_save_load_round_trip_identical(trained):
+    coll_dir, result = trained
+    coll = Collection.open(coll_dir)
+    try:
+        enc = coll.encoder("text")
+        stored = coll.embedding_matrix("text").reconstruct([5])[0]
+        fresh = enc.encode_features(coll.embedding_matrix("tiny").reconstruct([5]))[0]
+        image = enc.embed_images([Image.open(coll.item(5).path)])[0]
+        with_heads = result.heads["image"]
+        import torch
+
+        direct = with_heads(torch.from_numpy(coll.embedding_matrix("tiny").reconstruct([5]).astype(np.float16)
+                                             .astype(np.float32))).detach().numpy()[0]
+    finally:
+        coll.close()
+    np.testing.assert_allclose(fresh, direct, atol=1e-6)  # reloaded weights = trained weights
+    np.testing.assert_allclose(stored, fresh, atol=2e-3)  # float16 shard of the same vector
+    np.testing.assert_allclose(image, fresh, atol=2e-3)  # a query image embeds as its item did
+
+
+def test_text_search_cli_and_api(trained):
+    coll_dir, _ = trained
+    r = CliRunner().invoke(main, ["search", "-c", str(coll_dir), "--text", "a yellow circle", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)["results"]) == 3
+    from nearsight.server.app import ServerConfig, create_app
+
+    client = create_app(ServerConfig(collection=str(coll_dir))).test_client()
+    answer = client.post("/api/search", json={"text": "a blue square", "k": 4})
+    assert answer.status_code == 200, answer.get_json()
+    assert len(answer.get_json()["results"]) == 4
+
+
+def test_new_items_embedded_by_later_index(trained, tmp_path):
+    import shutil
+
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+
+    coll_dir = tmp_path / "coll"
+    shutil.copytree(trained[0], coll_dir)
+    shape_image("green", "circle", seed=999).save(tmp_path / "new.png")
+    summary = index_paths(str(coll_dir), [str(tmp_path / "new.png")], IngestConfig(encoders=(), workers=0, progress=False))
+    assert summary.added == 1
+    coll = Collection.open(coll_dir)
+    try:
+        new_id = coll.store.path_entry(str(tmp_path / "new.png"))[0]
+        stored = coll.embedding_matrix("text").reconstruct([new_id])[0]
+        expect = coll.encoder("text").encode_features(coll.embedding_matrix("tiny").reconstruct([new_id]))[0]
+    finally:
+        coll.close()
+    np.testing.assert_allclose(stored, expect, atol=2e-3)
+
+
+def test_hard_negatives_learn(shapes_collection):
+    coll = Collection.open(shapes_collection / "coll")
+    try:
+        results = {neg: train_heads(coll, config(negatives=neg)).report for neg in ("hardest", "semihard", "random")}
+    finally:
+        coll.close()
+    for neg, report in results.items():
+        assert report["history"][-1]["loss"] < report["history"][0]["loss"], neg
+    assert results["hardest"]["best_epoch"] >= 1
+
+
+def test_retrain_replaces_atomically_and_kill_leaves_collection(trained, tmp_path):
+    import shutil
+
+    coll_dir = tmp_path / "coll"
+    shutil.copytree(trained[0], coll_dir)
+    before = json.loads((coll_dir / "collection.json").read_text())
+    # kill -9 a training run part-way: the collection must be exactly as it was
+    proc = subprocess.Popen([sys.executable, "-m", "nearsight.server.cli", "train", "-c", str(coll_dir),
+                             "--image-encoder", "tiny", "--dim", "32", "--epochs", "500", "--quiet",
+                             "--device", "cpu"], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    time.sleep(12)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert json.loads((coll_dir / "collection.json").read_text()) == before
+    coll = Collection.open(coll_dir)
+    try:
+        assert coll.search(text="a red square", k=1)
+    finally:
+        coll.close()
+    # a retrain switches to a new generation and removes the old one
+    r = CliRunner().invoke(main, ["train", "-c", str(coll_dir), "--image-encoder", "tiny", "--dim", "16",
+                                  "--epochs", "3", "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    after = json.loads((coll_dir / "collection.json").read_text())
+    spec = next(s for s in after["encoders"] if s["name"] == "text")
+    old = next(s for s in before["encoders"] if s["name"] == "text")
+    assert spec["dim"] == 16 and spec["storage"] != old["storage"]
+    assert sorted(os.listdir(coll_dir / "models" / "text")) == [spec["config"]["model"].rsplit("/", 1)[1]]
+    assert not (coll_dir / "embeddings" / old["storage"]).exists()
+    coll = Collection.open(coll_dir)
+    try:
+        assert len(coll.search(text="a red square", k=5)) == 5
+    finally:
+        coll.close()
+
+
+# -- bad input --------------------------------------------------------------------------------
+def test_too_few_pairs_names_the_number(tmp_path, photo_dir, ingest):
+    ingest(tmp_path / "c", [photo_dir])
+    r = CliRunner().invoke(main, ["train", "-c", str(tmp_path / "c"), "--image-encoder", "tiny", "--quiet"])
+    assert r.exit_code == 1 and "too few training pairs: 1" in r.output and "at least 20" in r.output
+
+
+def test_unknown_image_encoder_lists_valid_names(shapes_collection):
+    r = CliRunner().invoke(main, ["train", "-c", str(shapes_collection / "coll"), "--quiet"])
+    assert r.exit_code == 1 and "no image encoder 'cnn'" in r.output and "tiny" in r.output
+    coll = Collection.open(shapes_collection / "coll")
+    try:
+        with pytest.raises(UnknownEncoder):
+            train_heads(coll, config(image_encoder="gist"))
+    finally:
+        coll.close()
+
+
+def test_name_clash_with_a_fixed_encoder_refused(shapes_collection):
+    r = CliRunner().invoke(main, ["train", "-c", str(shapes_collection / "coll"), "--image-encoder", "tiny",
+                                  "--name", "tiny", "--quiet"])
+    assert r.exit_code == 1 and "not a trained model" in r.output
+
+
+def test_nothing_to_learn_from(shapes_collection, tmp_path):
+    coll = Collection.open(shapes_collection / "coll")
+    try:
+        with pytest.raises(NotEnoughPairs, match="too few training pairs: 0"):
+            train_heads(coll, config(sources=("captions", "feedback")))  # the shapes' captions are all labels
+    finally:
+        coll.close()
