@@ -13,7 +13,7 @@ import numpy as np
 
 from ..retrieval.encoders import create_encoder
 from ..retrieval.errors import ImageError
-from ..retrieval.images import decode_image, read_file, thumbnail_jpeg
+from ..retrieval.images import decode_image, decode_sides, read_file, thumbnail_jpeg
 from ..retrieval.tar_members import is_member_key, read_member
 from .sources import Source
 
@@ -53,16 +53,19 @@ class Decoder:
     def __init__(self, task: DecodeTask):
         self.task = task
         self.encoders = [create_encoder(name, device="cpu", **dict(cfg)) for name, cfg in task.encoders]
-        sides = [e.draft_size for e in self.encoders] + ([task.thumbnail_side] if task.thumbnails else [])
-        self.min_side = max(sides)
+        # Each encoder gets the image decoded at its own draft size, exactly as a query for it is decoded
+        # (retrieval.images.decode_sides), whatever other encoders the collection has.
+        self.sides = [e.draft_size for e in self.encoders] + ([task.thumbnail_side] if task.thumbnails else [])
 
     def __call__(self, job: tuple[Source, int]) -> Decoded | Failed:
         source, item_id = job
         try:
             data = read_source(source)
-            decoded = decode_image(data, min_side=self.min_side, max_pixels=self.task.max_pixels)
-            arrays = {e.name: e.preprocess(decoded.image) for e in self.encoders}
-            thumb = thumbnail_jpeg(decoded.image, self.task.thumbnail_side) if self.task.thumbnails else None
+            views = decode_sides(data, self.sides, max_pixels=self.task.max_pixels)
+            arrays = {e.name: e.preprocess(views[e.draft_size].image) for e in self.encoders}
+            thumb = thumbnail_jpeg(views[self.task.thumbnail_side].image, self.task.thumbnail_side) \
+                if self.task.thumbnails else None
+            decoded = views[self.sides[0]] if self.sides else decode_image(data, max_pixels=self.task.max_pixels)
         except ImageError as exc:
             return Failed(source, str(exc), item_id)
         except MemoryError:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .embeddings import EmbeddingMatrix, load_matrix
 from .encoders import IMAGE, TEXT, Encoder, create_encoder
+from .encoders.threads import QUERY_THREADS, intra_op_threads
 from .errors import ImageError, InvalidQuery, NotACollection, UnknownEncoder, UnsupportedModality
 from .filters import ItemTable, SearchFilter, allowed_ids, parse_filter
 from .images import DEFAULT_MAX_PIXELS, decode_image, load_image
@@ -64,6 +65,7 @@ class Collection:
         self.manifest = manifest
         self.store = store
         self.device = device
+        self.query_threads = QUERY_THREADS  # torch threads while embedding one query (encoders.threads)
         self._encoders: dict[str, Encoder] = {}
         self._matrices: dict[str, object] = {}  # embedding matrices, and "pca/<name>" projections
         self._indexes: dict[str, object] = {}
@@ -362,10 +364,23 @@ class Collection:
                 raise InvalidQuery("text must be a non-empty string")
             if TEXT not in spec["modalities"]:
                 self.encoder(encoder).encode_text([value])  # raises UnsupportedModality naming text encoders
-            v = self.encoder(encoder).encode_text([value])[0]
+            model = self.encoder(encoder)
+            with self._query_threads(model):
+                v = model.encode_text([value])[0]
         else:
-            v = self.encoder(encoder).embed_images([_as_image(value)])[0]
+            model = self.encoder(encoder)
+            # decoded exactly as ingest decoded it for this encoder (its draft size), so a file searched
+            # by itself scores 1.0 / distance 0
+            image = _as_image(value, min_side=model.draft_size)
+            with self._query_threads(model):
+                v = model.embed_images([image])[0]
         return _unit(v) if spec["metric"] == "ip" else v
+
+    def _query_threads(self, model: Encoder):
+        """The per-call thread policy for embedding one query (``encoders.threads``)."""
+        if hasattr(model, "load"):
+            model.load()  # torch is imported before the thread count is set, not by the first call itself
+        return intra_op_threads(self.query_threads)
 
     def _combine(self, encoder: str, terms) -> np.ndarray:
         """Query arithmetic: the weighted sum of the terms' vectors."""
@@ -554,17 +569,19 @@ def write_manifest(directory: str, manifest: dict) -> None:
     os.replace(tmp, path)
 
 
-def _as_image(value):
+def _as_image(value, min_side: int | None = None):
+    """A query image: file bytes, a path or an open file are decoded with ``min_side`` (the encoder's draft size,
+    as ingest does); a PIL image is taken as it is, already decoded by the caller."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, (bytes, bytearray)):
-        return decode_image(bytes(value), max_pixels=DEFAULT_MAX_PIXELS).image
+        return decode_image(bytes(value), min_side=min_side, max_pixels=DEFAULT_MAX_PIXELS).image
     if isinstance(value, (str, os.PathLike)):
-        return load_image(value)
+        return load_image(value, min_side=min_side)
     if isinstance(value, io.IOBase):
-        return decode_image(value.read()).image
+        return decode_image(value.read(), min_side=min_side).image
     raise InvalidQuery(f"image must be a PIL image, bytes or a file path, got {type(value).__name__}")
 
 

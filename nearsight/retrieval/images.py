@@ -75,6 +75,39 @@ def decode_image(data: bytes, min_side: int | None = None, max_pixels: int = DEF
     return Decoded(rgb, width, height)
 
 
+def decode_sides(data: bytes, sides, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Image file bytes -> ``{side: Decoded}``, each exactly what ``decode_image(data, min_side=side)`` returns.
+
+    This is how an image is decoded for several consumers at once (each encoder's ``draft_size``, the
+    thumbnail): every consumer sees the pixels it would see alone, so a query decoded for one encoder
+    (``decode_image(data, min_side=encoder.draft_size)``) is the very image that encoder indexed, whatever
+    else the collection holds. Sides that land on the same JPEG draft scale share one decode: on a photo
+    with a short side of 2,048 px or more, every side up to 256 lands on 1/8 and one decode serves all.
+    """
+    out, by_scale = {}, {}
+    for side in sorted(set(sides), key=lambda s: -(s or 1 << 30)):  # largest first; None (full size) before all
+        scale = _draft_result(data, side)
+        if scale not in by_scale:
+            by_scale[scale] = decode_image(data, min_side=side, max_pixels=max_pixels)
+        out[side] = by_scale[scale]
+    return out
+
+
+def _draft_result(data: bytes, side: int | None):
+    """What PIL's JPEG draft would decode for ``side`` (its reduced size and mode), from the header alone;
+    None for a full decode (no side, not a JPEG). Equal results mean identical decoded pixels."""
+    if not side:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG":
+                return None
+            image.draft("RGB", (side, side))
+            return image.size, image.mode
+    except Exception:  # a bad header: decode_image reports it with its reason
+        return ("unreadable", side)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16/32-bit ranges are rescaled."""
     mode = image.mode
