@@ -14,8 +14,13 @@ Reported per mixed phase: search p50 / p99 against the baseline (target p50 <= 2
 per minute against the ideal (target >= 0.9x), 503s issued, other 5xx (must be 0), peak RSS of the
 server and of its workers (sampled every 0.2 s). Everything is bounded in count and time.
 
-    nice .venv/bin/python scripts/bench_jobs.py                     # builds out/bench_jobs/collection first
-    nice .venv/bin/python scripts/bench_jobs.py --collection DIR    # any collection with gist
+    .venv/bin/python scripts/bench_jobs.py                          # builds out/bench_jobs/collection first
+    .venv/bin/python scripts/bench_jobs.py --collection DIR         # any collection with gist
+    .venv/bin/python scripts/bench_jobs.py --job-cores shared       # workers niced on all cores instead
+
+Run it on an otherwise idle machine: the server, its workers and these clients share its cores, and other
+work there takes CPU from the worker cores that the ideal rate assumes are free (the load average at the
+end is printed in the JSON line).
 
 Prints the figures, then one JSON line.
 """
@@ -47,6 +52,7 @@ def parse_args():
     p.add_argument("--samples", default=str(ROOT / "data" / "samples"))
     p.add_argument("--heavy-workers", type=int, default=None, help="Server's --heavy-workers (default: its own).")
     p.add_argument("--job-queue", type=int, default=8)
+    p.add_argument("--job-cores", choices=["partition", "shared"], default="partition", help="Server's --job-cores.")
     p.add_argument("--search-concurrency", type=int, default=8)
     p.add_argument("--completion-concurrency", default="8,32", help="Comma-separated mixed phases.")
     p.add_argument("--baseline-seconds", type=float, default=20)
@@ -96,11 +102,11 @@ def completion_body(samples: str, side: int, n: int, seed: int) -> str:
 # -- the server -------------------------------------------------------------------------------------
 
 class Server:
-    def __init__(self, collection: str, heavy_workers: int | None, job_queue: int):
+    def __init__(self, collection: str, heavy_workers: int | None, job_queue: int, job_cores: str):
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("NEARSIGHT_TOKEN", None)
         cmd = [sys.executable, "-m", "nearsight.server.cli", "serve", "-c", collection, "--host", "127.0.0.1",
-               "--port", "0", "--job-queue", str(job_queue)]
+               "--port", "0", "--job-queue", str(job_queue), "--job-cores", job_cores]
         if heavy_workers:
             cmd += ["--heavy-workers", str(heavy_workers)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
@@ -278,7 +284,7 @@ def main() -> None:
     body = completion_body(args.samples, args.side, args.n, args.seed)
     phases = [int(c) for c in args.completion_concurrency.split(",") if c.strip()]
 
-    server = Server(directory, args.heavy_workers, args.job_queue)
+    server = Server(directory, args.heavy_workers, args.job_queue, args.job_cores)
     rss = RssSampler(server.proc.pid)
     try:
         search_load(server.port, ids, args.search_concurrency, 2, args.encoder)  # warm-up
@@ -286,35 +292,41 @@ def main() -> None:
         print(f"baseline searches: p50 {baseline['p50_ms']} ms, p99 {baseline['p99_ms']} ms, {baseline['qps']} q/s",
               flush=True)
         one_completion(server.port, body)  # warm-up: the worker process starts, imports, opens the collection
+        cpu = _worker_cpu(server)
         alone = [one_completion(server.port, body)[1] for _ in range(2)]
+        cpu_per_completion = (_worker_cpu(server) - cpu) / len(alone)  # what one costs, however busy the machine
         t1 = float(np.median(alone))
         workers = args.heavy_workers or JobConfig().workers  # the server's own default otherwise
         ideal = 60.0 * workers / t1
-        print(f"one completion alone: {t1:.2f} s ({args.side} px, n={args.n}); ideal {ideal:.1f}/min with "
-              f"{workers} worker(s); RSS so far {rss.read()}", flush=True)
+        print(f"one completion alone: {t1:.2f} s ({args.side} px, n={args.n}; {cpu_per_completion:.2f} s of worker "
+              f"CPU); ideal {ideal:.1f}/min with {workers} worker(s); RSS so far {rss.read()}", flush=True)
         base_rss = rss.read()
         mixed = []
         for concurrency in phases:
             rss.reset()
+            cpu, start = _worker_cpu(server), time.perf_counter()
             result: dict = {}
             done = threading.Thread(target=lambda: result.update(
                 completions=completion_load(server.port, body, concurrency, args.mixed_seconds)))
             done.start()
             searches = search_load(server.port, ids, args.search_concurrency, args.mixed_seconds, args.encoder)
             done.join()
+            worker_cores = (_worker_cpu(server) - cpu) / (time.perf_counter() - start)
             comp = result["completions"]
             phase = {"completion_concurrency": concurrency, "searches": searches, "completions": comp,
                      "search_p50_over_baseline": _ratio(searches["p50_ms"], baseline["p50_ms"]),
                      "search_p99_over_baseline": _ratio(searches["p99_ms"], baseline["p99_ms"]),
                      "completions_over_ideal": round(comp["per_minute"] / ideal, 3),
                      "http_503": comp["statuses"].get(503, 0), "server_errors": server_errors(searches, comp),
+                     "worker_cpu_cores": round(worker_cores, 3),
                      "peak_rss": rss.read()}
             mixed.append(phase)
             print(f"mixed, {concurrency} completion clients: searches p50 {searches['p50_ms']} ms "
                   f"({phase['search_p50_over_baseline']}x baseline), p99 {searches['p99_ms']} ms "
                   f"({phase['search_p99_over_baseline']}x); completions {comp['per_minute']}/min "
                   f"({phase['completions_over_ideal']}x ideal), statuses {comp['statuses']}; 503s "
-                  f"{phase['http_503']}; other 5xx {phase['server_errors']}; peak RSS {phase['peak_rss']}", flush=True)
+                  f"{phase['http_503']}; other 5xx {phase['server_errors']}; peak RSS {phase['peak_rss']}; the "
+                  f"workers used {worker_cores:.2f} cores of CPU", flush=True)
             _until_idle(server)
         alive = server.proc.poll() is None
     finally:
@@ -324,12 +336,31 @@ def main() -> None:
     load = os.getloadavg()
     print(json.dumps({
         "bench": "jobs", "items": n_items, "cpus": os.cpu_count(), "loadavg_1m": round(load[0], 2),
-        "heavy_workers": workers, "job_queue": args.job_queue, "search_concurrency": args.search_concurrency,
+        "heavy_workers": workers, "job_queue": args.job_queue, "job_cores": args.job_cores,
+        "search_concurrency": args.search_concurrency,
         "completion": {"side": args.side, "n": args.n, "alone_s": round(t1, 3),
+                       "alone_worker_cpu_s": round(cpu_per_completion, 3),
+                       # the rate if each worker had a whole core to itself (what an idle machine gives)
+                       "cpu_ideal_per_minute": round(60.0 * workers / max(cpu_per_completion, 1e-9), 2),
                        "alone_runs_s": [round(a, 3) for a in alone], "ideal_per_minute": round(ideal, 2)},
         "baseline_search": baseline, "rss_after_one_completion": base_rss, "mixed": mixed,
         "server_alive_after": alive, "fixture": fixture,
     }, separators=(",", ":")))
+
+
+def _worker_cpu(server: Server) -> float:
+    """CPU seconds (user + system) the server's worker processes have used so far."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                times = child.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def _until_idle(server: Server, timeout: float = 120) -> None:
