@@ -195,15 +195,27 @@ def test_killed_worker_shard_is_redone(tmp_path, ray_address):
 def test_unreachable_address_is_one_line(tmp_path):
     import socket
 
+    (tmp_path / "photos").mkdir()
+    make_photo(1).save(tmp_path / "photos" / "a.jpg")
+
+    def index(address):
+        return subprocess.run([sys.executable, "-c", "from nearsight.server.cli import main; main()", "index",
+                               str(tmp_path / "photos"), "-c", str(tmp_path / "c"), "--engine", "ray",
+                               "--address", address, "--no-index"], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    (tmp_path / "photos").mkdir()
-    make_photo(1).save(tmp_path / "photos" / "a.jpg")
-    r = subprocess.run([sys.executable, "-c", "from nearsight.server.cli import main; main()", "index",
-                        str(tmp_path / "photos"), "-c", str(tmp_path / "c"), "--engine", "ray",
-                        "--address", f"127.0.0.1:{port}", "--no-index"],
-                       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    r = index(f"127.0.0.1:{port}")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused"]
+    with socket.socket() as s:  # something listens, but it is not Ray (ray.init alone would hang there)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = index(f"127.0.0.1:{port}")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} answers, but not as a Ray cluster's head (its GCS port, 6379 by default)"]
     assert not (tmp_path / "c").exists()

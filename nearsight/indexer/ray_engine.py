@@ -79,15 +79,27 @@ def connect(address: str | None) -> bool:
     return True
 
 
+# An HTTP/2 client preface and an empty SETTINGS frame: a Ray head's GCS port (gRPC) answers with SETTINGS.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _check_reachable(address: str) -> None:
-    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry for a minute or more)."""
+    """Fail fast on a HOST:PORT that is not a Ray head: ray.init retries for minutes where nobody listens, and
+    hangs where something else (ssh, the dashboard) does. The GCS speaks gRPC, so a port that does not answer
+    an HTTP/2 preface is not one."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ClusterUnreachable(f"Ray address {address!r} is not 'auto' or HOST:PORT")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as conn:
+            conn.sendall(_H2_PREFACE)
+            reply = conn.recv(9)
+    except socket.timeout:
+        reply = b""
     except OSError as exc:
         raise ClusterUnreachable(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}") from None
+    if len(reply) < 4 or reply[3] != 4:  # byte 3 of a frame header is its type; 4 = SETTINGS
+        raise ClusterUnreachable(f"{address} answers, but not as a Ray cluster's head (its GCS port, 6379 by default)")
 
 
 class _RayEngine:
