@@ -197,10 +197,6 @@ class JobExecutor:
                 counts[job.state] += 1
             return counts
 
-    def retry_after(self) -> int:
-        with self._lock:
-            return self._retry_after()
-
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything, stop the workers (a running job stops at its next stage, or is terminated)."""
         with self._lock:
