@@ -220,3 +220,21 @@ def test_progress_reports_each_stage_and_its_exception_stops_the_run(gist_collec
 
     with pytest.raises(Stop):  # how the server cancels a running job: no composite is made
         complete_scene(coll, truth, hole, n=2, config=SMALL, progress=stop_at_seam)
+
+
+def test_cli_complete_leaves_the_photo_itself_out(gist_collection, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from nearsight.server.cli import main
+
+    coll, source_id, _ = gist_collection
+    Image.fromarray(central_hole().astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    out = CliRunner().invoke(main, ["complete", "-c", coll.dir, coll.item(source_id).path, "--mask",
+                                    str(tmp_path / "mask.png"), "-o", str(tmp_path / "out"), "-n", "1"])
+    assert out.exit_code == 0, out.output
+    assert f"left out 1 copy of the photo found in the collection: items {source_id}" in out.output
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["skipped"] == {"excluded": [source_id], "near_duplicates": []}
+    assert saved["completions"][0]["id"] != source_id

@@ -393,12 +393,21 @@ def complete(collection, image, mask, outdir, n):
 
     from PIL import Image
 
-    from ..retrieval.complete import complete_scene
+    import hashlib
+
+    from ..retrieval.complete import complete_scene_report
     from ..retrieval.images import load_image
 
     query = load_image(image)
     hole = load_image(mask).convert("L")
-    completions = complete_scene(_open(collection), query, hole, n=n)
+    with open(image, "rb") as f:  # the photo's own item (same content hash) never completes it
+        sha256 = hashlib.sha256(f.read()).hexdigest()
+    report = complete_scene_report(_open(collection), query, hole, n=n, query_sha256=sha256)
+    completions = report.completions
+    skipped = report.excluded + report.near_duplicates
+    if skipped:
+        click.echo(f"left out {len(skipped)} cop{'y' if len(skipped) == 1 else 'ies'} of the photo found in the "
+                   f"collection: items {', '.join(map(str, skipped))}")
     os.makedirs(outdir, exist_ok=True)
     summary = []
     for rank, c in enumerate(completions, 1):
@@ -407,7 +416,8 @@ def complete(collection, image, mask, outdir, n):
         summary.append({"rank": rank, "file": name, **c.to_dict()})
         click.echo(f"{rank:3d}  item {c.id:8d}  score {c.score:8.3f}  {name}")
     with open(os.path.join(outdir, "results.json"), "w") as f:
-        json.dump({"image": os.path.abspath(image), "mask": os.path.abspath(mask), "completions": summary}, f, indent=1)
+        json.dump({"image": os.path.abspath(image), "mask": os.path.abspath(mask), "completions": summary,
+                   "skipped": report.skipped}, f, indent=1)
     click.echo(f"wrote {len(completions)} composites to {os.path.abspath(outdir)}")
 
 
