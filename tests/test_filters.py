@@ -141,19 +141,21 @@ def test_batch_queries_match_single_queries(collection, photo_dir):
         collection.search_batch([])
 
 
-def test_filtered_knn_uses_the_ann_index_and_keeps_k(monkeypatch):
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16", "IVF16,SQ8", "LSH"])
+def test_filtered_knn_uses_the_ann_index_and_keeps_k(monkeypatch, factory):
     """A filter admitting more ids than the exact route takes goes through faiss selectors in the index;
     the answer equals exact search over the allowed ids."""
     from nearsight.retrieval import filtered_knn as module
     from nearsight.retrieval.embeddings import EmbeddingMatrix
-    from nearsight.retrieval.index import build_index, plan_from_factory
+    from nearsight.retrieval.index import SearchParams, build_index, plan_from_factory
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     ids = np.arange(3000, dtype=np.int64)
     matrix = EmbeddingMatrix(ids, x.astype(np.float16))
-    index = build_index(matrix.vectors, ids, "ip", plan_from_factory("IVF16,Flat", 3000, 16, "ip"), source=matrix)
+    index = build_index(matrix.vectors, ids, "ip", plan_from_factory(factory, 3000, 16, "ip"), source=matrix)
+    index.set_params(SearchParams(nprobe=8, efSearch=64, k_factor=4))  # what tuning would pick: recall, not speed
     q = x[:5] + 0.01
     allowed = np.arange(0, 3000, 3, dtype=np.int64)       # a third of the items
     monkeypatch.setattr(module, "EXACT_LIMIT", 10)
