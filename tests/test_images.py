@@ -103,6 +103,11 @@ def test_picture_under_a_transparent_alpha_keeps_its_colours():
         assert np.array_equal(np.asarray(rgb), np.asarray(make_photo(seed)))
         vectors.append(tiny.encode_images(np.stack([tiny.preprocess(rgb)]))[0])
     assert all(np.linalg.norm(v) > 0.5 for v in vectors) and not np.allclose(vectors[0], vectors[1])
+    # a white shape drawn only by its alpha (a glow) is blank on white: it is shown on black
+    glow = Image.new("RGBA", (64, 64), (255, 255, 255, 0))
+    glow.paste((255, 255, 255, 200), (10, 10, 30, 50))
+    shown = np.asarray(to_rgb(glow))
+    assert shown[0, 0].max() == 0 and shown[20, 20].min() > 150
     # a visible shape on a transparent page is what a viewer sees: flattened on white as before
     logo = Image.new("RGBA", (64, 64), (200, 0, 0, 0))
     logo.paste((0, 0, 255, 255), (20, 20, 40, 40))

@@ -124,16 +124,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
         mode = image.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        flat = Image.alpha_composite(background, rgba).convert("RGB")
-        # Some files keep a whole picture in the colour channels under an (almost) fully transparent alpha
-        # (wallpapers, layers exported from editors). Flattened they are a blank page, which every encoder
-        # maps to the same (or a zero) vector: index their colours instead.
-        if _is_blank(flat):
-            colours = rgba.convert("RGB")
-            if not _is_blank(colours):
-                return colours
-        return flat
+        # On white, as a page shows it. But a light shape drawn only by its alpha (a white glow on a transparent
+        # page), or a picture kept in the colour channels under an almost fully transparent alpha (wallpapers,
+        # layers exported from editors), flattens to a blank page that every encoder maps to the same (or a
+        # zero) vector: then on black, and failing that the colours without their alpha.
+        for background in ((255, 255, 255, 255), (0, 0, 0, 255)):
+            flat = Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert("RGB")
+            if not _is_blank(flat):
+                return flat
+        colours = rgba.convert("RGB")
+        if not _is_blank(colours):
+            return colours
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
