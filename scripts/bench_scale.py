@@ -1,0 +1,243 @@
+#!/usr/bin/env python
+"""Scale: a collection grown to N items (default 10k -> 100k -> 1M) through the real ingest, then measured.
+
+1. Generated small photos (64x48 JPEGs, seeded: colour gradients plus rectangles and noise, like conftest's)
+   are written to disk in folders of 10,000, and indexed with ``nearsight index --encoders tiny --no-index``
+   in steps up to each size in ``--sizes``: images/s of each step (the last ones must be within 10% of the
+   first: no slow-down with size) and its peak RSS (summed over the process tree, sampled every 50 ms).
+2. At the largest size: disk bytes per item, ``nearsight build-index --encoder tiny`` time and peak RSS, the
+   time of ``nearsight info`` and of opening the collection (a fresh process each).
+3. ``nearsight serve`` on loopback; ``--queries`` searches (k=10) at concurrency ``--concurrency`` by id, then
+   by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0).
+4. ``--gist-slice N``: the first N photos indexed again with ``gist`` into a second collection (images/s).
+
+The baseline measured in the same run is the first step's ingest rate: later steps are reported as its ratio.
+
+    nice python scripts/bench_scale.py --out /tmp/scale [--sizes 10000,100000,1000000] [--gist-slice 100000]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import psutil
+from PIL import Image
+
+FOLDER = 10_000
+PY = sys.executable
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+# -- photos ------------------------------------------------------------------------------------------------------
+def make_photo(seed: int, size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = rng.uniform(0, 255, 3) + x[..., None] * rng.uniform(-3, 3, 3) + y[..., None] * rng.uniform(-3, 3, 3)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, w - 8), rng.integers(0, h - 8)
+        img[y0:y0 + rng.integers(4, h // 2), x0:x0 + rng.integers(4, w // 2)] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _write_folder(args) -> str:
+    root, index = args
+    folder = os.path.join(root, f"f{index:04d}")
+    done = os.path.join(folder, ".done")
+    if not os.path.exists(done):
+        os.makedirs(folder, exist_ok=True)
+        for i in range(index * FOLDER, (index + 1) * FOLDER):
+            make_photo(i).save(os.path.join(folder, f"{i:07d}.jpg"), quality=85)
+        open(done, "w").close()
+    return folder
+
+
+def photo_folders(root: str, n: int, workers: int) -> list[str]:
+    """Folders of FOLDER photos each, n // FOLDER of them (made once, reused by later runs)."""
+    with multiprocessing.Pool(workers) as pool:
+        return pool.map(_write_folder, [(root, i) for i in range(n // FOLDER)], chunksize=1)
+
+
+# -- processes ---------------------------------------------------------------------------------------------------
+def timed(cmd: list[str]) -> tuple[float, int, str]:
+    """(seconds, peak RSS of the process tree, stdout) of a command that must succeed."""
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    peak = 0
+    out_chunks = []
+    reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    while proc.poll() is None:
+        try:
+            tree = [proc] + proc.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    seconds = time.perf_counter() - start
+    reader.join()
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+    return seconds, peak, "".join(out_chunks)
+
+
+def nearsight(*args: str) -> list[str]:
+    return [PY, "-m", "nearsight.server.cli", *args]
+
+
+def dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+# -- HTTP --------------------------------------------------------------------------------------------------------
+def start_server(collection: str):
+    proc = subprocess.Popen(nearsight("serve", "-c", collection, "--port", "0", "--threads", "16"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        m = re.search(r"http://([^/]+):(\d+)/", line)
+        if m:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+            return proc, m.group(1).strip("[]"), int(m.group(2))
+    raise SystemExit(f"serve did not start: {proc.wait()}")
+
+
+def load(host: str, port: int, requests: list[tuple[str, bytes, str]], concurrency: int) -> dict:
+    latencies, errors, lock = [], [0], threading.Lock()
+    queue = list(enumerate(requests))
+
+    def worker():
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        while True:
+            with lock:
+                if not queue:
+                    break
+                _, (path, body, ctype) = queue.pop()
+            start = time.perf_counter()
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+                errors[0] += not ok
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "queries_per_s": round(len(ms) / wall, 1), "errors": errors[0], "n": len(ms)}
+
+
+def multipart(image: bytes, fields: dict) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+             for k, v in fields.items()]
+    parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+                 f"Content-Type: image/jpeg\r\n\r\n".encode() + image + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+# -- main --------------------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="work folder: photos/ (kept for reruns) and the collections")
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--gist-slice", type=int, default=0)
+    args = ap.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if any(s % FOLDER for s in sizes):
+        raise SystemExit(f"sizes must be multiples of {FOLDER}")
+    photos = os.path.join(args.out, "photos")
+    coll = os.path.join(args.out, f"tiny-{sizes[-1]}")
+    if os.path.exists(coll):
+        raise SystemExit(f"{coll} exists; remove it to measure ingest from empty")
+
+    start = time.perf_counter()
+    folders = photo_folders(photos, sizes[-1], args.workers)
+    print(f"photos: {sizes[-1]:,} 64x48 JPEGs ready in {time.perf_counter() - start:.0f} s")
+
+    steps, done = [], 0
+    for size in sizes:
+        new = folders[done // FOLDER:size // FOLDER]
+        seconds, peak, _ = timed(nearsight("index", *new, "-c", coll, "--encoders", "tiny", "--no-index",
+                                           "--quiet", "--workers", str(args.workers)))
+        rate = (size - done) / seconds
+        steps.append({"items": size, "added": size - done, "images_per_s": round(rate, 1),
+                      "to_first_step": round(rate / (steps[0]["images_per_s"] if steps else rate), 2),
+                      "peak_rss_mb": round(peak / 2**20, 1)})
+        print(f"ingest to {size:>9,} items: {rate:8.1f} images/s ({steps[-1]['to_first_step']}x the first step), "
+              f"peak RSS {peak / 2**20:7.1f} MB")
+        done = size
+
+    n = sizes[-1]
+    result = {"bench": "scale", "items": n, "cores": os.cpu_count(), "ingest": steps,
+              "disk_bytes_per_item": round(dir_bytes(coll) / n, 1)}
+    seconds, peak, _ = timed(nearsight("build-index", "-c", coll, "--encoder", "tiny"))
+    result["index_build"] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20, 1)}
+    result["info_seconds"] = round(timed(nearsight("info", "-c", coll))[0], 2)
+    opener = f"from nearsight.retrieval.collection import Collection; c = Collection.open({coll!r}); c.count; c.close()"
+    result["open_seconds"] = round(timed([PY, "-c", opener])[0], 2)
+    print(f"disk {result['disk_bytes_per_item']} B/item; build-index {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MB; "
+          f"info {result['info_seconds']} s; open {result['open_seconds']} s (fresh processes)")
+
+    server, host, port = start_server(coll)
+    try:
+        rng = np.random.default_rng(0)
+        by_id = [("/api/search", json.dumps({"id": int(i), "k": 10, "encoder": "tiny"}).encode(), "application/json")
+                 for i in rng.integers(0, n, args.queries)]
+        by_image = []
+        for seed in rng.integers(0, 10**9, args.queries):
+            out = io.BytesIO()
+            make_photo(int(seed)).save(out, format="JPEG", quality=85)
+            body, ctype = multipart(out.getvalue(), {"k": "10", "encoder": "tiny"})
+            by_image.append(("/api/search", body, ctype))
+        load(host, port, by_id[:50], args.concurrency)  # warm the index and the encoder
+        result["search_by_id"] = load(host, port, by_id, args.concurrency)
+        result["search_by_image"] = load(host, port, by_image, args.concurrency)
+    finally:
+        server.terminate()
+        server.wait()
+    for kind in ("search_by_id", "search_by_image"):
+        r = result[kind]
+        print(f"{kind} over HTTP, concurrency {args.concurrency}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+              f"{r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}")
+
+    if args.gist_slice:
+        gist_coll = os.path.join(args.out, f"gist-{args.gist_slice}")
+        seconds, peak, _ = timed(nearsight("index", *folders[:args.gist_slice // FOLDER], "-c", gist_coll,
+                                           "--encoders", "gist", "--no-index", "--quiet",
+                                           "--workers", str(args.workers)))
+        result["gist_slice"] = {"items": args.gist_slice, "images_per_s": round(args.gist_slice / seconds, 1),
+                                "peak_rss_mb": round(peak / 2**20, 1)}
+        print(f"gist on {args.gist_slice:,}: {args.gist_slice / seconds:.1f} images/s, peak RSS {peak / 2**20:.0f} MB")
+    result["load_average_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
