@@ -364,6 +364,8 @@ def embed(decoded: list[Decoded], encoders: list[Encoder], batch_size: int) -> N
     for start in range(0, len(decoded), batch_size):
         chunk = decoded[start:start + batch_size]
         for encoder in ordered:
+            if all(encoder.name in d.vectors for d in chunk):
+                continue  # made elsewhere: a Ray worker embeds pixels, the driver then adds the trained heads
             if encoder.derived_from in names:
                 vectors = encoder.encode_features(np.stack([d.vectors[encoder.derived_from] for d in chunk]))
             else:

@@ -210,6 +210,9 @@ class _InOrder:
     def _commit(self) -> None:
         start = time.perf_counter()
         if self.pending:
+            # trained heads are computed from their base encoder's vectors here, on the driver: their weights
+            # live in the collection, which the actors never open (``embed`` skips what the actors made)
+            embed([r for r in self.pending if isinstance(r, Decoded)], self.run.encoders, self.run.config.batch_size)
             self.run.commit(self.pending, self.summary)
         for directory in self.pending_dirs:  # only now: a crash before this leaves them for the next run
             remove_shard(directory)
