@@ -295,11 +295,10 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
                        f"push it over {COMPACT_BYTES} B/vector (codes and ids are {m // 2 + ID_BYTES} B)")
         reasons.append(_ROWS.format(2 * d))
         # said where the user looks (build-index output, info, the API), not only among the reasons
-        enough = math.ceil(fixed / max(COMPACT_BYTES - bpv, 1))
         warning = (f"compact mode cannot meet {COMPACT_BYTES} B/vector at {n} vectors: {factory} takes "
-                   f"{per_vector:.0f} B/vector in memory ({fixed / max(n, 1):.0f} B/vector of it the coarse "
-                   f"centroids, PQ codebooks and OPQ rotation, fixed whatever n); it would fit from about "
-                   f"{enough} vectors")
+                   f"{per_vector:.0f} B/vector in memory: {bpv:.0f} B of codes and id, plus "
+                   f"{fixed / max(n, 1):.0f} B/vector for the coarse centroids, PQ codebooks and OPQ rotation, "
+                   "a fixed cost that only a larger collection spreads thinner")
         return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, warnings=[warning])
 
     # not even the smallest fast-scan code fits: 8-bit PQ with inverted lists memory-mapped from disk
