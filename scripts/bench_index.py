@@ -1,32 +1,54 @@
 """Benchmark the ANN index layer against raw faiss and hnswlib at recall@10 targets 0.90 / 0.95 / 0.99.
 
-Datasets (seeded, made here): ``clip`` 1M x 512 (CLIP-like: clustered, power-law spectrum, randomly rotated,
-L2-normalised, inner product) and ``gist`` 1M x 960 (GIST-like: clustered, non-negative, uneven energy over
-dimensions, squared L2); ``--n`` scales them down. ``--collection DIR --encoder NAME`` benchmarks a real
-collection's float16 embeddings instead (a random held-out sample becomes the queries).
+Datasets:
+
+- ``--dataset fashion-mnist``: real data the index layer was not tuned on, as ann-benchmarks uses it: the 60,000
+  training images as 784 raw pixels (squared L2); 1,000 evaluation queries from the test set and 500 other test
+  images on which the peers' parameters are chosen. Read from the Debian package ``dataset-fashion-mnist``
+  (``apt-get download`` + ``dpkg -x`` into ``--data-dir``, done here when missing; nothing is installed).
+- ``--dataset clip,gist``: seeded synthetic sets made here, ``clip`` 1M x 512 (clustered, power-law spectrum,
+  rotated, L2-normalised, inner product) and ``gist`` 1M x 960 (non-negative, uneven energy, squared L2);
+  ``--n`` scales them down. ``--collection DIR --encoder NAME``: a collection's float16 embeddings.
 
 Configurations, each built once and measured at every target:
 
-- ``ours-speed`` / ``ours-compact``: ``plan_index(mode=...)``, ``build_index``, then ``tune`` (automatic, on the
-  collection's own vectors) to the target; recall and QPS measured on held-out queries.
-- ``raw-faiss-speed`` / ``raw-faiss-compact``: the same faiss index searched directly with the same parameters
-  (faiss ``IndexRefineFlat`` over float32 vectors in RAM for the re-ranking), i.e. our overhead.
-- ``faiss-HNSW32``, ``hnswlib-M16``, ``hnswlib-M32``: efSearch / ef chosen by ``tune``'s rule (the smallest on
-  its grid whose recall minus one standard error reaches the target) on separate tuning queries; the
-  ``-oracle`` lines take the smallest ef that reaches it on the evaluation queries themselves (an upper bound).
+- ``ours-speed`` / ``ours-compact``: what ``build_collection_index`` does: ``plan_index(mode=...)`` (speed: the
+  HNSW degree chosen by ``measure_degrees`` for each target), ``build_index`` with 500 vectors held out, ``tune``
+  on them, the held-out vectors added back, saved, loaded memory-mapped.
+- ``raw-faiss-speed`` / ``raw-faiss-compact``: the very faiss objects ours searches, called directly with the
+  same parameters: our wrapper's overhead.
+- peers ``faiss-HNSW32``, ``hnswlib-M16``, ``hnswlib-M32`` (efConstruction 80) and, for the compact mode, the
+  like-for-like ``faiss-IVFPQfs-RFlat`` (faiss's own recipe ``IVFk,PQmx4fs,RFlat``: the same nlist and code
+  size as our compact plan, re-ranked from float32 rows in RAM).
 
-Re-ranking reads float16 rows from a memmapped .npy (as from a collection's shards); ``bytes_per_vector`` counts
-what the index holds in memory, ``rerank_bytes_per_vector_on_disk`` the float16 rows it reads.
+One rule for all: every configuration's parameters come from ``tune`` (fine search, recall minus one standard
+error >= target, fastest passing setting with ties to the shallower); ours on its held-out collection vectors,
+the peers on the separate tuning queries (through a thin adapter). Every configuration counts at the setting
+its rule chose, whatever its recall on the evaluation queries (reported beside it); ``-oracle`` lines give
+each HNSW peer at the smallest ef that reaches the target on the evaluation queries themselves (an upper bound
+no deployment can pick).
 
-One JSON line per (dataset, configuration, target); the last line is a summary with the ratios.
-Ground truth: exact faiss search. Example: ``nice python scripts/bench_index.py --n 100000``.
+Timing: for each target, all configurations are timed in rounds, one after the other in a rotating order
+(``--repeats`` rounds, medians), so background load hits all alike; ratios to peers use the same rounds. Batched
+= one call with all evaluation queries; single = ``--single`` one-query calls.
+
+Memory as measured: ``index_bytes_per_vector`` (serialized faiss structures, what a load holds in RAM) plus, for
+our re-ranking modes, ``rerank_resident_bytes_per_vector``: the float16 rows' pages resident in this process
+(``/proc/self/smaps``) after the timed rounds; they are read from ``<name>.vectors.faiss`` through the page
+cache. ``cold_qps_batch``: the first batched pass after the rows' pages were dropped from the page cache
+(``posix_fadvise(DONTNEED)``), i.e. the rows really on disk.
+
+One JSON line per measurement; the last line is a summary with the ratios. Ground truth: exact faiss search.
+Example: ``nice python scripts/bench_index.py --dataset fashion-mnist`` (about 15 minutes on two cores).
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +57,18 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from nearsight.retrieval.index import (ArraySource, build_index, exact_knn, load_index,  # noqa: E402
-                                       plan_index, recall_at_k, tune)
-from nearsight.retrieval.index.tuning import EFS, recall_with_error  # noqa: E402
+from nearsight.retrieval.index import (ArraySource, SearchParams, build_index, exact_knn,  # noqa: E402
+                                       load_index, plan_index, recall_at_k, tune)
+from nearsight.retrieval.index.degree import degree_plan, measure_degrees  # noqa: E402
+from nearsight.retrieval.index.tuning import bisect_lowest, hnsw_efs  # noqa: E402
 
 TARGETS = (0.90, 0.95, 0.99)
 K = 10
+HNSW_PEERS = ("faiss-HNSW32", "hnswlib-M16", "hnswlib-M32")
+IVF_PEER = "faiss-IVFPQfs-RFlat"
 
+
+# -- data -------------------------------------------------------------------------------------------
 
 def make_dataset(n: int, d: int, kind: str, path: str, seed: int = 0, spread: float = 0.5, block: int = 100_000):
     """Write n seeded clustered vectors to ``path`` as an (n, d) float16 .npy (a collection's shard format) and
@@ -67,57 +94,126 @@ def make_dataset(n: int, d: int, kind: str, path: str, seed: int = 0, spread: fl
     return np.load(path, mmap_mode="r")
 
 
+def fashion_mnist(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train (60000, 784), test (10000, 784)) float32 raw pixels from the Debian package, fetched into
+    ``data_dir`` with ``apt-get download`` and unpacked with ``dpkg -x`` when not there yet."""
+    root = os.path.join(data_dir, "root", "usr", "share", "datasets", "fashion-mnist")
+    if not os.path.exists(os.path.join(root, "t10k-images-idx3-ubyte.gz")):
+        os.makedirs(data_dir, exist_ok=True)
+        subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=data_dir, check=True)
+        deb = sorted(glob.glob(os.path.join(data_dir, "dataset-fashion-mnist_*.deb")))[-1]
+        subprocess.run(["dpkg", "-x", deb, os.path.join(data_dir, "root")], check=True)
+
+    def images(name: str) -> np.ndarray:
+        with gzip.open(os.path.join(root, name)) as f:
+            raw = f.read()
+        n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))   # idx3 header
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows * cols).astype(np.float32)
+    return images("train-images-idx3-ubyte.gz"), images("t10k-images-idx3-ubyte.gz")
+
+
 def load_collection(directory: str, encoder: str, metric: str | None):
     parts = sorted(glob.glob(os.path.join(directory, "embeddings", encoder, "part-*[0-9].npy")))
     if not parts:
         sys.exit(f"no embedding shards under {directory}/embeddings/{encoder}")
     vectors = np.concatenate([np.load(p, mmap_mode="r") for p in parts])
-    ids = np.concatenate([np.load(p[:-4] + ".ids.npy") for p in parts])
     if metric is None:
         with open(os.path.join(directory, "collection.json")) as f:
             enc = json.load(f)["encoders"]
         enc = enc[encoder] if isinstance(enc, dict) else next(e for e in enc if e.get("name") == encoder)
         metric = enc["metric"]
-    return vectors, ids.astype(np.int64), metric
+    return vectors, metric
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def qps(search_batch, search_one, queries: np.ndarray, n_single: int, repeats: int) -> tuple[float, float]:
-    """(single-query QPS over ``n_single`` one-by-one calls, batched QPS of one call over all queries)."""
-    search_batch(queries[:8])
-    one = queries[:n_single]
-    t_single = timed(lambda: [search_one(one[i:i + 1]) for i in range(len(one))], repeats)
-    t_batch = timed(lambda: search_batch(queries), repeats)
-    return len(one) / t_single, len(queries) / t_batch
-
+# -- measuring --------------------------------------------------------------------------------------
 
 def emit(rows: list, **fields) -> None:
     # the load average says how much other work shared the cores while this line was measured
-    fields["load1"] = os.getloadavg()[0]
+    fields["load1"] = round(os.getloadavg()[0], 2)
     line = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}
     rows.append(line)
     print(json.dumps(line), flush=True)
 
 
-def faiss_index_bytes(index) -> int:
-    import faiss
-    return int(len(faiss.serialize_index(index)))
+def mapped_resident_bytes(path: str) -> int:
+    """Bytes of ``path``'s pages resident in this process's mappings (``/proc/self/smaps`` Rss)."""
+    total, inside = 0, False
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                first = line.split(None, 1)[0]
+                if "-" in first and not first.endswith(":"):       # a mapping's header line
+                    inside = line.rstrip().endswith(real)
+                elif inside and first == "Rss:":
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        return -1
+    return total
 
+
+def drop_from_page_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def time_rounds(searchers: dict, queries: np.ndarray, n_single: int, repeats: int) -> dict:
+    """``{name: (batch_fn, single_fn)}`` -> ``{name: ([batched q/s per round], [single q/s per round])}``,
+    all timed in the same rounds, each round in another order."""
+    names = list(searchers)
+    out = {name: ([], []) for name in names}
+    one = [queries[i:i + 1] for i in range(min(n_single, len(queries)))]
+    for name in names:                       # warm up: caches, lazily made search paths
+        searchers[name][0](queries[:8])
+        searchers[name][1](one[0])
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            batch, single = searchers[name]
+            t0 = time.perf_counter()
+            batch(queries)
+            t1 = time.perf_counter()
+            for q in one:
+                single(q)
+            t2 = time.perf_counter()
+            out[name][0].append(len(queries) / (t1 - t0))
+            out[name][1].append(len(one) / (t2 - t1))
+    return out
+
+
+class Peer:
+    """A peer library's index seen through the few things ``tune`` uses, so that its parameters are chosen
+    by exactly our rule. ``make(params)`` -> a search function ``(q, k) -> (D, I)`` with everything it
+    needs prepared (so timing it costs no more than calling the library)."""
+
+    def __init__(self, factory: str, kind: str, metric: str, make, rerank: bool = False):
+        self.factory, self.kind, self.metric, self.rerank = factory, kind, metric, rerank
+        self.params, self.info, self._make = SearchParams(), {}, make
+        self.segments = []
+
+    def search(self, queries, k, params=None):
+        D, I = self._make(params or self.params)(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return D, np.asarray(I, dtype=np.int64)
+
+    def set_params(self, params):
+        self.params = params
+
+    def update_info(self, **fields):
+        self.info.update(fields)
+
+    ntotal = property(lambda self: 0)
+
+
+# -- one dataset ------------------------------------------------------------------------------------
 
 def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuning: np.ndarray, metric: str,
                   args, rows: list, workdir: str) -> None:
-    """``vectors``: (n, d) float16 memmap, the rows a collection keeps on disk (the re-ranking source).
-    Ids are 0..n-1 here, so faiss's IndexRefine (which takes ids as rows) is a fair raw baseline.
-    ``queries`` measure everything; ``peer_tuning`` (other vectors of the same distribution) is what the peers'
-    ef is chosen on, by the rule ``tune`` applies to ours."""
+    """``vectors``: (n, d) float16 memmap, the rows a collection keeps on disk. Ids are 0..n-1 here, so faiss's
+    IndexRefine (which takes ids as rows) is a fair raw baseline. ``queries`` measure everything;
+    ``peer_tuning`` (other vectors of the same distribution) is what the peers' parameters are chosen on."""
     import faiss
     import hnswlib
 
@@ -125,181 +221,243 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
     ids = np.arange(n, dtype=np.int64)
     source = ArraySource(vectors, ids)
     _, truth = exact_knn(queries, source.vectors, ids, K, metric)
-    peer_truth = exact_knn(peer_tuning, source.vectors, ids, K, metric)[1]
-    evaluation, tuning = (queries, truth), (peer_tuning, peer_truth)
-    common = dict(dataset=name, n=n, d=d, metric=metric, nq=len(queries))
-    ns, rep = args.single, args.repeats
+    common = dict(dataset=name, n=n, d=d, metric=metric, nq=len(queries), threads=faiss.omp_get_max_threads())
+    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    holdout = np.sort(np.random.default_rng(args.seed).choice(ids, args.tune_queries, replace=False))
+    # per target: {config: (batch_fn, single_fn)} and what each line reports beside its timings
+    searchers: dict = {t: {} for t in TARGETS}
+    extra: dict = {t: {} for t in TARGETS}
+    prepare: dict = {t: [] for t in TARGETS}
+    keep = []          # objects the searchers use
 
-    def tune_all(index, holdout) -> dict:
-        """Tuned parameters per target, measured as a collection tunes: on held-out vectors not in the index."""
-        out = {}
-        for target in TARGETS:
-            t0 = time.perf_counter()
-            tuned = tune(index, source, target_recall=target, k=K, holdout_ids=holdout)
-            out[target] = (tuned, index.params, time.perf_counter() - t0)
-        return out
+    def float32_blocks():
+        for s in range(0, n, 65536):
+            yield np.ascontiguousarray(source.vectors[s:s + 65536], dtype=np.float32)
 
-    def measure_ours(config, index, tuned_by_target, raw_search_factory):
-        for target, (tuned, p, tune_s) in tuned_by_target.items():
-            index.set_params(p)
-            _, I = index.search(queries, K)
-            rec = recall_at_k(I, truth, K)
-            raw_batch, raw_one = raw_search_factory(p)
-            # interleave ours and raw so background load hits both alike
-            s_ours, b_ours, s_raw, b_raw = 0.0, 0.0, 0.0, 0.0
-            for _ in range(2):
-                s, b = qps(lambda q: index.search(q, K), lambda q: index.search(q, K), queries, ns, rep)
-                s_ours, b_ours = max(s_ours, s), max(b_ours, b)
-                s, b = qps(raw_batch, raw_one, queries, ns, rep)
-                s_raw, b_raw = max(s_raw, s), max(b_raw, b)
-            emit(rows, **common, config=config, factory=index.factory, target_recall=target, recall=rec,
-                 tuned_recall=tuned["recall_at_k"], tuned_stderr=tuned["recall_stderr"],
-                 target_met_in_tuning=tuned["target_met"], params=p.to_dict(), qps_single=s_ours,
-                 qps_batch=b_ours, tune_s=tune_s)
-            _, Iraw = raw_batch(queries)
-            emit(rows, **common, config="raw-faiss-" + config.split("-", 1)[1], factory=index.factory,
-                 target_recall=target, recall=recall_at_k(Iraw, truth, K), params=p.to_dict(),
-                 qps_single=s_raw, qps_batch=b_raw,
-                 overhead_single=1 - s_ours / s_raw, overhead_batch=1 - b_ours / b_raw)
-
-    # -- ours, speed and compact ------------------------------------------------------------------
-    hnsw_faiss = None
-    for mode in ("speed", "compact"):
-        refine = flat = None
-        plan = plan_index(n, d, metric, args.max_memory, mode)
-        # as build_collection_index does: a sample stays out of the index and is what tuning measures on
-        holdout = np.random.default_rng(args.seed).choice(ids, args.tune_queries, replace=False)
+    def ours(mode: str, plan, targets) -> None:
         t0 = time.perf_counter()
         index = build_index(source.vectors, ids, metric, plan, source=source, skip_ids=holdout)
         build_s = time.perf_counter() - t0
-        tuned_by_target = tune_all(index, holdout)
-        assert index.ntotal == n - len(holdout)
-        holdout = np.sort(holdout)
-        index.add(source.reconstruct(holdout), holdout)     # as a collection does once tuned
-        mem = sum(faiss_index_bytes(s.index) for s in index.segments)
-        # served as a collection serves it: saved, then loaded memory-mapped (the float16 re-rank rows stay
-        # in the file and are paged in as queries touch them)
-        index.save(workdir, f"{name}-{mode}")
-        index = load_index(workdir, f"{name}-{mode}", source=source, mmap=True, sync=False)
-        emit(rows, **common, config=f"ours-{mode}", factory=index.factory, build_s=build_s,
-             bytes_per_vector=mem / n, rerank_bytes_per_vector_on_disk=2 * d if index.rerank else 0,
-             plan_reasons=list(plan.reasons))
+        tuned = {}
+        for t in targets:
+            t1 = time.perf_counter()
+            tuned[t] = (tune(index, source, target_recall=t, k=K, holdout_ids=holdout), index.params,
+                        time.perf_counter() - t1)
+        index.add(source.reconstruct(holdout), holdout)      # as a collection does once tuned
+        tag = f"{name.replace(':', '_')}-{mode}-{plan.factory.replace(',', '_')}"
+        index.save(workdir, tag)
+        del index
+        rows_file = os.path.join(workdir, "indexes", f"{tag}.vectors.faiss")
+        if os.path.exists(rows_file):
+            drop_from_page_cache(rows_file)       # the rows really on disk for the first pass
+        index = load_index(workdir, tag, source=source, mmap=True, sync=False)
         assert len(index.segments) == 1 and index.ntotal == n, "raw faiss compares against one whole segment"
         seg = index.segments[0].index
+        index_bytes = len(faiss.serialize_index(seg))
+        cold = None
         if index.rerank:
-            # faiss's own re-ranking: IndexRefineFlat over float32 rows in memory (ids here are 0..n-1)
-            flat = faiss.IndexFlatIP(d) if metric == "ip" else faiss.IndexFlatL2(d)
-            for s in range(0, n, 65536):
-                flat.add(np.ascontiguousarray(source.vectors[s:s + 65536], dtype=np.float32))
-            refine = faiss.IndexRefine(seg, flat)
+            index.set_params(tuned[targets[0]][1])
+            t1 = time.perf_counter()
+            index.search(queries, K)
+            cold = len(queries) / (time.perf_counter() - t1)
+        emit(rows, **common, config=f"ours-{mode}", factory=index.factory, build_s=build_s,
+             index_bytes_per_vector=index_bytes / n, rerank_bytes_per_vector_on_disk=2 * d if index.rerank else 0,
+             cold_qps_batch=cold, cold_target=targets[0] if cold else None, plan_reasons=list(plan.reasons),
+             plan_warnings=list(plan.warnings))
+        raw = seg
+        if index.rerank:
+            # faiss's own re-ranking: IndexRefineFlat over float32 rows in RAM (ids here are 0..n-1)
+            flat = faiss.IndexFlat(d, fmetric)
+            for x in float32_blocks():
+                flat.add(x)
+            raw = faiss.IndexRefine(seg, flat)
+            keep.append(flat)
+        keep.extend([index, raw])
+        for t in targets:
+            result, p, tune_s = tuned[t]
+            prepare[t].append(lambda p=p: index.set_params(p))      # before this target's rounds
+            from nearsight.retrieval.index.backend import faiss_params
+            fp = faiss_params(index.kind, p)
+            if index.rerank:
+                fp = faiss.IndexRefineSearchParameters(k_factor=float(p.k_factor), base_index_params=fp)
+            keep.append(fp)
+            searchers[t][f"ours-{mode}"] = (lambda q: index.search(q, K),) * 2
+            searchers[t][f"raw-faiss-{mode}"] = (lambda q, r=raw, fp=fp: r.search(q, K, params=fp),) * 2
+            extra[t][f"ours-{mode}"] = dict(factory=index.factory, params=p.to_dict(), tuned_recall=result[
+                "recall_at_k"], tuned_stderr=result["recall_stderr"], target_met_in_tuning=result["target_met"],
+                tune_s=tune_s, rows_file=rows_file if index.rerank else None, index_bytes=index_bytes,
+                exact_latency_ms=result.get("exact_latency_ms"), warnings=result.get("warnings"))
+            extra[t][f"raw-faiss-{mode}"] = dict(factory=index.factory, params=p.to_dict())
 
-            def raw_factory(p, refine=refine):
-                from nearsight.retrieval.index.backend import faiss_params
-                base = faiss_params(index.kind, p)
-                rp = faiss.IndexRefineSearchParameters(k_factor=float(p.k_factor), base_index_params=base)
-                return (lambda q: refine.search(q, K, params=rp)), (lambda q: refine.search(q, K, params=rp))
-        else:
-            def raw_factory(p, seg=seg):
-                from nearsight.retrieval.index.backend import faiss_params
-                fp = faiss_params(index.kind, p)
-                if fp is None:
-                    return (lambda q: seg.search(q, K)), (lambda q: seg.search(q, K))
-                return (lambda q: seg.search(q, K, params=fp)), (lambda q: seg.search(q, K, params=fp))
-        measure_ours(f"ours-{mode}", index, tuned_by_target, raw_factory)
-        if index.factory == "HNSW32":
-            hnsw_faiss = (seg, build_s, mem)
-        index = refine = flat = raw_factory = None    # free before the next build
+    # -- ours: speed (degree measured per target, one build per distinct factory) and compact -------------
+    speed = plan_index(n, d, metric, args.max_memory, "speed")
+    t0 = time.perf_counter()
+    costs = measure_degrees(speed, source.vectors, ids, TARGETS, K, seed=args.seed)
+    emit(rows, **common, config="degree-measurement", seconds=time.perf_counter() - t0,
+         costs={str(t): {str(m): c[:3] for m, c in v.items()} for t, v in costs.items()})
+    by_factory: dict = {}
+    for t in TARGETS:
+        plan = degree_plan(speed, costs.get(t, {}), t, K)
+        by_factory.setdefault(plan.factory, (plan, []))[1].append(t)
+    for plan, targets in by_factory.values():
+        ours("speed", plan, targets)
+    compact = plan_index(n, d, metric, args.max_memory, "compact")
+    ours("compact", compact, list(TARGETS))
 
-    # -- faiss HNSW32 (reused from speed mode when that is what it built) --------------------------
-    if hnsw_faiss is None:
-        t0 = time.perf_counter()
-        h = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
-        h.hnsw.efConstruction = 80
-        for s in range(0, n, 65536):
-            h.add(np.ascontiguousarray(source.vectors[s:s + 65536], dtype=np.float32))
-        hnsw_faiss = (h, time.perf_counter() - t0, faiss_index_bytes(h))
-    h, build_s, mem = hnsw_faiss
-    emit(rows, **common, config="faiss-HNSW32", factory="HNSW32", build_s=build_s, bytes_per_vector=mem / n)
-    sweep(rows, common, "faiss-HNSW32", evaluation, tuning, ids,
-          lambda ef: (lambda q: h.search(q, K, params=faiss.SearchParametersHNSW(efSearch=ef))), ns, rep)
-    del hnsw_faiss, h
+    # -- peers: parameters by tune's rule on the separate tuning queries ---------------------------------
+    def peer(config: str, factory: str, kind: str, make, build_s: float, nbytes: int, rerank=False,
+             oracle=False) -> None:
+        adapter = Peer(factory, kind, metric, make, rerank)
+        emit(rows, **common, config=config, factory=factory, build_s=build_s, index_bytes_per_vector=nbytes / n)
+        for t in TARGETS:
+            result = tune(adapter, source, target_recall=t, k=K, queries=peer_tuning)
+            p = adapter.params
+            fn = make(p)
+            searchers[t][config] = (lambda q, fn=fn: fn(q, K),) * 2
+            extra[t][config] = dict(factory=factory, params=p.to_dict(), tuned_recall=result["recall_at_k"],
+                                    index_bytes=nbytes)
+            if oracle:      # the smallest ef whose recall on the evaluation queries themselves reaches t
+                def reaches(ef):
+                    return recall_at_k(np.asarray(make(SearchParams(efSearch=ef))(queries, K)[1]), truth, K) >= t
+                grid = hnsw_efs(K)
+                hi = next((e for e in grid if reaches(e)), grid[-1])
+                lo = max([e for e in grid if e < hi] or [K - 1])
+                op = SearchParams(efSearch=bisect_lowest(lo, hi, reaches) if hi > K else hi)
+                fn = make(op)
+                searchers[t][config + "-oracle"] = (lambda q, fn=fn: fn(q, K),) * 2
+                extra[t][config + "-oracle"] = dict(factory=factory, params=op.to_dict())
 
-    # -- hnswlib --------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    h = faiss.IndexHNSWFlat(d, 32, fmetric)
+    h.hnsw.efConstruction = 80
+    for x in float32_blocks():
+        h.add(x)
+    build_s = time.perf_counter() - t0
+    keep.append(h)
+
+    def faiss_hnsw(p, h=h):
+        sp = faiss.SearchParametersHNSW()
+        sp.efSearch = int(p.efSearch or 16)
+        return lambda q, k: h.search(q, k, params=sp)
+    peer("faiss-HNSW32", "HNSW32", "hnsw", faiss_hnsw, build_s, len(faiss.serialize_index(h)), oracle=True)
+
     for m in (16, 32):
         t0 = time.perf_counter()
         hl = hnswlib.Index(space="ip" if metric == "ip" else "l2", dim=d)
         hl.init_index(max_elements=n, M=m, ef_construction=80, random_seed=0)
-        for s in range(0, n, 65536):
-            hl.add_items(np.ascontiguousarray(source.vectors[s:s + 65536], dtype=np.float32), ids[s:s + 65536])
+        start = 0
+        for x in float32_blocks():
+            hl.add_items(x, ids[start:start + len(x)])
+            start += len(x)
         build_s = time.perf_counter() - t0
         tmp = os.path.join(workdir, "hnswlib.bin")
         hl.save_index(tmp)
-        emit(rows, **common, config=f"hnswlib-M{m}", factory=f"hnswlib M={m} efC=80", build_s=build_s,
-             bytes_per_vector=os.path.getsize(tmp) / n)
+        size = os.path.getsize(tmp)
         os.remove(tmp)
+        keep.append(hl)
 
-        def searcher(ef, hl=hl):
-            hl.set_ef(ef)
-            return lambda q: hl.knn_query(q, k=K)[::-1]     # (labels, dists) -> (D, I) order
-        sweep(rows, common, f"hnswlib-M{m}", evaluation, tuning, None, searcher, ns, rep)
-        del hl
+        def hnswlib_search(p, hl=hl):
+            ef = int(p.efSearch or 16)
+
+            def search(q, k):
+                hl.set_ef(ef)          # hnswlib's ef is index state, shared by the -oracle line: set each call
+                labels, dist = hl.knn_query(q, k=k)
+                return dist, labels
+            return search
+        peer(f"hnswlib-M{m}", f"HNSW{m}", "hnsw", hnswlib_search, build_s, size, oracle=True)
+
+    def ivf_peer(parts, train_size: int) -> None:
+        factory = f"IVF{parts.nlist},PQ{parts.pq_m}x4fs,RFlat"
+        t0 = time.perf_counter()
+        ivf = faiss.index_factory(d, factory, fmetric)
+        rng = np.random.default_rng(args.seed)
+        sample = np.sort(rng.choice(n, min(n, train_size), replace=False))
+        ivf.train(np.ascontiguousarray(source.vectors[sample], dtype=np.float32))
+        for x in float32_blocks():
+            ivf.add(x)
+        build_s = time.perf_counter() - t0
+        keep.append(ivf)
+
+        def ivfpq(p, ivf=ivf):
+            base = faiss.SearchParametersIVF()
+            base.nprobe = int(p.nprobe or 1)
+            rp = faiss.IndexRefineSearchParameters(k_factor=float(p.k_factor), base_index_params=base)
+            rp.referenced_base = base
+            return lambda q, k: ivf.search(q, k, params=rp)
+        peer(IVF_PEER, f"IVF{parts.nlist},PQ{parts.pq_m}x4fs", "ivf", ivfpq, build_s,
+             len(faiss.serialize_index(ivf)), rerank=True)
+
+    # the compact mode's like-for-like peer: faiss's own IVF-PQ fast-scan recipe with float32 re-ranking
+    from nearsight.retrieval.index.plan import parse_factory
+    parts = parse_factory(compact.factory)
+    if parts.kind == "ivf" and parts.pq_m:
+        ivf_peer(parts, compact.train_size)
+
+    # -- the timed rounds: everything at each target, interleaved ----------------------------------------
+    for t in TARGETS:
+        for set_params in prepare[t]:
+            set_params()
+        timed = time_rounds(searchers[t], queries, args.single, args.repeats)
+        for config, (batch, single) in timed.items():
+            _, I = searchers[t][config][0](queries)
+            info = dict(extra[t][config])
+            rows_file = info.pop("rows_file", None)
+            index_bytes = info.pop("index_bytes", None)
+            if rows_file:
+                resident = mapped_resident_bytes(rows_file)
+                info.update(rerank_resident_bytes_per_vector=resident / n,
+                            memory_bytes_per_vector=(index_bytes + max(resident, 0)) / n)
+            elif index_bytes is not None:
+                info.update(memory_bytes_per_vector=index_bytes / n)
+            emit(rows, **common, config=config, target_recall=t, recall=recall_at_k(np.asarray(I), truth, K),
+                 qps_batch=float(np.median(batch)), qps_single=float(np.median(single)),
+                 qps_batch_rounds=[round(v) for v in batch], qps_single_rounds=[round(v) for v in single],
+                 **info)
+    keep.clear()
 
 
-def sweep(rows, common, config, evaluation, tuning, ids, make_search, ns, rep) -> None:
-    """Per target, the peer at the smallest ef (tune's grid) whose recall minus one standard error on the
-    tuning queries reaches it: the rule ``tune`` applies to ours. Also, as ``<config>-oracle``, the smallest ef
-    whose recall on the evaluation queries themselves reaches it (a choice no deployment can make: an upper
-    bound for the peer)."""
-    queries, truth = evaluation
-    efs = [e for e in EFS if e >= K]
-    cache: dict = {}
-
-    def at(ef):     # (tuning recall, its stderr, evaluation recall) of one ef, searched once
-        if ef not in cache:
-            search = make_search(ef)
-            found = []
-            for q in (tuning[0], queries):
-                I = np.asarray(search(q)[1], dtype=np.int64)
-                found.append(np.where(I >= 0, ids[np.clip(I, 0, None)], -1) if ids is not None else I)
-            cache[ef] = (*recall_with_error(found[0], tuning[1], K), recall_at_k(found[1], truth, K))
-        return cache[ef]
-
-    for target in TARGETS:
-        tuned = next((e for e in efs if at(e)[0] - at(e)[1] >= target), efs[-1])
-        oracle = next((e for e in efs if at(e)[2] >= target), efs[-1])
-        for name, ef in ((config, tuned), (config + "-oracle", oracle)):
-            search = make_search(ef)
-            s, b = qps(search, search, queries, ns, rep)
-            emit(rows, **common, config=name, target_recall=target, recall=at(ef)[2], params={"ef": ef},
-                 tuning_recall=at(ef)[0], qps_single=s, qps_batch=b)
-
+# -- summary ----------------------------------------------------------------------------------------
 
 def summarise(rows: list) -> dict:
+    """Per dataset and target: ours / best peer, batched and single, median over rounds (and the range of the
+    per-round ratios: each round timed everything once, so a round's ratio shares its background load)."""
     out = {}
     for ds in sorted({r["dataset"] for r in rows}):
-        mine = [r for r in rows if r["dataset"] == ds]
-        build = {r["config"]: r for r in mine if "build_s" in r}
-        at = {(r["config"], r["target_recall"]): r for r in mine if "target_recall" in r}
-        s = {"build_s": {c: r["build_s"] for c, r in build.items()},
-             "bytes_per_vector": {c: r["bytes_per_vector"] for c, r in build.items()}}
+        at = {(r["config"], r["target_recall"]): r for r in rows if r["dataset"] == ds and "qps_batch_rounds" in r}
+        s = {}
         for t in TARGETS:
-            def best(suffix=""):
-                qps = [at[(c + suffix, t)]["qps_batch"] for c in ("faiss-HNSW32", "hnswlib-M16", "hnswlib-M32")
-                       if (c + suffix, t) in at and at[(c + suffix, t)]["recall"] >= t]
-                return max(qps) if qps else None
-            best_peer = best()
             entry = {}
-            for mode in ("speed", "compact"):
-                r = at.get((f"ours-{mode}", t))
-                raw = at.get((f"raw-faiss-{mode}", t))
-                if r is None:
+            for mode, peers, label in (("speed", HNSW_PEERS, "best_peer"), ("compact", HNSW_PEERS + (IVF_PEER,),
+                                                                              "best_peer"),
+                                       ("compact", (IVF_PEER,), "ivf_peer")):
+                mine, raw = at.get((f"ours-{mode}", t)), at.get((f"raw-faiss-{mode}", t))
+                if mine is None:
                     continue
-                entry[mode] = {"recall": r["recall"], "qps_batch": r["qps_batch"], "qps_single": r["qps_single"],
-                               "vs_best_peer_batch": round(r["qps_batch"] / best_peer, 3) if best_peer else None,
-                               "overhead_batch": raw and raw["overhead_batch"],
-                               "overhead_single": raw and raw["overhead_single"]}
-            entry["best_peer_qps_batch"] = best_peer
-            entry["best_oracle_peer_qps_batch"] = best("-oracle")
+                if label == "ivf_peer":
+                    e = entry.get(mode, {})
+                else:
+                    e = {"factory": mine["factory"], "params": mine["params"], "recall": mine["recall"],
+                         "qps_batch": round(mine["qps_batch"]), "qps_single": round(mine["qps_single"])}
+                if "memory_bytes_per_vector" in mine:
+                    e["memory_bytes_per_vector"] = round(mine["memory_bytes_per_vector"], 1)
+                for kind, col in (("batch", "qps_batch_rounds"), ("single", "qps_single_rounds")):
+                    present = [at[(p, t)] for p in peers if (p, t) in at]
+                    if not present:
+                        continue
+                    best = max(present, key=lambda r: np.median(r[col]))
+                    per_round = [a / max(b) for a, b in zip(mine[col], zip(*(r[col] for r in present)))]
+                    e[f"vs_{label}_{kind}"] = round(float(np.median(per_round)), 3)
+                    e[f"vs_{label}_{kind}_range"] = [round(min(per_round), 3), round(max(per_round), 3)]
+                    e[f"{label}_{kind}"] = f"{best['config']} {best['params']} recall {best['recall']:.4f}"
+                    if raw is not None and label == "best_peer":
+                        e[f"overhead_{kind}"] = round(1 - float(np.median(
+                            [a / b for a, b in zip(mine[col], raw[col])])), 3)
+                entry[mode] = e
+            for p in HNSW_PEERS + (IVF_PEER,):
+                r = at.get((p, t))
+                if r is not None:
+                    entry[p] = {"params": r["params"], "recall": r["recall"], "qps_batch": round(r["qps_batch"]),
+                                "qps_single": round(r["qps_single"])}
             s[f"recall@10>={t}"] = entry
         out[ds] = s
     return out
@@ -307,49 +465,65 @@ def summarise(rows: list) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", "--datasets", dest="datasets", default="clip,gist",
+                    help="comma list of fashion-mnist, clip, gist")
+    ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(__file__), "..", "data", "fashion-mnist"),
+                    help="where the dataset-fashion-mnist package is unpacked (git-ignored data/)")
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors per synthetic dataset (default 1M)")
-    ap.add_argument("--datasets", default="clip,gist", help="comma list of clip, gist")
-    ap.add_argument("--nq", type=int, default=500, help="held-out queries with exact ground truth")
+    ap.add_argument("--nq", type=int, default=1000, help="evaluation queries with exact ground truth")
+    ap.add_argument("--peer-queries", type=int, default=500, help="other queries the peers are tuned on")
     ap.add_argument("--single", type=int, default=200, help="queries timed one by one for single-query QPS")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--tune-queries", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (medians reported)")
+    ap.add_argument("--tune-queries", type=int, default=500, help="collection vectors held out to tune ours")
     ap.add_argument("--max-memory", default="8G", help="memory budget for the automatic plans")
     ap.add_argument("--collection", help="benchmark a collection's embeddings instead")
     ap.add_argument("--encoder", help="encoder name with --collection")
     ap.add_argument("--metric", choices=("ip", "l2"), help="with --collection, when collection.json lacks it")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--summarise", metavar="LOG", help="print the summary of an earlier run's JSON lines only")
     args = ap.parse_args(argv)
+    if args.summarise:
+        with open(args.summarise) as f:
+            rows = [json.loads(line) for line in f if line.startswith("{") and '"summary"' not in line[:12]]
+        print(json.dumps({"summary": summarise(rows), "targets": list(TARGETS), "k": K}))
+        return
 
     import faiss
     rows: list = []
+    nq, npq = args.nq, args.peer_queries
     with tempfile.TemporaryDirectory(prefix="bench_index_") as work:
-        if args.collection:
-            vectors, _, metric = load_collection(args.collection, args.encoder, args.metric)
-            rng = np.random.default_rng(args.seed)
-            held = np.zeros(len(vectors), bool)
-            picked = rng.choice(len(vectors), 2 * min(args.nq, len(vectors) // 20), replace=False)
-            held[picked] = True
-            queries = np.ascontiguousarray(vectors[picked[:len(picked) // 2]], dtype=np.float32)
-            peer_tuning = np.ascontiguousarray(vectors[picked[len(picked) // 2:]], dtype=np.float32)
-            path = os.path.join(work, "collection.f16.npy")
-            np.save(path, np.asarray(vectors[~held], dtype=np.float16))
-            bench_dataset(f"{os.path.basename(args.collection.rstrip('/'))}:{args.encoder}",
-                          np.load(path, mmap_mode="r"), queries, peer_tuning, metric, args, rows, work)
-        for ds in [s for s in args.datasets.split(",") if s and not args.collection]:
-            d, metric = (512, "ip") if ds == "clip" else (960, "l2")
-            t0 = time.perf_counter()
-            x = make_dataset(args.n + 2 * args.nq, d, ds, os.path.join(work, f"{ds}.all.npy"), seed=args.seed)
-            queries = np.ascontiguousarray(x[args.n:args.n + args.nq], dtype=np.float32)
-            peer_tuning = np.ascontiguousarray(x[args.n + args.nq:], dtype=np.float32)
-            path = os.path.join(work, f"{ds}.f16.npy")
-            np.save(path, x[:args.n])
-            del x
-            os.remove(os.path.join(work, f"{ds}.all.npy"))
-            print(json.dumps({"dataset": ds, "generated_s": round(time.perf_counter() - t0, 2),
-                              "threads": faiss.omp_get_max_threads()}), flush=True)
-            bench_dataset(ds, np.load(path, mmap_mode="r"), queries, peer_tuning, metric, args, rows, work)
+        def run(name, base, queries, tuning_queries, metric):
+            path = os.path.join(work, f"{name.replace(':', '_')}.f16.npy")
+            np.save(path, np.asarray(base, dtype=np.float16))
+            print(json.dumps({"dataset": name, "n": len(base), "threads": faiss.omp_get_max_threads(),
+                              "load1": os.getloadavg()[0]}), flush=True)
+            bench_dataset(name, np.load(path, mmap_mode="r"), queries, tuning_queries, metric, args, rows, work)
             os.remove(path)
-    print(json.dumps({"summary": summarise(rows), "n": args.n, "targets": list(TARGETS), "k": K}), flush=True)
+
+        if args.collection:
+            vectors, metric = load_collection(args.collection, args.encoder, args.metric)
+            picked = np.random.default_rng(args.seed).choice(len(vectors), min(nq + npq, len(vectors) // 10),
+                                                             replace=False)
+            held = np.zeros(len(vectors), bool)
+            held[picked] = True
+            q = np.ascontiguousarray(vectors[picked], dtype=np.float32)
+            run(f"{os.path.basename(args.collection.rstrip('/'))}:{args.encoder}", vectors[~held],
+                q[:len(q) * nq // (nq + npq)], q[len(q) * nq // (nq + npq):], metric)
+        for ds in [s for s in args.datasets.split(",") if s and not args.collection]:
+            if ds == "fashion-mnist":
+                train, test = fashion_mnist(args.data_dir)
+                run(ds, train, test[:nq], test[nq:nq + npq], "l2")
+                continue
+            d, metric = (512, "ip") if ds == "clip" else (960, "l2")
+            x = make_dataset(args.n + nq + npq, d, ds, os.path.join(work, f"{ds}.all.npy"), seed=args.seed)
+            queries = np.ascontiguousarray(x[args.n:args.n + nq], dtype=np.float32)
+            tuning_queries = np.ascontiguousarray(x[args.n + nq:], dtype=np.float32)
+            base = x[:args.n]
+            run(ds, base, queries, tuning_queries, metric)
+            del x, base
+            os.remove(os.path.join(work, f"{ds}.all.npy"))
+    print(json.dumps({"summary": summarise(rows), "targets": list(TARGETS), "k": K,
+                      "load1": os.getloadavg()[0]}), flush=True)
 
 
 if __name__ == "__main__":
