@@ -229,6 +229,11 @@ _SCHEMAS.update({
                                                  "scale": {"type": "number"}},
                                   "description": "Where the source photo's top-left corner went, and its scale."},
                     "image": _DATA_URL}}},
+            "skipped": {"type": "object", "additionalProperties": False,
+                        "properties": {"excluded": {"type": "array", "items": {"type": "integer"}},
+                                       "near_duplicates": {"type": "array", "items": {"type": "integer"}}},
+                        "description": "Items left out as copies of the photo itself (the item named by id, or "
+                                       "the same content), and near-duplicates of it."},
             "took_ms": {"type": "number"},
         },
     },
