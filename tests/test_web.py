@@ -52,13 +52,13 @@ def _build(root: Path, encoders: tuple[str, ...]) -> Path:
 class Server:
     """``nearsight serve --port 0`` in a subprocess; the URL is read from its first line of output."""
 
-    def __init__(self, collection: Path, token: str | None = None):
+    def __init__(self, collection: Path, token: str | None = None, args: tuple[str, ...] = ()):
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("NEARSIGHT_TOKEN", None)
         if token:
             env["NEARSIGHT_TOKEN"] = token
         self.proc = subprocess.Popen([sys.executable, "-m", "nearsight.server.cli", "serve", "-c", str(collection),
-                                      "--host", "127.0.0.1", "--port", "0", "--threads", "4"],
+                                      "--host", "127.0.0.1", "--port", "0", "--threads", "4", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
         deadline = time.time() + 60
         line = ""

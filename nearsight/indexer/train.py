@@ -195,9 +195,22 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
               "pairs": pairs.counts(), "train_pairs": int(len(train_rows)), "val_pairs": int(len(val_rows)),
               "val_queries": val.n_queries, "best_epoch": best_epoch,
               "validation": {k: v for k, v in history[best_epoch - 1].items() if k not in ("epoch", "loss")},
-              "history": history, "seconds": round(time.perf_counter() - started, 1),
+              "examples": example_queries(pairs), "history": history,
+              "seconds": round(time.perf_counter() - started, 1),
               "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return TrainResult(heads.cpu(), report)
+
+
+def example_queries(pairs: Pairs, n: int = 6) -> list[str]:
+    """Texts the model learnt from many images (the page suggests them): short ones, the best-supported first,
+    labels and captions before weak captions."""
+    from collections import Counter
+
+    rank = {"label": 0, "caption": 0, "feedback": 0, "weak": 1}
+    count = Counter(pairs.texts)
+    kind = dict(zip(pairs.texts, pairs.kinds))
+    short = [t for t in count if len(t.split()) <= 6]
+    return sorted(short, key=lambda t: (rank.get(kind[t], 1), -count[t], t))[:n]
 
 
 def split_groups(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

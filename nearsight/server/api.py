@@ -596,7 +596,7 @@ def stats():
     for spec in coll.manifest["encoders"]:
         name = spec["name"]
         index = None
-        meta_path = os.path.join(coll.dir, "indexes", name + ".json")
+        meta_path = os.path.join(coll.dir, "indexes", coll.storage(name) + ".json")
         if os.path.exists(meta_path):
             import json
 
@@ -604,7 +604,7 @@ def stats():
                 meta = json.load(f)
             index = {k: meta[k] for k in ("factory", "recall", "k", "ntotal", "warnings") if k in meta}
         encoders.append({"name": name, "dim": spec["dim"], "metric": spec["metric"], "modalities": spec["modalities"],
-                         "embedded": sum(p["count"] for p in coll.store.parts(name)), "index": index,
+                         "embedded": sum(p["count"] for p in coll.parts(name)), "index": index,
                          "pca_dim": _pca_dim(coll, name)})
     defaults = {}
     for modality in (IMAGE, TEXT):
@@ -613,9 +613,37 @@ def stats():
         except NearsightError:  # no encoder takes this modality
             defaults[modality] = None
     config = state().config
-    return jsonify({"items": coll.count, "encoders": encoders, "default_encoder": defaults,
+    report = coll.encoder(defaults[TEXT]).training_report() if defaults[TEXT] else None
+    text = {"encoder": defaults[TEXT], "examples": (report or {}).get("examples", []), "feedback": config.feedback}
+    return jsonify({"items": coll.count, "encoders": encoders, "default_encoder": defaults, "text": text,
                     "limits": {"max_k": MAX_K, "max_offset": MAX_OFFSET, "max_upload_bytes": config.max_upload_bytes,
                                "max_pixels": config.max_pixels, "max_prefilter": MAX_PREFILTER}})
+
+
+@bp.post("/feedback")
+def feedback():
+    """Record which result of a text search the user opened, and the results ranked above it that they passed
+    over: (query, good, bad) triples that ``nearsight train`` learns from. Only with ``serve --feedback``."""
+    from ..indexer.pairs import record_feedback
+
+    if not state().config.feedback:
+        return error_response(403, "feedback_off", "this server does not record search feedback "
+                                                   "(start it with `nearsight serve --feedback`)")
+    body = _json_body()
+    if not isinstance(body, dict) or set(body) - {"text", "opened", "passed_over"}:
+        raise InvalidQuery("feedback is an object with text, opened and passed_over")
+    text, opened, passed = body.get("text"), body.get("opened"), body.get("passed_over", [])
+    if not isinstance(text, str) or not text.strip() or len(text) > 1000:
+        raise InvalidQuery("text must be the text query, 1 to 1000 characters")
+    if not isinstance(passed, list) or len(passed) > MAX_K:
+        raise InvalidQuery(f"passed_over must be a list of at most {MAX_K} item ids")
+    for value in [opened, *passed]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidQuery(f"item ids must be non-negative integers, got {value!r:.50}")
+        _live_item(value)
+    coll = state().holder.fresh()
+    record_feedback(coll.dir, " ".join(text.split()), opened, [i for i in passed if i != opened])
+    return jsonify({"recorded": True})
 
 
 def _pca_dim(coll, encoder: str) -> int | None:

@@ -67,6 +67,7 @@ class ServerConfig:
     jobs: JobConfig = field(default_factory=JobConfig)  # the heavy image methods' workers and queue
     # Host names answered besides the loopback ones ("*": any); see guard.py on DNS rebinding.
     allowed_hosts: tuple[str, ...] = ()
+    feedback: bool = False  # record which result of a text search was opened (POST /api/feedback)
 
     def __post_init__(self):
         if self.max_upload_bytes < 1 or self.max_pixels < 1:

@@ -519,8 +519,10 @@ def remove_encoder_command(name, collection):
 @click.option("--job-cores", type=click.Choice(["partition", "shared"]), default="partition", show_default=True,
               help="partition: while image jobs run, the workers have the last --heavy-workers cores and searches "
                    "the others; shared: workers run niced on every core (searches first, jobs may starve).")
+@click.option("--feedback", is_flag=True, help="Record which result of a text search users open (and the ones above "
+              "it they pass over) in the collection, for `nearsight train`.")
 def serve(collection, host, port, threads, token, token_file, allowed_hosts, max_upload_mb, max_pixels, device,
-          blas_threads, heavy_workers, job_queue, job_ttl, job_max_side, job_cores):
+          blas_threads, heavy_workers, job_queue, job_ttl, job_max_side, job_cores, feedback):
     """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
     import os
 
@@ -544,7 +546,8 @@ def serve(collection, host, port, threads, token, token_file, allowed_hosts, max
         token = _read_token(token_file)
     bound = () if host in ("0.0.0.0", "::", "") else (host,)  # a wildcard bind names no host
     config = ServerConfig(collection, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                          max_pixels=max_pixels, device=device, jobs=jobs, allowed_hosts=tuple(allowed_hosts) + bound)
+                          max_pixels=max_pixels, device=device, jobs=jobs, allowed_hosts=tuple(allowed_hosts) + bound,
+                          feedback=feedback)
     app = create_app(config)
     install_reload_signal(app)
     # A synchronous image request holds its thread while its job waits or runs: one more thread per worker

@@ -176,6 +176,11 @@ _SCHEMAS = {
             "default_encoder": {"type": "object", "properties": {"image": {"type": ["string", "null"]},
                                                                  "text": {"type": ["string", "null"]}}},
             "limits": {"type": "object"},
+            "text": {"type": "object", "description": "What text search can do here.", "properties": {
+                "encoder": {"type": ["string", "null"], "description": "The encoder text queries use, if any."},
+                "examples": {"type": "array", "items": {"type": "string"},
+                             "description": "Queries the trained text model learnt (for the page's placeholder)."},
+                "feedback": {"type": "boolean", "description": "Whether POST /api/feedback records."}}},
         },
     },
 }
@@ -423,6 +428,18 @@ def _paths() -> dict:
             "operationId": "getStats", "summary": "Item count, encoders, default encoders, limits.",
             "responses": {"200": {"description": "Collection statistics.", "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/Stats"}}}}, **_errors(401)},
+        }},
+        "/api/feedback": {"post": {
+            "operationId": "recordFeedback",
+            "summary": "Record the result of a text search the user opened and those ranked above it they passed "
+                       "over, as training triples for `nearsight train`. Only with `serve --feedback` (403 otherwise).",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["text", "opened"], "additionalProperties": False,
+                "properties": {"text": _SEARCH_KINDS["text"], "opened": _ITEM,
+                               "passed_over": {"type": "array", "maxItems": 1000, "items": _ITEM}}}}}},
+            "responses": {"200": {"description": "Recorded.", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["recorded"], "properties": {"recorded": {"type": "boolean"}}}}}},
+                **_errors(400, 401, 403, 404, 415)},
         }},
         "/api/health": {"get": {
             "operationId": "health", "summary": "Liveness probe; open even when a token is configured.",

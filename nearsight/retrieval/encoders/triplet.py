@@ -163,6 +163,6 @@ class TripletEncoder(Encoder):
                 report = json.load(f)
         except (OSError, ValueError, WeightsUnavailable):
             return None
-        return {k: report[k] for k in ("pairs", "train_pairs", "val_pairs", "val_queries", "best_epoch",
+        return {k: report[k] for k in ("pairs", "train_pairs", "val_pairs", "val_queries", "best_epoch", "examples",
                                        "validation", "seconds", "trained") if k in report} | \
             {"negatives": report.get("config", {}).get("negatives")}

@@ -59,6 +59,7 @@ async function loadStats() {
   try {
     const stats = await (await api("api/stats")).json();
     els.stats.textContent = `${stats.items.toLocaleString()} images`;
+    suggestText(stats.text || {});
     const chosen = els.encoder.value;
     els.encoder.replaceChildren(new Option("auto", ""));
     for (const e of stats.encoders) {
@@ -69,6 +70,32 @@ async function loadStats() {
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 401)) showError(err);
   }
+}
+
+// The text box suggests only what this collection can answer: what its trained text model learnt, or
+// that text needs one.
+let feedbackOn = false;
+function suggestText(text) {
+  feedbackOn = Boolean(text.feedback);
+  const examples = (text.examples || []).map((t) => t.replace(/^a photo of (a|an) /, ""));
+  if (!text.encoder) {
+    els.query.placeholder = "Text search needs a text model (nearsight train); drop a photo to search by image";
+  } else if (examples.length) {
+    els.query.placeholder = `Describe a picture, e.g. ${examples.slice(0, 3).join(", ")}`;
+  } else {
+    els.query.placeholder = "Describe a picture";
+  }
+}
+
+// With `serve --feedback`, opening a result of a text search records it and the results above it, which
+// the user passed over: training triples for `nearsight train`. Best effort: a failure is not shown.
+function sendFeedback(fig) {
+  if (!feedbackOn || !current || current.kind !== "text") return;
+  const above = [];
+  for (let f = fig.previousElementSibling; f; f = f.previousElementSibling) above.push(Number(f.dataset.id));
+  api("api/feedback", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ text: current.value, opened: Number(fig.dataset.id), passed_over: above.reverse() }) })
+    .catch(() => {});
 }
 
 function describe(q) {
@@ -170,7 +197,10 @@ function card(r) {
     caption.append(" ", text);
   }
   fig.append(img, caption);
-  const more = () => (typeof openDetail === "function" ? openDetail(r.id) : search({ kind: "id", value: r.id }));
+  const more = () => {
+    sendFeedback(fig);
+    return typeof openDetail === "function" ? openDetail(r.id) : search({ kind: "id", value: r.id });
+  };
   fig.addEventListener("click", more);
   fig.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); more(); } });
   return fig;
