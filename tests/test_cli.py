@@ -65,6 +65,7 @@ def test_index_builds_ann_indexes_and_build_index(tmp_path, photo_dir):
     assert "index HNSW16 recall@10" in r.output
     r = run("build-index", "-c", c, "--encoder", "tiny", "--auto", "--mode", "lsh", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["factory"].startswith("LSH")
+    assert json.loads(r.output)["warnings"] and "warning: LSH" in run("info", "-c", c).output   # shown, not buried
     r = run("search", "-c", c, "--image", photo_dir / "p05.jpg", "-k", 1, "--json")
     assert json.loads(r.output)["results"][0]["path"] == str(photo_dir / "p05.jpg")
     r = run("index", photo_dir, "-c", tmp_path / "d", "--workers", 0, "--quiet", "--no-index")
