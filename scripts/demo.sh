@@ -10,26 +10,39 @@ SAMPLES=data/samples
 COLL=demo/collection
 
 bash scripts/fetch_sample_photos.sh "$SAMPLES"
-# Balanced: every 12th captioned cut-out (about as many as there are photos), so 785 cut-outs do not drown
-# the 66 photos (a "same scene layout" search for a street returned an explosion and gravestones).
-# The subset list sits beside captioned.tsv, whose paths are relative to it.
-awk 'NR % 12 == 1' "$SAMPLES/captioned.tsv" > "$SAMPLES/captioned-demo.tsv"
+# The 66 photos, the 785 captioned cut-outs (their captions teach the text model, and "an orange" needs the
+# oranges) and 500 labelled Fashion-MNIST images (every 4th; the subset list sits beside labels.tsv, whose
+# paths are relative to it). Photo-only examples below use a folder filter so the cut-outs do not crowd them.
+awk 'NR % 4 == 1' "$SAMPLES/fashion-mnist/labels.tsv" > "$SAMPLES/fashion-mnist/labels-demo.tsv"
 # tiny for colour, gist + lab-layout for scene layout and completion, gist-gray + tiny-gray for colorization,
 # cnn (ImageNet features) for content. Re-running adds only what is new; add `--encoders clip -o
-# clip.pretrained=/path/to/checkpoint.pt` for text search when you have open_clip weights on disk.
-$NS index "$SAMPLES/photos" "$SAMPLES/captioned-demo.tsv" -c "$COLL" --encoders tiny,gist,gist-gray,tiny-gray,lab-layout,cnn
+# clip.pretrained=/path/to/checkpoint.pt` for open_clip's text search when you have its weights on disk.
+$NS index "$SAMPLES/photos" "$SAMPLES/captioned.tsv" "$SAMPLES/fashion-mnist/labels-demo.tsv" -c "$COLL" \
+    --encoders tiny,gist,gist-gray,tiny-gray,lab-layout,cnn
+# Text search with no download: text + image heads trained on the cut-outs' captions, the Fashion-MNIST labels
+# and weak ImageNet captions of the photos (a couple of minutes on 2 cores; once, or again with RETRAIN=1).
+if [ "${RETRAIN:-0}" = 1 ] || ! .venv/bin/python -c "
+import json, sys; m = json.load(open('$COLL/collection.json'))
+sys.exit(0 if any(e.get('kind') == 'triplet' for e in m['encoders']) else 1)"; then
+  $NS train -c "$COLL"
+fi
 $NS info -c "$COLL"
+
+for words in "an orange" "a flower" "a sneaker"; do
+  echo; echo "== \"$words\" (the trained text model)"
+  $NS search -c "$COLL" --text "$words" -k 4
+done
 
 P="$SAMPLES/photos"
 mkdir -p demo/queries
 .venv/bin/python -c "import sys; from PIL import Image, ImageOps; ImageOps.mirror(Image.open(sys.argv[1])).convert('RGB').save(sys.argv[2], quality=90)" \
   "$P/mate-backgrounds__Garden.jpg" demo/queries/garden-mirrored.jpg
-echo; echo "== content (the default encoder, the best held: cnn): a mirrored copy of the garden photo finds it"
-$NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg -k 3
+echo; echo "== content (cnn): a mirrored copy of the garden photo finds it"
+$NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg --encoder cnn -k 3
 echo; echo "== colour only (tiny): the same mirrored copy, by colours and their layout"
-$NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg --encoder tiny -k 3
+$NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg --encoder tiny --path-prefix "$P" -k 3
 echo; echo "== same scene layout (gist): a Leuven street finds the same street from another corner"
-$NS search -c "$COLL" --image "$P/opencv-doc__leuvenA.jpg" --encoder gist -k 3 --min-similarity 0.5
+$NS search -c "$COLL" --image "$P/opencv-doc__leuvenA.jpg" --encoder gist --path-prefix "$P" -k 3 --min-similarity 0.5
 echo; echo "== filters inside the search: cut-outs whose caption says 'bird', most like the ladybird photo"
 $NS search -c "$COLL" --image "$P/mate-backgrounds__LadyBird.jpg" --caption bird -k 3
 echo; echo "== photos only (a folder filter), near-copies folded into one result with their count (--collapse)"

@@ -202,26 +202,38 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
 
 
 def example_queries(pairs: Pairs, n: int = 6) -> list[str]:
-    """Texts the model learnt from many images (the page suggests them): short ones, the best-supported first,
-    labels and captions before weak captions."""
+    """Texts the model learnt (the page suggests them): short ones, taken in turn from labels, captions and
+    weak captions, the best-supported first in each."""
     from collections import Counter
 
-    rank = {"label": 0, "caption": 0, "feedback": 0, "weak": 1}
     count = Counter(pairs.texts)
     kind = dict(zip(pairs.texts, pairs.kinds))
-    short = [t for t in count if len(t.split()) <= 6]
-    return sorted(short, key=lambda t: (rank.get(kind[t], 1), -count[t], t))[:n]
+    lists = [sorted((t for t in count if kind[t] == k and len(t.split()) <= 6), key=lambda t: (-count[t], t))
+             for k in ("label", "caption", "feedback", "weak")]
+    out = []
+    while len(out) < n and any(lists):
+        out += [lst.pop(0) for lst in lists if lst][:n - len(out)]
+    return out
 
 
-def split_groups(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, validation): whole groups held out, about ``fraction`` of the distinct texts."""
-    unique = np.unique(groups)
+def split_groups(groups: np.ndarray, fraction: float, seed: int, min_label: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation), about ``fraction`` held out.
+
+    A text with few images (a caption) is held out whole, so validation asks for texts never trained on; a
+    label with ``min_label`` images or more keeps its text in training and holds out some of its images
+    (holding out a whole class would only teach the model to miss it).
+    """
     rng = np.random.default_rng(seed)
-    n_val = int(round(len(unique) * fraction))
-    if len(unique) >= 4:
+    unique, sizes = np.unique(groups, return_counts=True)
+    captions = unique[sizes < min_label]
+    n_val = int(round(len(captions) * fraction))
+    if len(captions) >= 4:
         n_val = max(1, n_val)
-    held = set(rng.permutation(unique)[:n_val].tolist())
+    held = set(rng.permutation(captions)[:n_val].tolist())
     is_val = np.array([g in held for g in groups], bool)
+    labels = set(unique[sizes >= min_label].tolist())
+    for row in np.flatnonzero([g in labels for g in groups]):
+        is_val[row] = rng.random() < fraction
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
