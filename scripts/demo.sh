@@ -43,10 +43,10 @@ echo; echo "== colour only (tiny): the same mirrored copy, by colours and their 
 $NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg --encoder tiny --path-prefix "$P" -k 3
 echo; echo "== same scene layout (gist): a Leuven street finds the same street from another corner"
 $NS search -c "$COLL" --image "$P/opencv-doc__leuvenA.jpg" --encoder gist --path-prefix "$P" -k 3 --min-similarity 0.5
-echo; echo "== filters inside the search: cut-outs whose caption says 'bird', most like the ladybird photo"
-$NS search -c "$COLL" --image "$P/mate-backgrounds__LadyBird.jpg" --caption bird -k 3
+echo; echo "== filters inside the search: only cut-outs whose caption says 'red', most like the ladybird photo"
+$NS search -c "$COLL" --image "$P/mate-backgrounds__LadyBird.jpg" --caption red -k 3
 echo; echo "== photos only (a folder filter), near-copies folded into one result with their count (--collapse)"
-$NS search -c "$COLL" --image "$P/opencv-doc__aloeL.jpg" --path-prefix "$P" --collapse -k 4
+$NS search -c "$COLL" --image "$P/opencv-doc__rubberwhale1.png" --path-prefix "$P" --collapse -k 3
 
 echo; echo "Serving $COLL at http://127.0.0.1:${PORT:-8080}/ (Ctrl-C to stop)"
 exec $NS serve -c "$COLL" --port "${PORT:-8080}"
