@@ -288,3 +288,38 @@ def test_nothing_to_learn_from(shapes_collection, tmp_path):
             train_heads(coll, config(sources=("captions", "feedback")))  # the shapes' captions are all labels
     finally:
         coll.close()
+
+
+def test_augment_pairs_train_an_image_only_model_that_finds_copies(tmp_path):
+    """--pairs augment on real-ish photos: the trained head finds held-out copies at least as well as the frozen
+    encoder it starts from, and the model takes no text."""
+    from conftest import make_photo
+
+    from nearsight.indexer.augment import augment_copy
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+    from nearsight.indexer.install_model import install_model
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        make_photo(i, size=(80, 64)).save(photos / f"p{i:02d}.jpg", quality=92)
+    index_paths(str(tmp_path / "coll"), [str(photos)], IngestConfig(encoders=("tiny",), workers=0, progress=False))
+    cfg = config(pairs=("augment",), copies=6, epochs=25, val_fraction=0.2)
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        result = train_heads(coll, cfg)
+    finally:
+        coll.close()
+    copies = result.report["copies"]
+    assert copies["val"] == 8 * 6 and copies["trained"]["mAP"] >= copies["frozen"]["mAP"] - 0.02, copies
+    install_model(str(tmp_path / "coll"), cfg, result)
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        assert coll.encoder_spec("text")["modalities"] == ["image"]
+        with pytest.raises(Exception, match="no text tower|no encoder of this collection takes text"):
+            coll.search(text="a photo", k=1)
+        copy = augment_copy(Image.open(photos / "p07.jpg").convert("RGB"), np.random.default_rng(5))
+        hits = coll.search(image=copy, encoder="text", k=3)
+        assert any(h.path.endswith("p07.jpg") for h in hits)
+    finally:
+        coll.close()

@@ -49,7 +49,7 @@ def install_model(collection_dir: str, config: TrainConfig, result: TrainResult,
 
             encoder = create_encoder("triplet", device=config.device, base=base_spec.get("kind", config.image_encoder),
                                      base_config=base_spec["config"], dim=config.dim, hidden=config.hidden,
-                                     model=model_rel)
+                                     model=model_rel, text="text" in config.pairs)
             encoder.name = name
             encoder.attach(coll.dir)
             coll.drop_storage(storage)

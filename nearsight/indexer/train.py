@@ -63,6 +63,10 @@ class TrainConfig:
     warmup_epochs: int = 1
     mine_collection: bool = True
     sources: tuple[str, ...] = SOURCES
+    pairs: tuple[str, ...] = ("text",)  # "text": (text, image) pairs; "augment": (copy, original) image pairs
+    copies: int = 4  # augmented copies per item for "augment"
+    copy_items: int | None = None  # copies of at most this many items (a random sample; every item gets
+    # its copy decoded and embedded by the base encoder, the slow part on a CPU)
     val_fraction: float = 0.1
     patience: int = 4
     seed: int = 0
@@ -90,6 +94,8 @@ class TrainConfig:
                 raise InvalidQuery(f"{field_name} must be an integer >= {low}, got {value!r}")
         if not 0 < self.margin < 2 or not 0 < self.val_fraction < 0.5:
             raise InvalidQuery("margin must be in (0, 2) and val_fraction in (0, 0.5)")
+        if not self.pairs or set(self.pairs) - {"text", "augment"}:
+            raise InvalidQuery(f"pairs must be text, augment or both, got {','.join(self.pairs) or 'none'}")
         encoder_class("triplet")  # registered
 
 
@@ -111,12 +117,13 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     started = time.perf_counter()
     device = resolve_device(config.device)
     matrix = coll.embedding_matrix(config.image_encoder)
+    use_text = "text" in config.pairs
     if pairs is None:
-        pairs = collect_pairs(coll, matrix.has, config.sources)
+        pairs = collect_pairs(coll, matrix.has, config.sources if use_text else ())
     if "weak" in config.sources and pairs.counts().get("weak") and len(pairs.counts()) == 1:
         LOG.warning("no captions, labels or feedback in this collection: training on weak ImageNet captions only")
     train_rows, val_rows = split_groups(pairs.groups, config.val_fraction, config.seed)
-    if len(train_rows) < MIN_PAIRS or len(np.unique(pairs.groups[train_rows])) < 2:
+    if use_text and (len(train_rows) < MIN_PAIRS or len(np.unique(pairs.groups[train_rows])) < 2):
         raise NotEnoughPairs(
             f"too few training pairs: {len(pairs)} (text, image) pairs in {len(np.unique(pairs.groups))} distinct "
             f"texts; training needs at least {MIN_PAIRS} pairs for training besides the validation split, in at "
@@ -127,7 +134,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     rng = np.random.default_rng(config.seed)
     texts = sorted(set(pairs.texts) | {t for t, _, _ in pairs.triples})
     text_row = {t: i for i, t in enumerate(texts)}
-    text_feats = torch.from_numpy(sentence_encoder(device).encode(texts)).to(device)
+    text_feats = torch.from_numpy(sentence_encoder(device).encode(texts)).to(device) if texts else None
     # All collection items (for mining and validation), as stored: float16 rounded, float32 for the heads.
     all_ids = matrix.ids
     all_feats = torch.from_numpy(np.asarray(matrix.vectors, dtype=np.float32)).to(device)
@@ -144,17 +151,18 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     heads = build_heads(matrix.dim, config.dim, config.hidden).to(device)
     optimizer = torch.optim.Adam(heads.parameters(), lr=config.lr)
     val = _Validation(pairs, val_rows, text_feats, text_row, all_feats, item_row)
+    copies = _Copies(coll, config, matrix, all_feats, rng) if "augment" in config.pairs else None
     history, best, best_state, stale, steps = [], -1.0, None, 0, 0
     bar = _progress(config)
     for epoch in range(config.epochs):
         heads.train()
         warm = epoch < config.warmup_epochs or steps < MIN_WARMUP_STEPS
         mined = None
-        if config.mine_collection and not warm:
+        if config.mine_collection and not warm and use_text:
             mined = mine_negatives(heads, text_feats, pair_text[train_rows], groups[train_rows],
                                    pair_item[train_rows], all_feats, row_group_t, config.negatives, rng)
-        order = rng.permutation(len(train_rows))
-        losses = []
+        order = rng.permutation(len(train_rows)) if use_text else np.zeros(0, np.int64)
+        losses = copies.train_epoch(heads, optimizer, "sum" if warm else config.negatives) if copies else []
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
             if len(batch) < 2:
@@ -175,7 +183,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
             steps += 1
             losses.append(float(loss.detach()))
         heads.eval()
-        recall = val.recall(heads)
+        recall = val.recall(heads) if use_text else copies.recall(heads)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else 0.0, **recall})
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", **{f"R@{k}": f"{recall[f'R@{k}']:.3f}" for k in RECALL_KS})
@@ -193,12 +201,80 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     heads.eval()
     report = {"config": {k: v for k, v in asdict(config).items() if k != "progress"},
               "pairs": pairs.counts(), "train_pairs": int(len(train_rows)), "val_pairs": int(len(val_rows)),
-              "val_queries": val.n_queries, "best_epoch": best_epoch,
+              "val_queries": val.n_queries if use_text else copies.n_val, "best_epoch": best_epoch,
+              "copies": copies.report(heads) if copies else None,
               "validation": {k: v for k, v in history[best_epoch - 1].items() if k not in ("epoch", "loss")},
               "examples": example_queries(pairs), "history": history,
               "seconds": round(time.perf_counter() - started, 1),
               "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return TrainResult(heads.cpu(), report)
+
+
+class _Copies:
+    """Image-to-image metric learning: (augmented copy, its original, another item) triplets on the image head.
+
+    Copies of 10% of the items (``val_fraction``) are held out: each must find its original among all items.
+    """
+
+    def __init__(self, coll, config: TrainConfig, matrix, all_feats, rng):
+        import torch
+
+        from .augment import copy_features
+
+        self.config, self.all_feats, self.rng = config, all_feats, rng
+        ids = matrix.ids
+        if config.copy_items is not None and config.copy_items < len(ids):
+            ids = np.sort(rng.choice(ids, config.copy_items, replace=False))
+        feats, owners = copy_features(coll, config.image_encoder, ids, config.copies, config.seed,
+                                      progress=config.progress)
+        if len(np.unique(owners)) < MIN_PAIRS:
+            raise NotEnoughPairs(f"too few images for --pairs augment: {len(np.unique(owners))} readable; "
+                                 f"at least {MIN_PAIRS} are needed")
+        held = set(rng.permutation(np.unique(owners))[:max(1, int(len(np.unique(owners)) * config.val_fraction))])
+        is_val = np.isin(owners, list(held))
+        device = all_feats.device
+        self.feats = torch.from_numpy(feats).to(device)
+        self.rows = torch.from_numpy(matrix.rows(owners)).to(device)
+        self.train, self.val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        self.n_val = int(len(self.val))
+
+    def train_epoch(self, heads, optimizer, negatives: str) -> list[float]:
+        losses = []
+        order = self.rng.permutation(self.train)
+        for start in range(0, len(order), self.config.batch_size):
+            batch = order[start:start + self.config.batch_size]
+            if len(batch) < 2:
+                continue
+            copies = heads["image"](self.feats[batch])
+            originals = heads["image"](self.all_feats[self.rows[batch]])
+            # copies of one item share its row: same row = not a negative
+            loss = batch_triplet_loss(copies @ originals.T, self.rows[batch], self.rows[batch], self.config.margin,
+                                      negatives, self.rng)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return losses
+
+    def recall(self, heads, project: bool = True) -> dict[str, float]:
+        """Held-out copies against every item: R@k and mAP (= mean reciprocal rank of the original)."""
+        import torch
+
+        with torch.no_grad():
+            queries, items = self.feats[self.val], self.all_feats
+            if project:
+                queries, items = heads["image"](queries), heads["image"](items)
+            else:
+                queries = torch.nn.functional.normalize(queries, dim=-1)
+            scores = (queries @ items.T).cpu().numpy()
+        relevant = np.zeros(scores.shape, bool)
+        relevant[np.arange(len(self.val)), self.rows[self.val].cpu().numpy()] = True
+        return recall_at(scores, relevant)
+
+    def report(self, heads) -> dict:
+        """Held-out copy retrieval with the trained head and with the frozen base encoder, side by side."""
+        return {"train": int(len(self.train)), "val": self.n_val, "trained": self.recall(heads),
+                "frozen": self.recall(heads, project=False)}
 
 
 def example_queries(pairs: Pairs, n: int = 6) -> list[str]:

@@ -316,14 +316,21 @@ def fit_pca_command(collection, encoder, dim, shortlist):
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=2e-4, show_default=True)
 @click.option("--sources", default="captions,labels,weak,feedback", show_default=True,
               help="Where (text, image) pairs come from.")
+@click.option("--pairs", "pair_kinds", default="text", show_default=True,
+              help="text: (text, image) pairs; augment: (augmented copy, original) image pairs, so copies rank "
+                   "first; text,augment: both.")
+@click.option("--copies", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Augmented copies per image for --pairs augment.")
+@click.option("--copy-items", type=click.IntRange(min=1), default=None,
+              help="With --pairs augment: make copies of at most this many items (a random sample).")
 @click.option("--no-mining", is_flag=True, help="In-batch negatives only (no collection-wide mining).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--no-index", is_flag=True, help="Do not build the ANN index of the trained encoder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
-def train(collection, name, image_encoder, dim, epochs, negatives, margin, batch_size, lr, sources, no_mining, seed,
-          device, no_index, quiet, as_json):
+def train(collection, name, image_encoder, dim, epochs, negatives, margin, batch_size, lr, sources, pair_kinds, copies,
+          copy_items, no_mining, seed, device, no_index, quiet, as_json):
     """Train a text + image encoder on the collection's captions, labels, weak captions and search feedback."""
     from ..indexer.install_model import install_model
     from ..indexer.train import TrainConfig, train_heads
@@ -332,6 +339,8 @@ def train(collection, name, image_encoder, dim, epochs, negatives, margin, batch
     config = TrainConfig(name=name, image_encoder=image_encoder, dim=dim, epochs=epochs, negatives=negatives,
                          margin=margin, batch_size=batch_size, lr=lr, mine_collection=not no_mining, seed=seed,
                          sources=tuple(s.strip() for s in sources.split(",") if s.strip()), device=device,
+                         pairs=tuple(s.strip() for s in pair_kinds.split(",") if s.strip()), copies=copies,
+                         copy_items=copy_items,
                          progress=not quiet)
     coll = Collection.open(collection)
     try:
@@ -344,10 +353,18 @@ def train(collection, name, image_encoder, dim, epochs, negatives, margin, batch
         click.echo(json.dumps(report))
         return
     v = report["validation"]
-    click.echo(f"trained {name!r} on {report['train_pairs']} pairs ({', '.join(f'{n} {k}' for k, n in report['pairs'].items())}); "
-               f"best epoch {report['best_epoch']}; validation on {report['val_queries']} held-out texts: "
-               + ", ".join(f"{k} {x:.3f}" for k, x in v.items()) + f"; {report['seconds']:.0f}s")
-    click.echo(f"text search: nearsight search -c {collection} --text \"...\"")
+    what = (f"{report['train_pairs']} pairs ({', '.join(f'{n} {k}' for k, n in report['pairs'].items())})"
+            if "text" in config.pairs else f"{report['copies']['train']} augmented copies")
+    held = "held-out texts" if "text" in config.pairs else "held-out copies"
+    click.echo(f"trained {name!r} on {what}; best epoch {report['best_epoch']}; validation on "
+               f"{report['val_queries']} {held}: " + ", ".join(f"{k} {x:.3f}" for k, x in v.items())
+               + f"; {report['seconds']:.0f}s")
+    if report.get("copies"):
+        c = report["copies"]
+        click.echo(f"copy detection on {c['val']} held-out copies, R@1: trained {c['trained']['R@1']:.3f}, "
+                   f"frozen {image_encoder} {c['frozen']['R@1']:.3f}")
+    if "text" in config.pairs:
+        click.echo(f"text search: nearsight search -c {collection} --text \"...\"")
 
 
 def _check_output(out: str) -> None:

@@ -92,9 +92,11 @@ class TripletEncoder(Encoder):
     modalities = frozenset({IMAGE, TEXT})
 
     def __init__(self, device: str = "auto", base: str = "cnn", base_config: dict | None = None,
-                 dim: int = 256, hidden: int = 512, model: str | None = None):
+                 dim: int = 256, hidden: int = 512, model: str | None = None, text: bool = True):
         super().__init__(device, base=base, base_config=dict(base_config or {}), dim=int(dim),
-                         hidden=int(hidden), model=model)
+                         hidden=int(hidden), model=model, text=bool(text))
+        # a model trained on image copies only (--pairs augment) has an untrained text head: image only
+        self.modalities = frozenset({IMAGE, TEXT}) if text else frozenset({IMAGE})
         self.dim = int(dim)
         self.base = create_encoder(base, device=device, **dict(base_config or {}))
         self.derived_from = base  # ingest feeds it the base encoder's vectors instead of pixels
@@ -144,6 +146,8 @@ class TripletEncoder(Encoder):
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
         """Texts -> (n, dim) float32 unit vectors through the sentence encoder and the text head."""
+        if TEXT not in self.modalities:
+            return super().encode_text(texts)
         return self._project("text", sentence_encoder(self.device).encode(list(texts)))
 
     def _project(self, side: str, x: np.ndarray) -> np.ndarray:
