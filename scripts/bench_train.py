@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Text -> image retrieval of `nearsight train`, by kind of negatives, against a zero-shot bridge; training
+time and text-query latency. One run, every row on the same split of the same collection.
+
+Data (scripts/fetch_sample_photos.sh): Tux Paint stamps with their captions and Fashion-MNIST images with
+their class labels, indexed with the `cnn` encoder (built here if missing). Held out from training:
+
+- stamps: 20% of the distinct captions with all their stamps (split by stamp, so the held-out captions are
+  texts the model never saw); each held-out caption ranks the held-out stamps: recall@1/5/10.
+- Fashion-MNIST: 20% of the images; each class name ("a photo of a sneaker") ranks the held-out images:
+  mean average precision over the 10 classes.
+
+A copy-detection row: `--pairs augment` on augmented copies (crop, mirror, colour, banner, JPEG) of a sample of
+items; held-out items' copies must find their original among all items, trained head against the frozen cnn.
+
+Rows: the trained heads with random, semi-hard and hardest (after a sum warm-up) negatives, each with
+collection-wide mining, and a zero-shot bridge with no training at all: a query's sentence similarity to
+"a photo of a <class>" for the 1000 ImageNet classes, times the `cnn` classifier's probabilities of each
+image (score = sum_c cos(q, class_c) * p(c | image)).
+
+    .venv/bin/python scripts/bench_train.py [--collection data/bench_train.ns] [--epochs 30]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from nearsight.indexer.pairs import collect_pairs, softmax  # noqa: E402
+from nearsight.indexer.train import NEGATIVES, TrainConfig, recall_at, train_heads  # noqa: E402
+from nearsight.retrieval.collection import Collection  # noqa: E402
+
+SAMPLES = os.path.join(ROOT, "data", "samples")
+
+
+def build(collection: str) -> None:
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+
+    lists = [os.path.join(SAMPLES, "captioned.tsv"), os.path.join(SAMPLES, "fashion-mnist", "labels.tsv")]
+    missing = [p for p in lists if not os.path.exists(p)]
+    if missing:
+        sys.exit(f"missing {missing}: run scripts/fetch_sample_photos.sh data/samples first")
+    print(f"building {collection} from the stamps and Fashion-MNIST with cnn ...", flush=True)
+    summary = index_paths(collection, lists, IngestConfig(encoders=("cnn",), progress=False))
+    print(" ", summary.line(), flush=True)
+
+
+def split(pairs, seed: int = 0, fraction: float = 0.2):
+    """(train rows, held-out caption rows, held-out label rows)."""
+    rng = np.random.default_rng(seed)
+    caption_groups = np.unique(pairs.groups[[k == "caption" for k in pairs.kinds]])
+    held_groups = set(rng.permutation(caption_groups)[:int(round(fraction * len(caption_groups)))].tolist())
+    kinds = np.array(pairs.kinds)
+    held_caption = (kinds == "caption") & np.isin(pairs.groups, list(held_groups))
+    held_label = (kinds == "label") & (rng.random(len(kinds)) < fraction)
+    train = ~(held_caption | held_label) & np.isin(kinds, ["caption", "label"])
+    return np.flatnonzero(train), np.flatnonzero(held_caption), np.flatnonzero(held_label)
+
+
+class Evaluation:
+    """The two held-out tests: captions -> stamps (R@k), class names -> Fashion-MNIST images (mAP)."""
+
+    def __init__(self, pairs, caption_rows, label_rows):
+        held = pairs.subset(caption_rows)
+        self.caption_queries = sorted(set(held.texts))
+        self.stamps = np.unique(held.item_ids)
+        col = {int(i): j for j, i in enumerate(self.stamps)}
+        self.caption_relevant = np.zeros((len(self.caption_queries), len(self.stamps)), bool)
+        for text, item in zip(held.texts, held.item_ids):
+            self.caption_relevant[self.caption_queries.index(text), col[int(item)]] = True
+        labels = pairs.subset(label_rows)
+        self.class_queries = sorted(set(labels.texts))
+        self.fashion = labels.item_ids
+        self.class_relevant = np.array([[t == q for t in labels.texts] for q in self.class_queries])
+
+    def run(self, score) -> dict:
+        """``score(texts, item_ids) -> (q, n)`` -> the figures."""
+        out = recall_at(score(self.caption_queries, self.stamps), self.caption_relevant)
+        out.pop("mAP")
+        out["fashion_mAP"] = recall_at(score(self.class_queries, self.fashion), self.class_relevant)["mAP"]
+        return out
+
+
+def heads_scorer(heads, matrix):
+    import torch
+
+    from nearsight.retrieval.encoders.sentence import sentence_encoder
+
+    def score(texts, ids):
+        with torch.no_grad():
+            t = heads["text"](torch.from_numpy(sentence_encoder("cpu").encode(texts)))
+            v = heads["image"](torch.from_numpy(matrix.reconstruct(ids).astype(np.float16).astype(np.float32)))
+        return (t @ v.T).numpy()
+    return score
+
+
+def bridge_scorer(coll, matrix):
+    from nearsight.indexer.pairs import label_text
+    from nearsight.retrieval.encoders.cnn import imagenet_class_names
+    from nearsight.retrieval.encoders.sentence import sentence_encoder
+
+    encoder = sentence_encoder("cpu")
+    classes = encoder.encode([label_text(n) for n in imagenet_class_names()])  # (1000, 384)
+    cnn = coll.encoder("cnn")
+
+    def score(texts, ids):
+        probs = softmax(cnn.classify_embeddings(matrix.reconstruct(ids)))  # (n, 1000)
+        return (encoder.encode(texts) @ classes.T) @ probs.T
+    return score
+
+
+def text_latency_ms(coll, name: str, repeats: int = 50) -> float:
+    """Median wall time of one text query embedded by the installed model (warm), torch on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    enc = coll.encoder(name)
+    enc.encode_text(["warm up"])
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        enc.encode_text([f"a photo of a red bicycle number {i}"])
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--collection", default=os.path.join(ROOT, "data", "bench_train.ns"))
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--copy-items", type=int, default=300, help="items copied for the copy-detection row (0: skip)")
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.collection, "collection.json")):
+        build(args.collection)
+    load = os.getloadavg()[0]
+    coll = Collection.open(args.collection)
+    matrix = coll.embedding_matrix("cnn")
+    pairs = collect_pairs(coll, matrix.has, sources=("captions", "labels"))
+    train_rows, caption_rows, label_rows = split(pairs, args.seed)
+    train_pairs = pairs.subset(train_rows)
+    evaluation = Evaluation(pairs, caption_rows, label_rows)
+    print(f"{len(pairs)} pairs ({pairs.counts()}); training on {len(train_rows)}; held out "
+          f"{len(evaluation.caption_queries)} captions over {len(evaluation.stamps)} stamps, "
+          f"{len(evaluation.fashion)} Fashion-MNIST images; load average {load:.1f} on {os.cpu_count()} cores",
+          flush=True)
+
+    rows = {}
+    for negatives in NEGATIVES:
+        config = TrainConfig(negatives=negatives, epochs=args.epochs, seed=args.seed, device="cpu", progress=False)
+        start = time.perf_counter()
+        result = train_heads(coll, config, pairs=train_pairs)
+        seconds = time.perf_counter() - start
+        epochs = len(result.report["history"])
+        rows[negatives] = {**evaluation.run(heads_scorer(result.heads, matrix)), "train_seconds": round(seconds, 1),
+                           "epochs": epochs, "best_epoch": result.report["best_epoch"],
+                           "pairs_epochs_per_s": round(len(train_rows) * epochs / seconds, 1)}
+        print(f"  {negatives:9s} {rows[negatives]}", flush=True)
+    rows["zero-shot bridge"] = evaluation.run(bridge_scorer(coll, matrix))
+    print(f"  bridge    {rows['zero-shot bridge']}", flush=True)
+
+    print(f"\n| negatives | R@1 | R@5 | R@10 | Fashion mAP | train s (epochs) |\n|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        t = f"{r['train_seconds']} ({r['epochs']})" if "train_seconds" in r else "-"
+        print(f"| {name} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} | {r['fashion_mAP']:.3f} | {t} |")
+    best_hard = max(("hardest", "semihard"), key=lambda n: rows[n]["R@1"])
+    gain = rows[best_hard]["R@1"] / max(rows["random"]["R@1"], 1e-9) - 1
+    print(f"\n{best_hard} vs random, R@1: {100 * gain:+.1f}% relative (target >= +10%); "
+          f"vs zero-shot bridge: {rows[best_hard]['R@1']:.3f} vs {rows['zero-shot bridge']['R@1']:.3f} R@1, "
+          f"{rows[best_hard]['fashion_mAP']:.3f} vs {rows['zero-shot bridge']['fashion_mAP']:.3f} mAP")
+
+    # Seconds per 10k pairs: training time scales with pairs x epochs (measured above at this collection's size).
+    per_10k = 10_000 * rows["hardest"]["epochs"] / rows["hardest"]["pairs_epochs_per_s"]
+    print(f"training time for 10k pairs at hardest's {rows['hardest']['epochs']} epochs: {per_10k:.0f} s "
+          f"(from {rows['hardest']['pairs_epochs_per_s']} pair-epochs/s measured on {len(train_rows)} pairs; target <= 180 s)")
+    copy_detection = None
+    if args.copy_items:
+        config = TrainConfig(pairs=("augment",), copies=3, copy_items=args.copy_items, epochs=args.epochs,
+                             seed=args.seed, device="cpu", progress=False)
+        start = time.perf_counter()
+        copy_detection = train_heads(coll, config).report["copies"]
+        copy_detection["seconds"] = round(time.perf_counter() - start, 1)
+        print(f"copy detection ({copy_detection['val']} held-out copies of {args.copy_items} sampled items, against all "
+              f"{len(matrix)} items): R@1 trained {copy_detection['trained']['R@1']:.3f} vs frozen cnn "
+              f"{copy_detection['frozen']['R@1']:.3f}; mAP {copy_detection['trained']['mAP']:.3f} vs "
+              f"{copy_detection['frozen']['mAP']:.3f}")
+    latency = None
+    text_models = [n for n in coll.encoder_names if coll.encoder_spec(n).get("kind") == "triplet"]
+    if text_models:
+        latency = text_latency_ms(coll, text_models[0])
+        print(f"text query embedding ({text_models[0]}): {latency:.1f} ms median, 1 thread (target <= 20 ms)")
+    else:
+        print("no installed text model in the collection for the latency figure (run nearsight train on it)")
+    coll.close()
+    print(json.dumps({"bench": "train", "load_average": round(load, 1), "pairs_trained": int(len(train_rows)),
+                      "rows": rows, "hard_vs_random_r1_gain": round(gain, 3), "best_hard": best_hard,
+                      "seconds_per_10k_pairs": round(per_10k, 1), "text_query_ms": latency,
+                      "copy_detection": copy_detection}))
+
+
+if __name__ == "__main__":
+    main()
