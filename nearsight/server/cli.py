@@ -273,6 +273,13 @@ def info(collection, as_json, failures):
         click.echo(line)
         for warning in (index or {}).get("warnings") or []:
             click.echo(f"    warning: {warning}")
+        training = e.get("training")
+        if training:
+            pairs = ", ".join(f"{n} {k}" for k, n in (training.get("pairs") or {}).items())
+            figures = ", ".join(f"{k} {v:.3f}" for k, v in (training.get("validation") or {}).items())
+            click.echo(f"    trained {training.get('trained', '?')} over {e['config'].get('base')} "
+                       f"({training.get('negatives')} negatives) on {training.get('train_pairs')} pairs ({pairs}); "
+                       f"validation on {training.get('val_queries')} held out: {figures}")
     for f in data.get("failure_list", []):
         click.echo(f"  FAILED {f['source']}: {f['reason']}")
 
