@@ -381,34 +381,32 @@ def colorize_arrays(gray, neighbors, config: ColorizeConfig = ColorizeConfig(), 
     ones = np.ones((h, w), bool)
 
     models = GRAY_MODELS[1:] if config.gray_model == "auto" else (config.gray_model,)
-    prepared = []  # per neighbour: (lab on the working grid, its gray under each model, placement)
+    prepared = []  # per neighbour: (lab on the working grid, its gray under each model)
     for i, nb in enumerate(neighbors):
-        report("align", 0.8 * i / len(neighbors))  # the placements are most of the core's time
         rgb = np.asarray(nb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
             raise InvalidQuery(f"neighbour {i} must be an (h, w, 3) RGB array; got shape {rgb.shape}")
         # Squash to the query's frame, as the whole-frame descriptors that found it did.
         small = np.clip(resize_image(_float_rgb(rgb), (h, w)), 0.0, 1.0)
         lab = rgb_to_lab(small)
-        grays = {m: gray_lightness(small, m, lab) for m in models}
-        # Placement on the remapped lightness, so a darker exposure of the same layout still lines up;
-        # the data term then compares the real lightness, which is what tells sky from snow from wall.
-        remapped = _remap_lightness(grays[models[0]], mean_q, std_q)
-        placement = best_placement(l_work[..., None], ones, remapped[..., None], scales=config.scales,
-                                   offset_penalty=config.offset_penalty, query_texture=t_work)
-        prepared.append((lab, grays, placement))
-    # One gray model for the query (a photo was made gray one way): the one under which the best-matching
-    # neighbour, as placed, looks most like the query. An exact source decides it; without one the choice
-    # barely matters.
+        prepared.append((lab, {m: gray_lightness(small, m, lab) for m in models}))
+    # One gray model for the query (a photo was made gray one way): the one under which the neighbour that
+    # matches best, frame to frame, looks most like the query. An exact source decides it; without one the
+    # choice barely matters.
     model = models[0]
     if len(models) > 1:
-        error = {m: min(float(np.abs(warp_candidate(grays[m][..., None], placement, (h, w))[0][..., 0]
-                                     - l_work).mean()) for _, grays, placement in prepared) for m in models}
+        error = {m: min(float(np.abs(grays[m] - l_work).mean()) for _, grays in prepared) for m in models}
         model = min(models, key=error.get)
 
     placements, ab_layers, unary, local = [], [], [], []
-    for lab, grays, placement in prepared:
+    for i, (lab, grays) in enumerate(prepared):
+        report("align", 0.8 * i / len(neighbors))  # the placements are most of the core's time
         lab[..., 0] = grays[model]
+        # Placement on the remapped lightness, so a darker exposure of the same layout still lines up;
+        # the data term then compares the real lightness, which is what tells sky from snow from wall.
+        remapped = _remap_lightness(lab[..., 0], mean_q, std_q)
+        placement = best_placement(l_work[..., None], ones, remapped[..., None], scales=config.scales,
+                                   offset_penalty=config.offset_penalty, query_texture=t_work)
         warped, _ = warp_candidate(lab, placement, (h, w))  # zoom-in scales: the whole frame is covered
         cost, ab = _local_match(l_work, t_work, warped, config)
         local.append(cost)
