@@ -302,7 +302,8 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
     for plan, targets in by_factory.values():
         ours("speed", plan, targets)
     compact = plan_index(n, d, metric, args.max_memory, "compact")
-    ours("compact", compact, list(TARGETS))
+    if "compact" in args.modes:
+        ours("compact", compact, list(TARGETS))
 
     # -- peers: parameters by tune's rule on the separate tuning queries ---------------------------------
     def peer(config: str, factory: str, kind: str, make, build_s: float, nbytes: int, rerank=False,
@@ -390,7 +391,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
     # the compact mode's like-for-like peer: faiss's own IVF-PQ fast-scan recipe with float32 re-ranking
     from nearsight.retrieval.index.plan import parse_factory
     parts = parse_factory(compact.factory)
-    if parts.kind == "ivf" and parts.pq_m:
+    if parts.kind == "ivf" and parts.pq_m and "compact" in args.modes:
         ivf_peer(parts, compact.train_size)
 
     # -- the timed rounds: everything at each target, interleaved ----------------------------------------
@@ -476,6 +477,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (medians reported)")
     ap.add_argument("--tune-queries", type=int, default=500, help="collection vectors held out to tune ours")
     ap.add_argument("--max-memory", default="8G", help="memory budget for the automatic plans")
+    ap.add_argument("--modes", default="speed,compact",
+                    help="our modes to run: speed, compact (and with it its IVF-PQ peer)")
     ap.add_argument("--collection", help="benchmark a collection's embeddings instead")
     ap.add_argument("--encoder", help="encoder name with --collection")
     ap.add_argument("--metric", choices=("ip", "l2"), help="with --collection, when collection.json lacks it")
