@@ -98,6 +98,17 @@ def test_filters_go_into_the_search_and_the_link(server, page):
     # into groups; every photo is still accounted for, each group once with its size.
     badges = page.locator("#results .copies").all_text_contents()
     assert badges and len(ids) + sum(int(b.lstrip("+")) for b in badges) == N_PHOTOS
+    page.fill("#f-before", "2001-01-01")  # nothing was indexed that long ago
+    page.press("#f-before", "Tab")
+    page.wait_for_function("() => document.querySelector('#query-info').textContent.includes(': 0 results')")
+    assert "before=2001-01-01" in page.url
+    page.fill("#f-before", "")
+    page.fill("#f-maxw", "95")  # the photos are 96 px wide
+    page.press("#f-maxw", "Tab")
+    page.wait_for_function("() => document.querySelector('#query-info').textContent.includes(': 0 results')")
+    page.fill("#f-maxw", "96")
+    page.press("#f-maxw", "Tab")
+    wait_for_results(page, [])
     page.fill("#f-minsim", "101")
     page.press("#f-minsim", "Tab")
     page.wait_for_function("() => document.querySelector('#query-info').textContent.includes(': 0 results')")

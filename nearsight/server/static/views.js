@@ -12,7 +12,7 @@ const view = {
 };
 
 // Filter inputs <-> URL parameters <-> search API fields.
-const FILTER_PARAMS = ["path", "caption", "minw", "minh", "after", "minsim", "collapse"];
+const FILTER_PARAMS = ["path", "caption", "minw", "maxw", "minh", "maxh", "after", "before", "minsim", "collapse"];
 let encoders = [];            // the collection's encoders (from /api/stats), for "more like this" per encoder
 let defaultImageEncoder = null;
 const ENCODER_NOTES = {
@@ -32,13 +32,17 @@ function searchOptions() {
   const filter = {};
   const path = filterInput("path").value.trim();
   const caption = filterInput("caption").value.trim();
-  const minw = filterInput("minw").value, minh = filterInput("minh").value;
-  const after = filterInput("after").value;
+  const numbers = { minw: "min_width", maxw: "max_width", minh: "min_height", maxh: "max_height" };
   if (path) filter.path_prefix = path;
   if (caption) filter.caption = caption;
-  if (minw !== "") filter.min_width = Number(minw);
-  if (minh !== "") filter.min_height = Number(minh);
-  if (after) filter.added_after = after;
+  for (const [name, field] of Object.entries(numbers)) {
+    const value = filterInput(name).value;
+    if (value !== "") filter[field] = Number(value);
+  }
+  // Dates are the user's days: from local midnight (after), up to the next local midnight (before).
+  const after = filterInput("after").value, before = filterInput("before").value;
+  if (after) filter.added_after = new Date(after + "T00:00").getTime() / 1000;
+  if (before) filter.added_before = new Date(before + "T00:00").getTime() / 1000 + 86400;
   const out = {};
   if (Object.keys(filter).length) out.filter = filter;
   const minsim = filterInput("minsim").value;
