@@ -151,6 +151,42 @@ def sub_batches(n: int, size: int):
     return [slice(start, min(n, start + size)) for start in range(0, n, size)]
 
 
+_PARALLEL_LOCK = threading.Lock()
+_POOL = None
+
+
+def run_image_parallel(task, count: int, threads: int) -> None:
+    """Run ``task(i)`` for i in range(count) on ``threads`` worker threads, torch single-threaded in each.
+
+    The CPU counterpart of one big batch: whole sub-batches per thread need no synchronisation, whereas
+    torch's intra-op threads meet at a barrier after every layer, and with small sub-batches (kept small so
+    their activations are reused from the heap) that is hundreds of barriers per image, each waiting for
+    whichever thread the scheduler parked (retrieval/gist.py measured the same for GIST). torch's thread
+    count is per process, so the workers set theirs to 1 and the caller's is put back; the lock keeps
+    concurrent callers from interleaving that. A task must enter ``torch.inference_mode`` itself (thread-local).
+    """
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _POOL
+
+    def run(i):
+        torch.set_num_threads(1)  # this worker thread's OpenMP (and MKL) pool
+        task(i)
+
+    with _PARALLEL_LOCK:
+        previous = torch.get_num_threads()
+        try:
+            if _POOL is None or _POOL._max_workers != threads:
+                if _POOL is not None:
+                    _POOL.shutdown(wait=True)
+                _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encode")
+            for job in [_POOL.submit(run, i) for i in range(count)]:
+                job.result()
+        finally:
+            torch.set_num_threads(previous)
+
+
 def normalized_numpy(t) -> np.ndarray:
     """(n, d) tensor of any dtype -> (n, d) float32 numpy array with unit-L2 rows."""
     import torch.nn.functional as F
