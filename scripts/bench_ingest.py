@@ -11,7 +11,7 @@ For each encoder (``--encoders tiny,cnn``), on the photos of FOLDER, with W = ``
   is what nearsight's bookkeeping and durability cost (1.0 = free; above 1 = its overlap wins).
 - **decode limit**: the decode workers' whole job (read, sha256, draft decode per encoder, thumbnail,
   preprocess) on W processes, nothing encoded: the best ingest could do if encoding were free.
-- **encode limit**: the encoder alone on preprocessed arrays in memory, at its best batch (16, 64, 256),
+- **encode limit**: the encoder alone on preprocessed arrays in memory, at its best batch (16 or 64),
   torch's default threads: the best ingest could do if decoding were free.
 - ``ingest / min(limits)`` is how close ingest gets to the slower of the two (target >= 0.7). Decoding and
   encoding share the same cores, so the true ceiling is lower still: ``1 / (1/decode + 1/encode)``, the rate if
@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from nearsight.indexer.decode import DecodeTask, Decoder, read_source  # noqa: E402
 from nearsight.indexer.sources import iter_sources  # noqa: E402
 from nearsight.retrieval.encoders import create_encoder  # noqa: E402
+from nearsight.retrieval.heap import keep_freed_memory  # noqa: E402
 from nearsight.retrieval.images import decode_image  # noqa: E402
 
 _state = {}
@@ -90,7 +91,7 @@ def baseline(sources, encoder: str, workers: int) -> float:
 
 
 # -- encode side -------------------------------------------------------------------------------------------------
-def preprocessed(sources, encoder: str, n: int = 256) -> np.ndarray:
+def preprocessed(sources, encoder: str, n: int = 128) -> np.ndarray:
     enc = create_encoder(encoder, device="cpu")
     arrays = [enc.preprocess(decode_image(read_source(s), min_side=enc.draft_size).image) for s in sources[:n]]
     reps = -(-n // len(arrays))
@@ -102,7 +103,7 @@ def encode_limit(arrays: np.ndarray, encoder: str, repeat: int) -> tuple[float, 
     enc = create_encoder(encoder, device="cpu")
     enc.encode_images(arrays[:16])  # load the model, warm up
     best = (0.0, 0)
-    for batch in (16, 64, 256):
+    for batch in (16, 64):
         for _ in range(repeat):
             start = time.perf_counter()
             for i in range(0, len(arrays), batch):
@@ -202,10 +203,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs for each figure")
     args = ap.parse_args()
 
+    keep_freed_memory()  # as ingest does: the encode limit and baseline run in the same heap setting
     sources = list(iter_sources([args.folder]))
-    rows = [measure(args.folder, sources, e.strip(), args.workers, args.repeat)
-            for e in args.encoders.split(",") if e.strip()]
-    for r in rows:
+    rows = []
+    for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
+        rows.append(measure(args.folder, sources, name, args.workers, args.repeat))
+        r = rows[-1]
         print(f"{r['encoder']:6s} ingest {r['ingest_images_per_s']:7.1f} images/s | baseline (same W, draft decode) "
               f"{r['baseline_images_per_s']:7.1f} = {r['ingest_to_baseline']}x | decode limit "
               f"{r['decode_limit_images_per_s']:7.1f}, encode limit {r['encode_limit_images_per_s']:7.1f} "
