@@ -34,21 +34,27 @@ def shape_image(colour, shape, seed) -> Image.Image:
     return im
 
 
-@pytest.fixture(scope="module")
-def shapes_collection(tmp_path_factory):
-    """96 captioned images ("a red square", ...: 16 captions x 6) in a tiny-encoder collection."""
+def build_shapes(root, per_caption: int):
+    """``per_caption`` images of each of 16 captions ("a red square", ...) in a tiny-encoder collection root/coll."""
     from nearsight.indexer.ingest import IngestConfig, index_paths
 
-    root = tmp_path_factory.mktemp("shapes")
     lines = []
     for c, colour in enumerate(COLOURS):
         for s, shape in enumerate(SHAPES):
-            for i in range(6):
+            for i in range(per_caption):
                 name = f"{colour}-{shape}-{i}.png"
                 shape_image(colour, shape, seed=100 * c + 10 * s + i).save(root / name)
                 lines.append(f"{name}\ta {colour} {shape}")
     (root / "list.tsv").write_text("\n".join(lines) + "\n")
     index_paths(str(root / "coll"), [str(root / "list.tsv")], IngestConfig(encoders=("tiny",), workers=0, progress=False))
+    return root / "coll"
+
+
+@pytest.fixture(scope="module")
+def shapes_collection(tmp_path_factory):
+    """96 captioned images (16 captions x 6) in a tiny-encoder collection."""
+    root = tmp_path_factory.mktemp("shapes")
+    build_shapes(root, 6)
     return root
 
 

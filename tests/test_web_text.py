@@ -7,10 +7,9 @@ import json
 import shutil
 
 import pytest
-from test_train import COLOURS, SHAPES, shape_image
+from test_train import COLOURS, SHAPES, build_shapes
 from test_web import ARTIFACTS, CHROMIUM, Server, browser, page, screenshot_on_failure, wait_for_results  # noqa: F401
 
-from nearsight.indexer.ingest import IngestConfig, index_paths
 from nearsight.indexer.install_model import install_model
 from nearsight.indexer.train import TrainConfig, train_heads
 from nearsight.retrieval.collection import Collection
@@ -22,15 +21,7 @@ pytestmark = [pytest.mark.browser,
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("webtext")
-    lines = []
-    for c, colour in enumerate(COLOURS):
-        for s, shape in enumerate(SHAPES):
-            for i in range(4):
-                name = f"{colour}-{shape}-{i}.png"
-                shape_image(colour, shape, seed=100 * c + 10 * s + i).save(root / name)
-                lines.append(f"{name}\ta {colour} {shape}")
-    (root / "list.tsv").write_text("\n".join(lines) + "\n")
-    index_paths(str(root / "coll"), [str(root / "list.tsv")], IngestConfig(encoders=("tiny",), workers=0, progress=False))
+    build_shapes(root, 4)
     config = TrainConfig(image_encoder="tiny", dim=32, hidden=64, epochs=30, batch_size=32, lr=2e-3,
                          progress=False, device="cpu")
     coll = Collection.open(root / "coll")
