@@ -17,7 +17,8 @@ awk 'NR % 4 == 1' "$SAMPLES/fashion-mnist/labels.tsv" > "$SAMPLES/fashion-mnist/
 # tiny for colour, gist + lab-layout for scene layout and completion, gist-gray + tiny-gray for colorization,
 # cnn (ImageNet features) for content. Re-running adds only what is new; add `--encoders clip -o
 # clip.pretrained=/path/to/checkpoint.pt` for open_clip's text search when you have its weights on disk.
-$NS index "$SAMPLES/photos" "$SAMPLES/captioned.tsv" "$SAMPLES/fashion-mnist/labels-demo.tsv" -c "$COLL" \
+# Photos last, so they are what the page's "recently added" grid shows first.
+$NS index "$SAMPLES/fashion-mnist/labels-demo.tsv" "$SAMPLES/captioned.tsv" "$SAMPLES/photos" -c "$COLL" \
     --encoders tiny,gist,gist-gray,tiny-gray,lab-layout,cnn
 # Text search with no download: text + image heads trained on the cut-outs' captions, the Fashion-MNIST labels
 # and weak ImageNet captions of the photos (a couple of minutes on 2 cores; once, or again with RETRAIN=1).
