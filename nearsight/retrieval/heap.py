@@ -8,7 +8,7 @@ churn was more kernel time than the convolutions themselves. ``keep_freed_memory
 loop reuses the same pages. The cost is that the process keeps its peak heap until it exits.
 
 It changes the whole process, so the library never calls it on import: the processes that own their
-run call it (ingest, the server). Elsewhere (musl, macOS) it does nothing.
+run call it (`index_paths`). Elsewhere (musl, macOS) it does nothing.
 """
 from __future__ import annotations
 
