@@ -290,17 +290,18 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
             extra[t][f"raw-faiss-{mode}"] = dict(factory=index.factory, params=p.to_dict())
 
     # -- ours: speed (degree measured per target, one build per distinct factory) and compact -------------
-    speed = plan_index(n, d, metric, args.max_memory, "speed")
-    t0 = time.perf_counter()
-    costs = measure_degrees(speed, source.vectors, ids, TARGETS, K, seed=args.seed)
-    emit(rows, **common, config="degree-measurement", seconds=time.perf_counter() - t0,
-         costs={str(t): {str(m): c[:3] for m, c in v.items()} for t, v in costs.items()})
-    by_factory: dict = {}
-    for t in TARGETS:
-        plan = degree_plan(speed, costs.get(t, {}), t, K)
-        by_factory.setdefault(plan.factory, (plan, []))[1].append(t)
-    for plan, targets in by_factory.values():
-        ours("speed", plan, targets)
+    if "speed" in args.modes:
+        speed = plan_index(n, d, metric, args.max_memory, "speed")
+        t0 = time.perf_counter()
+        costs = measure_degrees(speed, source.vectors, ids, TARGETS, K, seed=args.seed)
+        emit(rows, **common, config="degree-measurement", seconds=time.perf_counter() - t0,
+             costs={str(t): {str(m): c[:3] for m, c in v.items()} for t, v in costs.items()})
+        by_factory: dict = {}
+        for t in TARGETS:
+            plan = degree_plan(speed, costs.get(t, {}), t, K)
+            by_factory.setdefault(plan.factory, (plan, []))[1].append(t)
+        for plan, targets in by_factory.values():
+            ours("speed", plan, targets)
     compact = plan_index(n, d, metric, args.max_memory, "compact")
     if "compact" in args.modes:
         ours("compact", compact, list(TARGETS))
