@@ -77,7 +77,8 @@ async function loadStats() {
 let feedbackOn = false;
 function suggestText(text) {
   feedbackOn = Boolean(text.feedback);
-  const examples = (text.examples || []).map((t) => t.replace(/^a photo of (a|an) /, ""));
+  const examples = (text.examples || []).map((t) =>
+    t.replace(/^a photo of (a|an) /, "").replace(/\.$/, "").replace(/^(A|An) /, (m) => m.toLowerCase()));
   if (!text.encoder) {
     els.query.placeholder = "Text search needs a text model (nearsight train); drop a photo to search by image";
   } else if (examples.length) {
