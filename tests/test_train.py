@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -235,9 +236,14 @@ def test_retrain_replaces_atomically_and_kill_leaves_collection(trained, tmp_pat
     before = json.loads((coll_dir / "collection.json").read_text())
     # kill -9 a training run part-way: the collection must be exactly as it was
     proc = subprocess.Popen([sys.executable, "-m", "nearsight.server.cli", "train", "-c", str(coll_dir),
-                             "--image-encoder", "tiny", "--dim", "32", "--epochs", "500", "--quiet",
-                             "--device", "cpu"], stderr=subprocess.PIPE, stdout=subprocess.PIPE)
-    time.sleep(12)
+                             "--image-encoder", "tiny", "--dim", "32", "--epochs", "100000", "--patience", "100000",
+                             "--device", "cpu"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    # kill it once its progress bar shows a finished epoch: mid-training, whatever the machine's speed
+    seen, deadline = b"", time.time() + 300
+    while b" 1/100000" not in seen and time.time() < deadline and proc.poll() is None:
+        if select.select([proc.stderr], [], [], 1.0)[0]:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    assert proc.poll() is None, seen.decode(errors="replace")[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert json.loads((coll_dir / "collection.json").read_text()) == before

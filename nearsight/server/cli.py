@@ -317,6 +317,8 @@ def fit_pca_command(collection, encoder, dim, shortlist):
 @click.option("--dim", type=click.IntRange(min=2), default=256, show_default=True, help="Shared embedding size.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
               help="At most this many (training stops early when validation recall stalls).")
+@click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Stop after this many epochs without a better validation mAP.")
 @click.option("--negatives", type=click.Choice(["hardest", "semihard", "random"]), default="hardest", show_default=True)
 @click.option("--margin", type=click.FloatRange(0, 2, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
@@ -336,14 +338,15 @@ def fit_pca_command(collection, encoder, dim, shortlist):
 @click.option("--no-index", is_flag=True, help="Do not build the ANN index of the trained encoder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
-def train(collection, name, image_encoder, dim, epochs, negatives, margin, batch_size, lr, sources, pair_kinds, copies,
+def train(collection, name, image_encoder, dim, epochs, patience, negatives, margin, batch_size, lr, sources, pair_kinds, copies,
           copy_items, no_mining, seed, device, no_index, quiet, as_json):
     """Train a text + image encoder on the collection's captions, labels, weak captions and search feedback."""
     from ..indexer.install_model import install_model
     from ..indexer.train import TrainConfig, train_heads
     from ..retrieval.collection import Collection
 
-    config = TrainConfig(name=name, image_encoder=image_encoder, dim=dim, epochs=epochs, negatives=negatives,
+    config = TrainConfig(name=name, image_encoder=image_encoder, dim=dim, epochs=epochs, patience=patience,
+                         negatives=negatives,
                          margin=margin, batch_size=batch_size, lr=lr, mine_collection=not no_mining, seed=seed,
                          sources=tuple(s.strip() for s in sources.split(",") if s.strip()), device=device,
                          pairs=tuple(s.strip() for s in pair_kinds.split(",") if s.strip()), copies=copies,
