@@ -32,9 +32,6 @@ import http.client
 import io
 import json
 import os
-import re
-import select
-import subprocess
 import sys
 import threading
 import time
@@ -44,6 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_serve import Server  # noqa: E402  (scripts/ is on the path when a script runs)
 
 
 def parse_args():
@@ -100,37 +99,6 @@ def completion_body(samples: str, side: int, n: int, seed: int) -> str:
 
 
 # -- the server -------------------------------------------------------------------------------------
-
-class Server:
-    def __init__(self, collection: str, heavy_workers: int | None, job_queue: int, job_cores: str):
-        env = dict(os.environ, HF_HUB_OFFLINE="1")
-        env.pop("NEARSIGHT_TOKEN", None)
-        cmd = [sys.executable, "-m", "nearsight.server.cli", "serve", "-c", collection, "--host", "127.0.0.1",
-               "--port", "0", "--job-queue", str(job_queue), "--job-cores", job_cores]
-        if heavy_workers:
-            cmd += ["--heavy-workers", str(heavy_workers)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                     cwd=ROOT)
-        deadline, line = time.time() + 120, ""
-        while time.time() < deadline and "http://" not in line and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                line = self.proc.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        if not match:
-            self.stop()
-            raise SystemExit(f"nearsight serve did not start: {line!r}")
-        self.port = int(match.group(1))
-        self.log: list[str] = []
-        threading.Thread(target=lambda: self.log.extend(self.proc.stdout), daemon=True).start()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 class RssSampler:
     """Peak RSS of the server and of its worker processes, sampled every 0.2 s."""
@@ -284,7 +252,8 @@ def main() -> None:
     body = completion_body(args.samples, args.side, args.n, args.seed)
     phases = [int(c) for c in args.completion_concurrency.split(",") if c.strip()]
 
-    server = Server(directory, args.heavy_workers, args.job_queue, args.job_cores)
+    server = Server(directory, ("--job-queue", str(args.job_queue), "--job-cores", args.job_cores,
+                                *(("--heavy-workers", str(args.heavy_workers)) if args.heavy_workers else ())))
     rss = RssSampler(server.proc.pid)
     try:
         search_load(server.port, ids, args.search_concurrency, 2, args.encoder)  # warm-up

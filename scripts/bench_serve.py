@@ -254,11 +254,14 @@ def _mismatches(a: list, b: list) -> int:
 # -- the server -------------------------------------------------------------------------------------
 
 class Server:
-    def __init__(self, collection: str, threads: int):
+    """``nearsight serve -c COLLECTION --port 0 ARGS...`` on loopback; ``port`` read from its first line (bench_jobs
+    uses it too)."""
+
+    def __init__(self, collection: str, args: tuple[str, ...] = ()):
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         env.pop("NEARSIGHT_TOKEN", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "nearsight.server.cli", "serve", "-c", collection,
-                                      "--host", "127.0.0.1", "--port", "0", "--threads", str(threads)],
+                                      "--host", "127.0.0.1", "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, cwd=ROOT)
         deadline, line = time.time() + 120, ""
         while time.time() < deadline and "http://" not in line and self.proc.poll() is None:
@@ -343,7 +346,7 @@ def main() -> None:
     local_seq = run_in_process(coll, queries[:args.sequential_requests], 1, args.time_limit)
     print(f"in-process  prefilter={args.prefilter}: {_line(local)}; one at a time: {_line(local_seq)}", flush=True)
 
-    server = Server(directory, args.server_threads)
+    server = Server(directory, ("--threads", str(args.server_threads)))
     try:
         warm = run_http(server.port, queries[:args.concurrency], args.concurrency, args.time_limit)
         assert warm["errors"] == 0, warm["error_samples"]
