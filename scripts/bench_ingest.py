@@ -37,7 +37,6 @@ import tempfile
 import time
 
 import numpy as np
-import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from nearsight.indexer.decode import DecodeTask, Decoder, read_source  # noqa: E402
@@ -45,6 +44,8 @@ from nearsight.indexer.sources import iter_sources  # noqa: E402
 from nearsight.retrieval.encoders import create_encoder  # noqa: E402
 from nearsight.retrieval.heap import keep_freed_memory  # noqa: E402
 from nearsight.retrieval.images import decode_image  # noqa: E402
+
+from bench_scale import timed  # noqa: E402  (scripts/ is on the path when a script runs)
 
 _state = {}
 
@@ -153,22 +154,9 @@ def plain_cnn_limit(arrays: np.ndarray, repeat: int) -> float:
 def nearsight_index(folder: str, encoder: str, workers: int) -> tuple[float, int, str]:
     out = tempfile.mkdtemp(prefix="bench_ingest_")
     try:
-        cmd = [sys.executable, "-m", "nearsight.server.cli", "index", folder, "-c", os.path.join(out, "c"),
-               "--encoders", encoder, "--workers", str(workers), "--quiet", "--no-index"]
-        start = time.perf_counter()
-        proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        peak = 0
-        while proc.poll() is None:
-            try:
-                tree = [proc] + proc.children(recursive=True)
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.02)
-        seconds = time.perf_counter() - start
-        stdout, stderr = proc.communicate()
-        if proc.returncode != 0:
-            raise SystemExit(f"nearsight index failed: {stderr}")
+        seconds, peak, stdout = timed([sys.executable, "-m", "nearsight.server.cli", "index", os.path.abspath(folder),
+                                       "-c", os.path.join(out, "c"), "--encoders", encoder, "--workers", str(workers),
+                                       "--quiet", "--no-index"])
         return seconds, peak, stdout.strip()
     finally:
         shutil.rmtree(out, ignore_errors=True)
