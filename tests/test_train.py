@@ -349,3 +349,31 @@ def test_sentence_encoder_equals_sentence_transformers():
     theirs = st.SentenceTransformer(str(get_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
     assert ours.shape == (4, 384)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_full_disk_while_installing_leaves_the_old_model(trained, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from nearsight.indexer import install_model as installer
+    from nearsight.retrieval.errors import StorageError
+
+    coll_dir = tmp_path / "coll"
+    shutil.copytree(trained[0], coll_dir)
+    before = json.loads((coll_dir / "collection.json").read_text())
+    old_storage = next(s for s in before["encoders"] if s["name"] == "text")["storage"]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(installer, "write_part", full)
+    with pytest.raises(StorageError, match="No space left on device; the collection is unchanged"):
+        installer.install_model(str(coll_dir), config(), trained[1])
+    assert json.loads((coll_dir / "collection.json").read_text()) == before
+    assert sorted(os.listdir(coll_dir / "embeddings")) == sorted(["tiny", old_storage])
+    assert os.listdir(coll_dir / "models" / "text") == [old_storage.split("@")[1]]
+    coll = Collection.open(coll_dir)
+    try:
+        assert len(coll.search(text="a red square", k=3)) == 3
+    finally:
+        coll.close()

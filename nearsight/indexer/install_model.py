@@ -17,10 +17,11 @@ import os
 import re
 import shutil
 
-import numpy as np
+import lmdb
 
 from ..retrieval.collection import Collection, write_manifest
 from ..retrieval.embeddings import write_part
+from ..retrieval.errors import StorageError
 from ..retrieval.encoders import create_encoder
 from ..retrieval.encoders.triplet import save_model
 from ..retrieval.writelock import write_lock
@@ -45,30 +46,36 @@ def install_model(collection_dir: str, config: TrainConfig, result: TrainResult,
             base_spec = coll.encoder_spec(config.image_encoder)
             meta = {"base": config.image_encoder, "base_dim": base_spec["dim"], "dim": config.dim,
                     "hidden": config.hidden}
-            save_model(model_dir, result.heads, meta, result.report)
+            try:
+                save_model(model_dir, result.heads, meta, result.report)
 
-            encoder = create_encoder("triplet", device=config.device, base=base_spec.get("kind", config.image_encoder),
-                                     base_config=base_spec["config"], dim=config.dim, hidden=config.hidden,
-                                     model=model_rel, text="text" in config.pairs)
-            encoder.name = name
-            encoder.attach(coll.dir)
-            coll.drop_storage(storage)
-            matrix = coll.embedding_matrix(config.image_encoder)
-            records = []
-            with torch.inference_mode():
-                for i, start in enumerate(range(0, len(matrix), SHARD_ROWS)):
-                    vectors = encoder.encode_features(matrix.vectors[start:start + SHARD_ROWS])
-                    records.append(write_part(os.path.join(coll.dir, "embeddings", storage), i, vectors,
-                                              matrix.ids[start:start + SHARD_ROWS]))
-            with coll.store.write() as w:
-                w.put_meta(f"parts/{storage}", records)
+                encoder = create_encoder("triplet", device=config.device, base=base_spec.get("kind", config.image_encoder),
+                                         base_config=base_spec["config"], dim=config.dim, hidden=config.hidden,
+                                         model=model_rel, text="text" in config.pairs)
+                encoder.name = name
+                encoder.attach(coll.dir)
+                coll.drop_storage(storage)
+                matrix = coll.embedding_matrix(config.image_encoder)
+                records = []
+                with torch.inference_mode():
+                    for i, start in enumerate(range(0, len(matrix), SHARD_ROWS)):
+                        vectors = encoder.encode_features(matrix.vectors[start:start + SHARD_ROWS])
+                        records.append(write_part(os.path.join(coll.dir, "embeddings", storage), i, vectors,
+                                                  matrix.ids[start:start + SHARD_ROWS]))
+                with coll.store.write() as w:
+                    w.put_meta(f"parts/{storage}", records)
 
-            spec = encoder.describe() | {"storage": storage, "base_encoder": config.image_encoder}
-            old = [s for s in coll.manifest["encoders"] if s["name"] == name]  # checked by TrainConfig.check
-            coll.manifest["encoders"] = [s if s["name"] != name else spec for s in coll.manifest["encoders"]]
-            if not old:
-                coll.manifest["encoders"].append(spec)
-            write_manifest(coll.dir, coll.manifest)  # the switch
+                spec = encoder.describe() | {"storage": storage}
+                old = [s for s in coll.manifest["encoders"] if s["name"] == name]  # checked by TrainConfig.check
+                coll.manifest["encoders"] = [s if s["name"] != name else spec for s in coll.manifest["encoders"]]
+                if not old:
+                    coll.manifest["encoders"].append(spec)
+                write_manifest(coll.dir, coll.manifest)  # the switch
+            except (OSError, lmdb.Error) as exc:  # a full disk, a read-only folder: nothing was switched
+                coll.drop_storage(storage)
+                shutil.rmtree(model_dir, ignore_errors=True)
+                raise StorageError(f"cannot write the trained model to {collection_dir}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}; the collection is unchanged") from None
 
             for key in coll.storage_keys(name):
                 if key != storage:

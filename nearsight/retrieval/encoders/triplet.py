@@ -48,7 +48,7 @@ def build_heads(base_dim: int, dim: int, hidden: int):
 
 
 def save_model(directory: str, heads, meta: dict, report: dict) -> None:
-    """Write a trained model folder (fsynced files; the caller renames the folder into place)."""
+    """Write a trained model folder, its files fsynced (it is used once the manifest names it)."""
     from safetensors.torch import save_file
 
     os.makedirs(directory, exist_ok=True)
