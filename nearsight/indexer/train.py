@@ -387,26 +387,25 @@ def mine_negatives(heads, text_feats, pair_text, pair_group, pair_item, all_feat
     depth = 64
     with torch.no_grad():
         images = heads["image"](all_feats).cpu().numpy()
-        queries = heads["text"](text_feats[pair_text]).cpu().numpy()
-        positive = (heads["text"](text_feats[pair_text]) * heads["image"](all_feats[pair_item])).sum(1).cpu().numpy()
-    candidates = np.flatnonzero(row_group.cpu().numpy() >= 0)
+        query_t = heads["text"](text_feats[pair_text])
+        positive = (query_t * heads["image"](all_feats[pair_item])).sum(1).cpu().numpy()
+        queries = query_t.cpu().numpy()
+    groups, own = row_group.cpu().numpy(), pair_group.cpu().numpy()
+    candidates = np.flatnonzero(groups >= 0)
     scores, found = exact_search(images[candidates], queries, min(depth, len(candidates)), "ip")
     found = candidates[np.maximum(found, 0)]
-    wrong = row_group.cpu().numpy()[found] != pair_group.cpu().numpy()[:, None]
+    wrong = groups[found] != own[:, None]
     out = np.empty(len(queries), np.int64)
     for i in range(len(queries)):
         options = np.flatnonzero(wrong[i])
-        if not len(options):  # every near item shares the text: any other-group item will do
-            others = candidates[row_group.cpu().numpy()[candidates] != int(pair_group[i])]
-            out[i] = rng.choice(others) if len(others) else found[i, -1]
-        elif negatives == "hardest":
+        if len(options) and negatives == "hardest":
             out[i] = found[i, options[0]]
-        elif negatives == "semihard":
+        elif len(options) and negatives == "semihard":
             below = options[scores[i, options] < positive[i]]
             out[i] = found[i, below[0] if len(below) else options[-1]]
-        else:
-            others = candidates[row_group.cpu().numpy()[candidates] != int(pair_group[i])]
-            out[i] = rng.choice(others)
+        else:  # random, or every near item shares the text: any item of another text
+            others = candidates[groups[candidates] != own[i]]
+            out[i] = rng.choice(others) if len(others) else found[i, -1]
     return torch.from_numpy(out).to(all_feats.device)
 
 
