@@ -10,8 +10,10 @@ indexed with tiny, gist and lab-layout; built once under out/bench_jobs, or --co
    arrive at concurrency 8 and then 32. A client that gets 503 waits its Retry-After and tries again; at
    the end of the phase a client still waiting closes its connection, which cancels its job.
 
-Reported per mixed phase: search p50 / p99 against the baseline (target p50 <= 2x), completions finished
-per minute against the ideal (target >= 0.9x), 503s issued, other 5xx (must be 0), peak RSS of the
+The load clients of this script run on the cores the server keeps for searches (with --job-cores partition),
+as remote clients would not share the workers' cores. Reported per mixed phase: search p50 / p99 against the
+baseline (target p50 <= 2x), completions per minute at the steady rate (between the first and the last one
+finished) against the ideal (target >= 0.9x), 503s issued, other 5xx (must be 0), peak RSS of the
 server and of its workers (sampled every 0.2 s). Everything is bounded in count and time.
 
     .venv/bin/python scripts/bench_jobs.py                          # builds out/bench_jobs/collection first
@@ -55,7 +57,7 @@ def parse_args():
     p.add_argument("--search-concurrency", type=int, default=8)
     p.add_argument("--completion-concurrency", default="8,32", help="Comma-separated mixed phases.")
     p.add_argument("--baseline-seconds", type=float, default=20)
-    p.add_argument("--mixed-seconds", type=float, default=60)
+    p.add_argument("--mixed-seconds", type=float, default=90)
     p.add_argument("--side", type=int, default=1024, help="Long side of the photo to complete.")
     p.add_argument("--n", type=int, default=6, help="Composites per completion.")
     p.add_argument("--encoder", default="tiny", help="Encoder the searches use.")
@@ -214,8 +216,11 @@ def completion_load(port: int, body: str, concurrency: int, seconds: float) -> d
         t.start()
     for t in threads:
         t.join()
+    # The steady rate: finishes between the first and the last one. Counting whole completions in a window
+    # of a few job lengths would instead lose up to one job to where the window happens to cut.
+    steady = (len(finished) - 1) * 60 / (finished[-1] - finished[0]) if len(finished) >= 2 else 0.0
     return {"finished": len(finished), "statuses": dict(sorted(statuses.items())),
-            "per_minute": round(len(finished) * 60 / seconds, 2)}
+            "in_window_per_minute": round(len(finished) * 60 / seconds, 2), "per_minute": round(steady, 2)}
 
 
 def one_completion(port: int, body: str) -> tuple[int, float]:
@@ -255,6 +260,8 @@ def main() -> None:
     server = Server(directory, ("--job-queue", str(args.job_queue), "--job-cores", args.job_cores,
                                 *(("--heavy-workers", str(args.heavy_workers)) if args.heavy_workers else ())))
     rss = RssSampler(server.proc.pid)
+    workers = args.heavy_workers or JobConfig().workers  # the server's own default otherwise
+    client_cores = _pin_clients(workers, args.job_cores)
     try:
         search_load(server.port, ids, args.search_concurrency, 2, args.encoder)  # warm-up
         baseline = search_load(server.port, ids, args.search_concurrency, args.baseline_seconds, args.encoder)
@@ -265,7 +272,6 @@ def main() -> None:
         alone = [one_completion(server.port, body)[1] for _ in range(2)]
         cpu_per_completion = (_worker_cpu(server) - cpu) / len(alone)  # what one costs, however busy the machine
         t1 = float(np.median(alone))
-        workers = args.heavy_workers or JobConfig().workers  # the server's own default otherwise
         ideal = 60.0 * workers / t1
         print(f"one completion alone: {t1:.2f} s ({args.side} px, n={args.n}; {cpu_per_completion:.2f} s of worker "
               f"CPU); ideal {ideal:.1f}/min with {workers} worker(s); RSS so far {rss.read()}", flush=True)
@@ -306,7 +312,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "jobs", "items": n_items, "cpus": os.cpu_count(), "loadavg_1m": round(load[0], 2),
         "heavy_workers": workers, "job_queue": args.job_queue, "job_cores": args.job_cores,
-        "search_concurrency": args.search_concurrency,
+        "search_concurrency": args.search_concurrency, "client_cores": client_cores,
         "completion": {"side": args.side, "n": args.n, "alone_s": round(t1, 3),
                        "alone_worker_cpu_s": round(cpu_per_completion, 3),
                        # the rate if each worker had a whole core to itself (what an idle machine gives)
@@ -315,6 +321,21 @@ def main() -> None:
         "baseline_search": baseline, "rss_after_one_completion": base_rss, "mixed": mixed,
         "server_alive_after": alive, "fixture": fixture,
     }, separators=(",", ":")))
+
+
+def _pin_clients(workers: int, job_cores: str) -> list[int] | None:
+    """Keep this process's load clients off the job workers' cores, as remote clients would be.
+
+    With ``--job-cores partition`` the server gives its workers the last cores; clients running on those
+    cores would take CPU from the very jobs whose rate is measured against a whole core each."""
+    if job_cores != "partition" or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) <= workers:
+        return None
+    os.sched_setaffinity(0, cores[:-workers])  # before the client threads start, so they all inherit it
+    print(f"load clients on cores {cores[:-workers]}, job workers on {cores[-workers:]}", flush=True)
+    return cores[:-workers]
 
 
 def _worker_cpu(server: Server) -> float:
