@@ -377,3 +377,81 @@ def test_full_disk_while_installing_leaves_the_old_model(trained, tmp_path, monk
         assert len(coll.search(text="a red square", k=3)) == 3
     finally:
         coll.close()
+
+
+@pytest.fixture(scope="module")
+def cnn_captioned(tmp_path_factory):
+    """24 photos in 6 captions, indexed with cnn (the encoder with an ImageNet classifier, so the class bridge)."""
+    from conftest import make_photo
+
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+
+    root = tmp_path_factory.mktemp("cnn_captioned")
+    words = ("a red car", "a dog", "a mountain lake", "a bowl of soup", "a violin", "a sunflower")
+    lines = []
+    for i in range(24):
+        make_photo(300 + i, size=(96, 72)).save(root / f"p{i:02d}.jpg", quality=92)
+        lines.append(f"p{i:02d}.jpg\t{words[i % len(words)]}")
+    (root / "list.tsv").write_text("\n".join(lines) + "\n")
+    index_paths(str(root / "coll"), [str(root / "list.tsv")], IngestConfig(encoders=("cnn",), workers=0, progress=False))
+    return root / "coll"
+
+
+def test_bridge_initialised_heads_score_as_the_zero_shot_bridge(cnn_captioned):
+    """At initialisation (dim 384: the shared map is a rotation) the heads score a text against an image as the
+    zero-shot bridge does, normalised by the image's class-text vector: sum_c cos(q, class_c) p(c|x) / |sum_c ...|."""
+    import torch
+
+    from nearsight.indexer.pairs import softmax
+    from nearsight.indexer.train import class_bridge
+    from nearsight.retrieval.encoders.sentence import sentence_encoder
+    from nearsight.retrieval.encoders.triplet import build_heads, init_bridge
+
+    coll = Collection.open(cnn_captioned)
+    try:
+        cfg = config(image_encoder="cnn", dim=384)
+        weight, bias, scale, class_text = class_bridge(coll, cfg, "cpu")
+        heads = build_heads(1280, 384, 64, bridge=True)
+        init_bridge(heads, weight, bias, scale, class_text)
+        heads.eval()
+        matrix = coll.embedding_matrix("cnn")
+        feats = np.asarray(matrix.vectors, dtype=np.float32)
+        texts = ["a dog", "a violin on a table", "soup"]
+        q = sentence_encoder("cpu").encode(texts)
+        with torch.no_grad():
+            got = (heads["text"](torch.from_numpy(q)) @ heads["image"](torch.from_numpy(feats)).T).numpy()
+        probs = softmax(coll.encoder("cnn").classify_embeddings(feats))
+        bridge = probs @ class_text
+        expected = (q @ bridge.T) / np.linalg.norm(bridge, axis=1)[None, :]
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+    finally:
+        coll.close()
+
+
+def test_bridged_model_trains_installs_and_reloads_identically(cnn_captioned, tmp_path):
+    import shutil
+
+    from nearsight.indexer.install_model import install_model
+
+    shutil.copytree(cnn_captioned, tmp_path / "coll")
+    cfg = config(image_encoder="cnn", epochs=3, val_fraction=0.2)
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        result = train_heads(coll, cfg)
+        features = np.asarray(coll.embedding_matrix("cnn").vectors[:5], dtype=np.float32)
+    finally:
+        coll.close()
+    assert result.report["bridge"] is True
+    install_model(str(tmp_path / "coll"), cfg, result)
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        encoder = coll.encoder("text")
+        import torch
+
+        with torch.no_grad():
+            direct = result.heads["image"](torch.from_numpy(features.astype(np.float16).astype(np.float32))).numpy()
+        np.testing.assert_allclose(encoder.encode_features(features), direct, atol=1e-6)
+        hits = coll.search(text="a violin", k=3)
+        assert len(hits) == 3
+    finally:
+        coll.close()

@@ -45,7 +45,7 @@ def install_model(collection_dir: str, config: TrainConfig, result: TrainResult,
             shutil.rmtree(model_dir, ignore_errors=True)  # a leftover of a killed install
             base_spec = coll.encoder_spec(config.image_encoder)
             meta = {"base": config.image_encoder, "base_dim": base_spec["dim"], "dim": config.dim,
-                    "hidden": config.hidden}
+                    "hidden": config.hidden, "bridge": bool(result.report.get("bridge"))}
             try:
                 save_model(model_dir, result.heads, meta, result.report)
 

@@ -62,6 +62,7 @@ class TrainConfig:
     lr: float = 2e-4
     warmup_epochs: int = 1
     mine_collection: bool = True
+    bridge: bool = True  # start at the zero-shot ImageNet class bridge where the base encoder has a classifier
     sources: tuple[str, ...] = SOURCES
     pairs: tuple[str, ...] = ("text",)  # "text": (text, image) pairs; "augment": (copy, original) image pairs
     copies: int = 4  # augmented copies per item for "augment"
@@ -112,7 +113,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
 
     from ..retrieval.encoders.base import resolve_device
     from ..retrieval.encoders.sentence import sentence_encoder
-    from ..retrieval.encoders.triplet import build_heads
+    from ..retrieval.encoders.triplet import build_heads, init_bridge
 
     config.check(coll)
     started = time.perf_counter()
@@ -152,7 +153,11 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     row_group_t = torch.from_numpy(row_group).to(device)
     triples = [(text_row[t], int(item_row([g])[0]), int(item_row([b])[0])) for t, g, b in pairs.triples]
 
-    heads = build_heads(matrix.dim, config.dim, config.hidden).to(device)
+    bridge = class_bridge(coll, config, device) if config.bridge else None
+    heads = build_heads(matrix.dim, config.dim, config.hidden, bridge is not None)
+    if bridge is not None:
+        init_bridge(heads, *bridge)
+    heads = heads.to(device)
     optimizer = torch.optim.Adam(heads.parameters(), lr=config.lr)
     val = _Validation(pairs, val_rows, text_feats, text_row, all_feats, item_row)
     copies = _Copies(coll, config, matrix, all_feats, rng) if "augment" in config.pairs else None
@@ -205,7 +210,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     heads.load_state_dict(best_state)
     heads.eval()
     report = {"config": {k: v for k, v in asdict(config).items() if k != "progress"},
-              "pairs": pairs.counts(), "train_pairs": int(len(train_rows)), "val_pairs": int(len(val_rows)),
+              "bridge": bridge is not None, "pairs": pairs.counts(), "train_pairs": int(len(train_rows)), "val_pairs": int(len(val_rows)),
               "val_queries": val.n_queries if use_text else copies.n_val, "best_epoch": best_epoch,
               "copies": copies.report(heads) if copies else None,
               "validation": {k: v for k, v in history[best_epoch - 1].items() if k not in ("epoch", "loss")},
@@ -213,6 +218,20 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
               "seconds": round(time.perf_counter() - started, 1),
               "trained": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return TrainResult(heads.cpu(), report)
+
+
+def class_bridge(coll: Collection, config: TrainConfig, device: str):
+    """(classifier weight, bias, feature scale, class-name sentence embeddings) of the base encoder's ImageNet
+    classifier, or None where it has none (only ``cnn`` does)."""
+    from ..retrieval.encoders.cnn import imagenet_class_names
+    from ..retrieval.encoders.sentence import sentence_encoder
+    from .pairs import label_text
+
+    encoder = coll.encoder(config.image_encoder)
+    if not hasattr(encoder, "classifier_parameters"):
+        return None
+    class_text = sentence_encoder(device).encode([label_text(n) for n in imagenet_class_names()])
+    return (*encoder.classifier_parameters(), class_text)
 
 
 class _Copies:

@@ -152,6 +152,13 @@ class CnnEncoder(TorchEncoder):
             x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32) * FEATURE_NORM).to(self.device)
             return classifier(x).float().cpu().numpy()
 
+    def classifier_parameters(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(weight (1000, 1280), bias (1000,), feature scale): ``classify_embeddings`` as plain arrays, for a
+        model that carries the classifier with it (the trained text model's class bridge)."""
+        classifier = TorchEncoder.load(self).classifier
+        return (classifier.weight.detach().float().cpu().numpy(), classifier.bias.detach().float().cpu().numpy(),
+                FEATURE_NORM)
+
 
 def imagenet_class_names() -> list[str]:
     """The 1000 ImageNet class names in classifier order, first synonym of each ("tabby" for "tabby, tabby cat")."""

@@ -29,22 +29,78 @@ MODEL_FILE = "model.json"
 REPORT_FILE = "report.json"
 
 
-def build_heads(base_dim: int, dim: int, hidden: int):
-    """The trainable part: {"image": head, "text": head}, each in_dim -> dim (a linear map plus a GELU MLP)."""
+N_CLASSES = 1000  # ImageNet classes of the bridge
+
+
+def build_heads(base_dim: int, dim: int, hidden: int, bridge: bool = False):
+    """The trainable part: {"image": head, "text": head}, each in_dim -> dim (a linear map plus a GELU MLP).
+
+    ``bridge``: each head also has a skip path through the ImageNet classes, which ``init_bridge`` fills in
+    (see there); its classifier and class-name embeddings are buffers, saved with the weights.
+    """
     import torch
     from torch import nn
 
+    class ClassBridge(nn.Module):
+        """Base features -> the classifier's class probabilities -> their mean class-name sentence embedding:
+        an image's classes said in the text tower's own space (frozen)."""
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("weight", torch.zeros(N_CLASSES, base_dim))
+            self.register_buffer("bias", torch.zeros(N_CLASSES))
+            self.register_buffer("scale", torch.ones(()))
+            self.register_buffer("class_text", torch.zeros(N_CLASSES, TEXT_DIM))
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            probs = torch.softmax((x * self.scale) @ self.weight.T + self.bias, dim=-1)
+            return probs @ self.class_text
+
     class ProjectionHead(nn.Module):
         # A linear path keeps the frozen geometry available from the first step; the MLP adds what it lacks.
-        def __init__(self, in_dim: int):
+        def __init__(self, in_dim: int, bridge_in: nn.Module | None = None):
             super().__init__()
             self.linear = nn.Linear(in_dim, dim)
             self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            self.bridge_in = bridge_in
+            self.skip = nn.Linear(TEXT_DIM, dim, bias=False) if bridge_in is not None else None
 
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":
-            return nn.functional.normalize(self.linear(x) + self.mlp(x), dim=-1)
+            out = self.linear(x) + self.mlp(x)
+            if self.skip is not None:
+                out = out + self.skip(self.bridge_in(x))
+            return nn.functional.normalize(out, dim=-1)
 
-    return nn.ModuleDict({"image": ProjectionHead(base_dim), "text": ProjectionHead(TEXT_DIM)})
+    if not bridge:
+        return nn.ModuleDict({"image": ProjectionHead(base_dim), "text": ProjectionHead(TEXT_DIM)})
+    return nn.ModuleDict({"image": ProjectionHead(base_dim, ClassBridge()),
+                          "text": ProjectionHead(TEXT_DIM, nn.Identity())})
+
+
+def init_bridge(heads, classifier_weight, classifier_bias, feature_scale: float, class_text) -> None:
+    """Start the heads at the zero-shot bridge (score = sum over classes of cos(text, class name) x p(class |
+    image)), so that training refines a model that already knows the 1000 ImageNet concepts instead of
+    learning only the few hundred of the collection's captions (LiT's locked tower with a text side that starts
+    aligned). Both skip paths get the same map (the class names' top principal directions: the bridge's
+    inner product survives a projection to ``dim`` < 384); the other paths' outputs start at zero and learn.
+    """
+    import torch
+
+    bridge = heads["image"].bridge_in
+    with torch.no_grad():
+        bridge.weight.copy_(torch.as_tensor(classifier_weight))
+        bridge.bias.copy_(torch.as_tensor(classifier_bias))
+        bridge.scale.fill_(float(feature_scale))
+        bridge.class_text.copy_(torch.as_tensor(class_text))
+        _, _, vt = torch.linalg.svd(bridge.class_text, full_matrices=False)  # (384, 384)
+        shared = torch.zeros_like(heads["image"].skip.weight)               # (dim, 384)
+        rows = min(shared.shape[0], vt.shape[0])
+        shared[:rows] = vt[:rows]
+        for head in (heads["image"], heads["text"]):
+            head.skip.weight.copy_(shared)
+            for layer in (head.linear, head.mlp[-1]):
+                layer.weight.zero_()
+                layer.bias.zero_()
 
 
 def save_model(directory: str, heads, meta: dict, report: dict) -> None:
@@ -73,7 +129,7 @@ def load_heads(directory: str, device: str = "cpu"):
         with open(os.path.join(directory, MODEL_FILE)) as f:
             meta = json.load(f)
         state = load_file(os.path.join(directory, WEIGHTS_FILE), device="cpu")
-        heads = build_heads(meta["base_dim"], meta["dim"], meta["hidden"])
+        heads = build_heads(meta["base_dim"], meta["dim"], meta["hidden"], bool(meta.get("bridge")))
         heads.load_state_dict(state, strict=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise WeightsUnavailable(f"cannot load the trained model in {directory}: {e}") from e
