@@ -509,11 +509,17 @@ def test_degree_is_chosen_by_measurement(data):
     plan = plan_index(len(x), 32, "ip", "4G", "speed")
     assert plan.factory == "HNSW32"
     chosen = choose_degree(plan, x, ids, target_recall=0.9)
-    assert chosen.factory in ("HNSW16", "HNSW32") and "degree by measurement" in chosen.reasons[-1]
+    assert chosen.factory in ("HNSW16", "HNSW32") and "degree and efConstruction by measurement" in chosen.reasons[-1]
+    assert chosen.ef_construction in (40, 80, 160)
+    assert f"-> {chosen.factory} efConstruction {chosen.ef_construction}" in chosen.reasons[-1]
     assert chosen.memory_bytes == int(len(x) * estimate_size(chosen.factory, 32)[0] + estimate_size(chosen.factory, 32)[1])
-    # only one degree fits the budget: nothing to measure
+    # only the plan's own degree fits the memory budget: only its efConstruction is chosen
     tight = plan_index(len(x), 32, "ip", "4G", "speed")
-    assert choose_degree(tight, x, ids, max_memory_bytes=estimate_size("HNSW16", 32)[0] * len(x)) is tight
+    one = choose_degree(tight, x, ids, max_memory_bytes=estimate_size("HNSW16", 32)[0] * len(x))
+    assert one.factory == "HNSW32" and "HNSW16" not in one.reasons[-1]
+    # a build-time budget under every candidate but the plan's own leaves nothing to choose
+    assert choose_degree(tight, x, ids, max_memory_bytes=estimate_size("HNSW16", 32)[0] * len(x),
+                         max_build_seconds=0.0) is tight
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "HNSW16,SQ8", "LSHr"])

@@ -1,4 +1,4 @@
-"""The degree M of an HNSW plan, chosen by measurement on the collection's own vectors.
+"""The degree M and efConstruction of an HNSW plan, chosen by measurement on the collection's own vectors.
 
 Which degree is cheapest at a recall target depends on the data and the target: on Fashion-MNIST (60k x 784)
 hnswlib's M16 beat faiss's HNSW32 at recall@10 0.99 while HNSW32 won at 0.90. So each candidate degree that fits
@@ -6,10 +6,13 @@ the memory budget is built on a sample, tuned to the target on held-out sample v
 applies to the real index), and its search cost at that setting is counted: the distance computations a query
 makes (faiss's own counter), plus the exact re-rank distances when the graph holds lossy codes. Counts, unlike
 timings on a shared machine, come out the same from run to run, and at the dimensions where an ANN index pays
-they are what a graph search spends its time on. Within 5%, the smaller degree wins: less memory, faster build.
+they are what a graph search spends its time on. Within 5%, the smaller degree wins (less memory, faster build),
+then the smaller efConstruction (faster build).
 
-efConstruction stays at the plan's value (80, as hnswlib's and faiss's benchmarks use); it moves build time much
-more than search cost once the graph is reasonable.
+efConstruction (how widely each insertion searches for its neighbours) trades build time for a better graph:
+each degree is built at 40, 80 and 160, and a setting whose build, projected from the sample to the whole
+collection, would take more than BUILD_BUDGET times the plan's own setting (its degree at 80, what hnswlib's and
+faiss's benchmarks use) is left out, unless ``max_build_seconds`` says otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from .plan import IndexPlan, estimate_size, parse_factory
 LOG = logging.getLogger(__name__)
 
 DEGREES = (16, 32)
+EF_CONSTRUCTIONS = (40, 80, 160)
+BUILD_BUDGET = 2.0       # a candidate may take up to this many times the plan's own build time
 SAMPLE = 30_000          # vectors a candidate graph is built on: a few seconds a build on two cores at d = 784
 QUERIES = 300            # held-out sample vectors each candidate is tuned on
 TIE = 0.05
@@ -43,11 +48,13 @@ def hnsw_search_cost(index, queries: np.ndarray, k: int) -> float:
 
 
 def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), k: int = 10,
-                    max_memory_bytes: int | None = None, seed: int = 0) -> dict:
-    """Search cost of each candidate degree at each recall target: ``{target: {M: (distances a query,
-    tuned params, recall, build seconds)}}``; empty when there is nothing to choose (no HNSW plan, too few
-    vectors to sample, or only one degree fits the budget). Each candidate graph is built once, on a sample
-    of the collection with QUERIES of it held out, and tuned to every target."""
+                    max_memory_bytes: int | None = None, seed: int = 0, max_build_seconds: float | None = None
+                    ) -> dict:
+    """Search cost of each candidate (degree, efConstruction) at each recall target: ``{target: {(M, efC):
+    (distances a query, tuned params, recall, projected build seconds of the whole collection)}}``; empty when
+    there is nothing to choose (no HNSW plan, or too few vectors to sample). Each candidate graph is built once,
+    on a sample of the collection with QUERIES of it held out, and tuned to every target; candidates over the
+    memory budget are not built, those over the build-time budget are dropped."""
     from .build import build_index
     from .plan import plan_from_factory
     from .source import ArraySource
@@ -64,8 +71,6 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
         bpv, fixed = estimate_size(f"HNSW{m}{suffix}", d)
         if m == parts.hnsw_m or n * bpv + fixed <= budget:
             fits.append(m)
-    if len(fits) < 2:
-        return {}
     rng = np.random.default_rng(seed)
     size = min(n, SAMPLE)
     rows = np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n)
@@ -74,18 +79,30 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
     held = np.sort(rng.choice(sample_ids, QUERIES, replace=False))
     source = ArraySource(x, sample_ids)
     queries = source.reconstruct(held)
+    # an HNSW build costs about n log n insertions: the sample's time scaled to the whole collection
+    scale = (n / size) * np.log(max(n, 2)) / np.log(max(size, 2))
     out: dict = {t: {} for t in targets}
+    builds = {}
     for m in fits:
-        t0 = time.perf_counter()
-        candidate = plan_from_factory(f"HNSW{m}{suffix}", size, d, plan.metric, plan.mode)
-        candidate = dataclasses.replace(candidate, ef_construction=plan.ef_construction)
-        index = build_index(x, sample_ids, plan.metric, candidate, source=source, skip_ids=held, use_gpu=False)
-        built = time.perf_counter() - t0
-        for t in targets:
-            tuned = tune(index, source, target_recall=t, k=k, holdout_ids=held, repeats=1)
-            out[t][m] = (hnsw_search_cost(index, queries, k), tuned["search_params"], tuned["recall_at_k"], built)
-        del index
-    return out
+        for efc in EF_CONSTRUCTIONS:
+            t0 = time.perf_counter()
+            candidate = plan_from_factory(f"HNSW{m}{suffix}", size, d, plan.metric, plan.mode)
+            candidate = dataclasses.replace(candidate, ef_construction=efc)
+            index = build_index(x, sample_ids, plan.metric, candidate, source=source, skip_ids=held, use_gpu=False)
+            builds[m, efc] = (time.perf_counter() - t0) * scale
+            for t in targets:
+                tuned = tune(index, source, target_recall=t, k=k, holdout_ids=held, repeats=1)
+                out[t][m, efc] = (hnsw_search_cost(index, queries, k), tuned["search_params"], tuned["recall_at_k"],
+                                  builds[m, efc])
+            del index
+    own = builds.get((parts.hnsw_m, plan.ef_construction))
+    limit = max_build_seconds if max_build_seconds is not None else \
+        BUILD_BUDGET * own if own is not None else None
+    if limit is not None:
+        for costs in out.values():
+            for key in [key for key, b in builds.items() if b > limit and key != (parts.hnsw_m, plan.ef_construction)]:
+                costs.pop(key, None)
+    return out if any(len(costs) > 1 for costs in out.values()) else {}
 
 
 def degree_plan(plan: IndexPlan, costs: dict, target_recall: float, k: int = 10) -> IndexPlan:
@@ -95,27 +112,28 @@ def degree_plan(plan: IndexPlan, costs: dict, target_recall: float, k: int = 10)
         return plan
     parts = parse_factory(plan.factory)
     suffix = plan.factory[len(f"HNSW{parts.hnsw_m}"):]
-    best = min(costs, key=lambda m: costs[m][0])
-    chosen = min((m for m in costs if costs[m][0] <= costs[best][0] * (1 + TIE)), default=best)
-    factory = f"HNSW{chosen}{suffix}"
-    measured = "; ".join(f"HNSW{m}{suffix}: {c:.0f} distances a query at {p} (recall {r:.3f}), built in {b:.1f} s"
-                         for m, (c, p, r, b) in sorted(costs.items()))
-    reason = (f"degree by measurement on {SAMPLE}-vector sample (or all) tuned to recall@{k} {target_recall:g} "
-              f"on {QUERIES} held out: {measured} -> {factory}"
-              + (" (within 5% of the cheapest: the smaller graph)" if chosen != best else ""))
+    best = min(costs, key=lambda key: costs[key][0])
+    chosen = min((key for key in costs if costs[key][0] <= costs[best][0] * (1 + TIE)), default=best)
+    factory = f"HNSW{chosen[0]}{suffix}"
+    measured = "; ".join(f"HNSW{m}{suffix} efConstruction {efc}: {c:.0f} distances a query at {p} (recall {r:.3f}), "
+                         f"whole build about {b:.0f} s" for (m, efc), (c, p, r, b) in sorted(costs.items()))
+    reason = (f"degree and efConstruction by measurement on {SAMPLE}-vector sample (or all) tuned to recall@{k} "
+              f"{target_recall:g} on {QUERIES} held out: {measured} -> {factory} efConstruction {chosen[1]}"
+              + (" (within 5% of the cheapest: the smaller graph or build)" if chosen != best else ""))
     LOG.info(reason)
     bpv, fixed = estimate_size(factory, plan.dim)
     n = plan.n
     reasons = [r for r in plan.reasons if not r.startswith(plan.factory)]
     reasons.append(f"{factory} needs {(n * bpv + fixed) / 2**30:.2f} GiB ({bpv:.0f} B/vector)")
-    return dataclasses.replace(plan, factory=factory, bytes_per_vector=float(bpv),
+    return dataclasses.replace(plan, factory=factory, bytes_per_vector=float(bpv), ef_construction=chosen[1],
                                memory_bytes=int(n * bpv + fixed), reasons=tuple(reasons) + (reason,))
 
 
 def choose_degree(plan: IndexPlan, vectors, ids: np.ndarray, *, target_recall: float = 0.95, k: int = 10,
-                  max_memory_bytes: int | None = None, seed: int = 0) -> IndexPlan:
-    """``plan`` with its HNSW degree chosen by measurement (a copy; ``plan`` itself when it is no HNSW plan,
-    when the collection is too small to sample, or when only one degree fits the budget). ``vectors`` (n, d)
-    any float dtype (a float16 memmap is fine), ``ids`` (n,) int64 aligned with it."""
-    costs = measure_degrees(plan, vectors, ids, (target_recall,), k, max_memory_bytes, seed)
+                  max_memory_bytes: int | None = None, seed: int = 0, max_build_seconds: float | None = None
+                  ) -> IndexPlan:
+    """``plan`` with its HNSW degree and efConstruction chosen by measurement (a copy; ``plan`` itself when it
+    is no HNSW plan, when the collection is too small to sample, or when only one candidate is within the
+    budgets). ``vectors`` (n, d) any float dtype (a float16 memmap is fine), ``ids`` (n,) int64 aligned."""
+    costs = measure_degrees(plan, vectors, ids, (target_recall,), k, max_memory_bytes, seed, max_build_seconds)
     return degree_plan(plan, costs.get(target_recall, {}), target_recall, k)
