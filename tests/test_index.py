@@ -448,6 +448,81 @@ def test_collection_answers_while_its_index_is_rebuilt(data, tmp_path):
     assert answers[-1][1] == "IVF16,PQ8x4fs"
 
 
+def _finish_a_save(src: str, dst: str) -> None:
+    """What another process's save does to ``dst``: every index file renamed over, the JSON last."""
+    names = sorted(os.listdir(os.path.join(src, "indexes")), key=lambda f: f.endswith(".json"))
+    os.makedirs(os.path.join(dst, "indexes"), exist_ok=True)
+    for name in names:
+        os.replace(os.path.join(src, "indexes", name), os.path.join(dst, "indexes", name))
+
+
+@pytest.mark.parametrize("old, new", [("HNSW16", "IVF16,PQ8x4fs"), ("IVF16,PQ8x4fs", "HNSW16,SQ8")])
+def test_a_save_that_lands_while_an_index_is_opened(old, new, data, tmp_path, monkeypatch):
+    """The flaky rebuild-while-searching failure: a file checked by size, then reopened by name after a rebuild
+    (same ntotal, another kind) was renamed over it, was read as the new kind under the old JSON."""
+    x, ids, source = data
+    d, other = str(tmp_path / "c"), str(tmp_path / "other")
+    before = build_index(x, ids, "ip", plan_from_factory(old, len(x), 32, "ip"), source=source)
+    before.save(d, "e")
+    build_index(x, ids, "ip", plan_from_factory(new, len(x), 32, "ip"), source=source).save(other, "e")
+    read, landed = backend.read_index, []
+
+    def read_as_a_save_lands(name, *args, **kwargs):
+        if not landed:
+            _finish_a_save(other, d)
+            landed.append(name)
+        return read(name, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "read_index", read_as_a_save_lands)
+    loaded = load_index(d, "e", source=source)
+    assert landed
+    # whatever was opened is one whole index, old or new: its files are of the kind its JSON says ...
+    assert loaded.factory in (old, new)
+    for seg in loaded.segments:
+        assert (faiss.try_extract_index_ivf(seg.index) is not None) == loaded.factory.startswith("IVF")
+    # ... and it answers as that index does
+    expected = before if loaded.factory == old else load_index(d, "e", source=source)
+    q = x[:50]
+    D, I = loaded.search(q, 5)
+    D0, I0 = expected.search(q, 5)
+    np.testing.assert_array_equal(I, I0)
+    np.testing.assert_allclose(D, D0, rtol=1e-5)
+
+
+def test_a_killed_save_is_rebuilt_by_the_next_build(data, tmp_path, monkeypatch):
+    """kill -9 between a save's renames leaves files that disagree with the JSON for good: readers get one clear
+    error, the next build (the one writer) rebuilds, and the killed save's temporaries are removed."""
+    from nearsight.retrieval.errors import IndexFilesChanged
+    from nearsight.retrieval.index import storage
+
+    x, ids, _ = data
+    d = str(tmp_path)
+    build_collection_index(d, "e", ArraySource(x[:3000].astype(np.float16), ids[:3000]), metric="ip", n_queries=50)
+    grown = ArraySource(x.astype(np.float16), ids)
+    replace, done = os.replace, []
+
+    def killed_after_one_rename(src, dst):
+        if done:
+            raise SystemExit("killed")      # the process stops here: nothing after runs
+        done.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", killed_after_one_rename)
+    with pytest.raises(SystemExit):
+        build_collection_index(d, "e", grown, metric="ip", n_queries=50)
+    monkeypatch.setattr(storage.os, "replace", replace)
+    monkeypatch.setattr(storage, "_alive", lambda pid: False)     # as after the kill: its pid is gone
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    stale = tmp_path / "indexes" / "e.json.tmp-99999999-0123abcd"
+    stale.write_text("{}")
+    with pytest.raises(IndexFilesChanged, match="disagree with e.json.*build-index"):
+        load_index(d, "e", source=grown)
+    report = build_collection_index(d, "e", grown, metric="ip", n_queries=50)
+    assert report["action"] == "rebuilt" and "interrupted" in report["reason"] and report["ntotal"] == len(x)
+    assert not stale.exists() and not [f for f in os.listdir(tmp_path / "indexes") if ".tmp-" in f]
+    assert load_index(d, "e", source=grown).ntotal == len(x)
+
+
 def test_load_without_an_index_searches_exactly(data, tmp_path):
     x, ids, source = data
     index = load_index(str(tmp_path), "none", source=source, metric="l2")

@@ -53,6 +53,11 @@ class InvalidMask(InvalidQuery):
     """A completion mask that marks nothing, or (nearly) the whole photo (HTTP 422)."""
 
 
+class IndexFilesChanged(NearsightError):
+    """Saved index files that keep disagreeing with their ``<encoder>.json``: a save still renaming them, or one
+    a crash interrupted (the next build rebuilds the index)."""
+
+
 class StorageError(NearsightError):
     """A collection that cannot be written: disk full, read-only file system, permissions."""
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ..errors import NearsightError
+from ..errors import IndexFilesChanged, NearsightError
 from . import backend
 from .build import build_index
 from .degree import choose_degree
@@ -71,9 +71,14 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     budget = parse_size(max_memory) if max_memory is not None else None
 
     meta = read_meta(collection_dir, encoder)
-    existing = None
+    existing, broken = None, None
     if meta is not None:
-        existing = load_index(collection_dir, encoder, source=source, mmap=bool(meta.get("on_disk")), sync=False)
+        try:
+            existing = load_index(collection_dir, encoder, source=source, mmap=bool(meta.get("on_disk")), sync=False)
+        except IndexFilesChanged as exc:
+            # the one writer (callers hold the write lock) finds files no save is renaming: a killed save's
+            broken = f"the saved index files disagree with {encoder}.json (a save was interrupted)"
+            LOG.warning("%s: %s; rebuilding it", broken, exc)
 
     want = None
     if factory:
@@ -84,6 +89,8 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     reason = None
     if rebuild:
         reason = "rebuild requested"
+    elif broken:
+        reason = broken
     elif existing is None:
         reason = "no index yet"
     elif existing.metric != metric or existing.dim != d:
@@ -110,7 +117,7 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
         index = build_index(source.vectors, ids, metric, plan, source=source, use_gpu=use_gpu,
                             max_file_bytes=max_file_bytes, seed=seed, progress=progress, skip_ids=holdout)
         index.update_info(auto=factory is None, built_reason=reason)
-        action = "built" if existing is None else "rebuilt"
+        action = "built" if existing is None and not broken else "rebuilt"
         added = n
     else:
         index = existing

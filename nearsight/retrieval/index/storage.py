@@ -6,19 +6,27 @@ Writes are atomic: every file goes to a temporary name, is fsynced, then renamed
 (which lists the files and their sizes) is renamed last; a reader that catches the renames half-way sees sizes
 that disagree with the JSON and reads again. Files of segments that have not changed are not rewritten.
 A process that has the old files memory-mapped keeps its mapping (the old inode) until it swaps indexes.
+
+A reader opens every file once, checks the size of the *open* file and reads from that descriptor: a name
+checked and then reopened could be a file a concurrent save renamed over it in between (of the same ntotal
+after a rebuild into another kind, which no size or count check would then catch). A save killed between its
+renames leaves files that disagree with the JSON for good: ``IndexFilesChanged``, which the next build (under
+the write lock, so no save can be running) answers by rebuilding; its temporary files are removed then too.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import time
 import uuid
+from contextlib import ExitStack
 
 import faiss
 import numpy as np
 
-from ..errors import NearsightError
+from ..errors import IndexFilesChanged, NearsightError
 from . import backend
 from .backend import SearchParams
 from .rerank import RerankStore
@@ -73,6 +81,38 @@ def _tmp(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def remove_stale_temporaries(collection_dir: str, encoder: str) -> list[str]:
+    """Remove the temporary files of ``encoder``'s index that a killed save left behind (each can be the size of
+    the index). The pid in a temporary's name tells: files of a process that is gone; never a running save's."""
+    pattern = re.compile(re.escape(encoder) + r"(\.(\d{3}|vectors(\.\d{3})?|trained))?\.(faiss|json)\.tmp-(\d+)-[0-9a-f]{8}")
+    directory = index_dir(collection_dir)
+    removed = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else ():
+        m = pattern.fullmatch(name)
+        if m is None or _alive(int(m.group(5))):
+            continue
+        try:
+            os.remove(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    if removed:
+        LOG.info("removed %d temporary index file(s) of an interrupted save: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True     # another user's process
+    return True
+
+
 def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_bytes=None) -> dict:
     """Write the index of ``encoder`` under ``collection_dir/indexes`` atomically; returns the JSON written.
 
@@ -83,6 +123,7 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
     limit = parse_size(max_file_bytes) if max_file_bytes is not None else index.info.get("max_file_bytes")
     directory = index_dir(collection_dir)
     os.makedirs(directory, exist_ok=True)
+    remove_stale_temporaries(collection_dir, encoder)
     renames: list[tuple[str, str]] = []
     try:
         with index._lock.shared():     # a consistent snapshot: adds wait, searches go on
@@ -128,6 +169,7 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
             meta = index.describe()
             meta.update(format=FORMAT, encoder=encoder, files=files, saved_at=time.time(), vectors_files=vectors_rec,
                         trained_file=os.path.basename(trained) if trained else None,
+                        trained_bytes=int(s.template.nbytes) if trained else None,
                         tombstone_ids=[int(t) for t in s.tombstones])
             if limit:
                 meta["max_file_bytes"] = int(limit)
@@ -192,18 +234,21 @@ def load_index(collection_dir: str, encoder: str, source=None, mmap: bool = True
     that. Without a saved index, returns an ``ExactIndex`` over ``source`` (``metric`` needed then).
     """
     meta = None
-    for attempt in range(5):
+    for attempt in range(READ_ATTEMPTS):
         meta = read_meta(collection_dir, encoder)
         if meta is None:
             break
         try:
             index = _open(collection_dir, encoder, meta, source, mmap)
             break
-        except _Changed:
+        except _Changed as exc:
+            changed = str(exc)
             time.sleep(0.05 * (attempt + 1))   # a save is renaming files right now
     else:
-        raise NearsightError(f"the index files of {encoder!r} in {index_dir(collection_dir)} keep changing; "
-                             "is a build still running?")
+        raise IndexFilesChanged(
+            f"the index files of {encoder!r} in {index_dir(collection_dir)} disagree with {encoder}.json "
+            f"({os.path.basename(changed)}): a build is still running, or one was interrupted; "
+            f"`nearsight build-index -c {collection_dir}` rebuilds it")
     if meta is None:
         if source is None or metric is None:
             raise NearsightError(f"no index for encoder {encoder!r} in {index_dir(collection_dir)}, and no "
@@ -222,34 +267,52 @@ class _Changed(Exception):
     pass
 
 
-def _unchanged_file(directory: str, rec: dict) -> str:
-    """The path of a file the index metadata records; _Changed when it is missing or not the recorded size."""
-    path = os.path.join(directory, rec["file"])
+READ_ATTEMPTS = 5
+
+
+def _fd_name(fd: int, path: str) -> str:
+    """A name that reads the file open as ``fd``, whatever has been renamed over ``path`` since (faiss and
+    numpy take names; /dev/fd/N opens the open file itself on Linux and macOS)."""
+    return f"/dev/fd/{fd}" if os.path.isdir("/dev/fd") else path
+
+
+def _open_recorded(files: ExitStack, directory: str, name: str, size: int | None) -> str:
+    """Open a file the metadata records, once; _Changed when it is missing or the open file is not ``size``
+    bytes. Returns the name to read it by: that of the open file, never the path again."""
+    path = os.path.join(directory, name)
     try:
-        if os.path.getsize(path) != rec["bytes"]:
-            raise _Changed(path)
+        f = files.enter_context(open(path, "rb"))
     except FileNotFoundError:
         raise _Changed(path) from None
-    return path
+    if size is not None and os.fstat(f.fileno()).st_size != size:
+        raise _Changed(path)
+    return _fd_name(f.fileno(), path)
 
 
 def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> VectorIndex:
     directory = index_dir(collection_dir)
-    segments = []
-    for rec in meta["files"]:
-        path = _unchanged_file(directory, rec)
-        idx, mapped = backend.read_index(path, mmap, meta["factory"])
-        if idx.ntotal != rec["ntotal"]:
-            raise _Changed(path)
-        segments.append(Segment(idx, writable=not mapped, dirty=False, file=os.path.abspath(path)))
-    store = None
-    paths = [_unchanged_file(directory, rec) for rec in meta.get("vectors_files") or []]
-    if paths:
-        store = RerankStore.load(paths, mmap)
-        store.file = os.path.abspath(paths[0]) if len(paths) == 1 else None
-    template = None
-    if meta.get("trained_file"):
-        template = np.fromfile(os.path.join(directory, meta["trained_file"]), dtype=np.uint8)
+    with ExitStack() as files:
+        # every file opened and checked before any is read: the set read is the one the JSON describes
+        seg_names = [_open_recorded(files, directory, rec["file"], rec["bytes"]) for rec in meta["files"]]
+        store_names = [_open_recorded(files, directory, rec["file"], rec["bytes"])
+                       for rec in meta.get("vectors_files") or []]
+        trained_name = _open_recorded(files, directory, meta["trained_file"], meta.get("trained_bytes")) \
+            if meta.get("trained_file") else None
+        if read_meta(collection_dir, encoder) != meta:
+            raise _Changed(meta_path(collection_dir, encoder))   # a whole save landed meanwhile
+        segments = []
+        for rec, name in zip(meta["files"], seg_names):
+            idx, mapped = backend.read_index(name, mmap, meta["factory"])
+            if idx.ntotal != rec["ntotal"]:
+                raise _Changed(os.path.join(directory, rec["file"]))
+            segments.append(Segment(idx, writable=not mapped, dirty=False,
+                                    file=os.path.abspath(os.path.join(directory, rec["file"]))))
+        store = None
+        if store_names:
+            store = RerankStore.load(store_names, mmap)
+            store.file = os.path.abspath(os.path.join(directory, meta["vectors_files"][0]["file"])) \
+                if len(store_names) == 1 else None
+        template = np.fromfile(trained_name, dtype=np.uint8) if trained_name else None
     info = {k: v for k, v in meta.items() if k not in ("tombstone_ids",)}
     return VectorIndex(segments, factory=meta["factory"], metric=meta["metric"], dim=int(meta["dim"]),
                        params=SearchParams.from_dict(meta.get("search_params")), rerank=bool(meta.get("rerank")),
