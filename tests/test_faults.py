@@ -3,6 +3,9 @@ non-zero exit, the write lock free, no worker left behind, and a collection the 
 
 Faults are injected into a real `nearsight index` subprocess (own process group, decode workers) by a
 small driver that patches one function before the CLI starts; a hang fails on the subprocess timeout.
+kill -9 lands at instrumented points (after a shard's fsync and before its LMDB commit, during a backfill,
+before a new encoder is recorded, during an index save): what is committed is exactly what was meant to be,
+and the next run completes the collection with the right counts and nothing twice.
 """
 import errno
 import fcntl
@@ -78,6 +81,54 @@ pool._decode_chunk = chunk
 """
 
 
+# kill -9 at instrumented points: the process kills itself (as the OOM killer or a power cut would stop it) right
+# after the step named, so nothing after it runs: no finally, no cleanup. The driver patches the step in the
+# child only; the code under test carries no hook.
+KILL_AFTER_SHARD_FSYNC = """
+import nearsight.indexer.ingest as ingest
+_write, calls = ingest.write_part, []
+def write_part(*args, **kwargs):
+    record = _write(*args, **kwargs)   # the shard files are fsynced and renamed; their LMDB commit comes next
+    calls.append(1)
+    if len(calls) == {nth}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return record
+ingest.write_part = write_part
+"""
+
+# after a new encoder's first backfill commit, before the manifest names the encoder
+KILL_BEFORE_NEW_ENCODER_RECORDED = """
+import nearsight.indexer.ingest as ingest
+_record = ingest._Run._record
+def record(self, names):
+    if any(e.name in names and e.name not in self.coll.encoder_names for e in self.encoders):
+        os.kill(os.getpid(), signal.SIGKILL)
+    _record(self, names)
+ingest._Run._record = record
+"""
+
+# during an index save: after its first index file is renamed over the old one (the JSON not yet), or after a
+# temporary file is written and before any rename
+KILL_IN_INDEX_SAVE = {
+    "between_renames": """
+_replace = os.replace
+def replace(src, dst):
+    _replace(src, dst)
+    if os.sep + "indexes" + os.sep in str(dst) and not str(dst).endswith(".json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+""",
+    "before_renames": """
+import faiss
+_write = faiss.write_index
+def write_index(index, path):
+    _write(index, path)
+    if ".tmp-" in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+faiss.write_index = write_index
+"""}
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     root = tmp_path_factory.mktemp("fault_photos")
@@ -86,10 +137,10 @@ def photos(tmp_path_factory):
     return root
 
 
-def run_faulty(photos, coll, inject: str, *extra):
+def run_faulty(photos, coll, inject: str, *extra, no_index: bool = True):
     """Run `nearsight index` with a fault injected; returns (returncode, stderr lines, seconds after start)."""
     cmd = [sys.executable, "-c", DRIVER.format(inject=inject), "index", str(photos), "-c", str(coll), "--quiet",
-           "--no-index", "--workers", "2", "--flush-every", "8", "--batch-size", "4", *extra]
+           *(["--no-index"] if no_index else []), "--workers", "2", "--flush-every", "8", "--batch-size", "4", *extra]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -205,6 +256,90 @@ def test_disk_full_without_workers_is_one_error(tmp_path, photo_dir, ingest, mon
         ingest(tmp_path / "c", [photo_dir])
     assert os.listdir(tmp_path / "c" / "embeddings" / "tiny") == []  # no 0-byte part-00000.npy.tmp
     assert ingest(tmp_path / "c", [photo_dir]).added == 12
+
+
+def committed(coll) -> tuple[set[int], dict[str, list[str]]]:
+    """(live ids, every embedding checked once per item; recorded part files per encoder) of a collection."""
+    c = Collection.open(coll)
+    try:
+        return check_consistent(c), {name: [p["file"] for p in c.parts(name)] for name in c.encoder_names}
+    finally:
+        c.close()
+
+
+def test_kill_9_after_a_shard_fsync_before_its_commit(tmp_path, photos, ingest):
+    coll = tmp_path / "c"
+    rc, _, _ = run_faulty(photos, coll, KILL_AFTER_SHARD_FSYNC.format(nth=3))
+    assert rc == -signal.SIGKILL
+    live, parts = committed(coll)
+    assert len(live) == 16 and parts == {"tiny": ["part-00000", "part-00001"]}   # two flushes of 8, whole
+    assert (coll / "embeddings" / "tiny" / "part-00002.npy").exists()   # the third's shard was on disk, unrecorded
+    assert_lock_free(coll)
+    assert_next_run_completes(photos, coll, ingest)
+    _, parts = committed(coll)
+    on_disk = {f.split(".")[0] for f in os.listdir(coll / "embeddings" / "tiny")}
+    assert on_disk == set(parts["tiny"])   # the orphan part was written over, not left beside
+
+
+def test_kill_9_during_a_backfill(tmp_path, photos, ingest):
+    coll = tmp_path / "c"
+    ingest(coll, [photos])
+    rc, _, _ = run_faulty(photos, coll, KILL_AFTER_SHARD_FSYNC.format(nth=3), "--encoders", "tiny-gray")
+    assert rc == -signal.SIGKILL
+    c = Collection.open(coll)     # mid-backfill: every item once in tiny, 16 of 48 in tiny-gray (2 commits of 8)
+    assert c.encoder_names == ["tiny", "tiny-gray"] and len(c.parts("tiny-gray")) == 2
+    gray = c.embedding_matrix("tiny-gray").ids.tolist()
+    assert len(gray) == len(set(gray)) == 16 and set(gray) < set(c.embedding_matrix("tiny").ids.tolist())
+    c.close()
+    assert_next_run_completes(photos, coll, ingest)      # the re-run backfills the rest, each item once
+    c = Collection.open(coll)
+    assert len(c.embedding_matrix("tiny-gray")) == N_PHOTOS and c.encoder_names == ["tiny", "tiny-gray"]
+    c.close()
+
+
+def test_kill_9_before_a_new_encoder_is_recorded(tmp_path, photos, ingest):
+    coll = tmp_path / "c"
+    ingest(coll, [photos])
+    rc, _, _ = run_faulty(photos, coll, KILL_BEFORE_NEW_ENCODER_RECORDED, "--encoders", "tiny-gray")
+    assert rc == -signal.SIGKILL
+    live, parts = committed(coll)
+    assert len(live) == N_PHOTOS and list(parts) == ["tiny"]   # its committed part is not the collection's yet
+    s = ingest(coll, [photos], encoders=("tiny-gray",), workers=2, flush_every=8)
+    assert s.backfilled == {"tiny-gray": N_PHOTOS}
+    live, parts = committed(coll)
+    assert len(live) == N_PHOTOS and len(parts["tiny-gray"]) == N_PHOTOS // 8
+
+
+@pytest.mark.parametrize("point", sorted(KILL_IN_INDEX_SAVE))
+def test_kill_9_during_an_index_save(tmp_path, photos, ingest, point):
+    from nearsight.retrieval.errors import IndexFilesChanged
+    from nearsight.retrieval.index import load_index
+
+    coll = tmp_path / "c"
+    ingest(coll, sorted(photos.iterdir())[:24])
+    c = Collection.open(coll, readonly=False)
+    c.build_index("tiny")
+    c.close()
+    rc, _, _ = run_faulty(photos, coll, KILL_IN_INDEX_SAVE[point], no_index=False)   # ingests 24, then updates
+    assert rc == -signal.SIGKILL
+    live, _ = committed(coll)
+    assert len(live) == N_PHOTOS
+    leftovers = [f for f in os.listdir(coll / "indexes") if ".tmp-" in f]
+    c = Collection.open(coll)
+    if point == "between_renames":      # tiny.faiss is the new one, tiny.json the old: no reader takes that
+        with pytest.raises(IndexFilesChanged, match="interrupted"):
+            load_index(str(coll), "tiny", source=c.embedding_matrix("tiny"))
+    else:                               # the old index is whole; only the killed save's temporary is left
+        assert leftovers and load_index(str(coll), "tiny", source=c.embedding_matrix("tiny"), sync=False).ntotal == 24
+    c.close()
+    assert_next_run_completes(photos, coll, ingest)
+    c = Collection.open(coll, readonly=False)
+    report = c.build_index("tiny")
+    assert report["ntotal"] == N_PHOTOS and report["action"] == ("rebuilt" if point == "between_renames" else "updated")
+    assert [f for f in os.listdir(coll / "indexes") if ".tmp-" in f] == []
+    for item_id in sorted(live)[::7]:
+        assert c.search(id=item_id, k=1)[0].id == item_id
+    c.close()
 
 
 def test_fifo_and_device_files_named_like_images(tmp_path, photo_dir, ingest):

@@ -158,26 +158,36 @@ def test_clear_errors(tmp_path, photo_dir, ingest):
         Collection.open(tmp_path / "d")
 
 
-def test_kill_9_at_any_moment_then_rerun(tmp_path):
-    """Kill the real CLI with SIGKILL at several moments; the collection always opens and finishes whole."""
+def test_kill_9_mid_write_then_rerun(tmp_path):
+    """SIGKILL the real CLI while it writes, at moments seen from outside (its 3rd, 7th, 12th shard file appearing),
+    never after a guessed delay: every kill lands mid-run (strictly between nothing and everything committed), the
+    collection opens whole after each, and the last run finishes it with every photo once."""
     photos = tmp_path / "many"
     photos.mkdir()
-    for i in range(160):
+    total = 160
+    for i in range(total):
         make_photo(1000 + i, (64, 48)).save(photos / f"{i:03d}.jpg")
     cmd = [sys.executable, "-m", "nearsight.server.cli", "index", str(photos), "-c", str(tmp_path / "c"),
            "--encoders", "tiny,tiny-gray", "--flush-every", "8", "--workers", "1", "--quiet"]
-    for delay in (0.8, 1.4, 2.0, 2.6):
+    parts = tmp_path / "c" / "embeddings" / "tiny"
+    for nth in (2, 6, 11):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.monotonic() + 120
+        # part N is written only once parts 0..N-1 are committed (its number is the count of recorded parts)
+        while not (parts / f"part-{nth:05d}.npy").exists():
+            assert proc.poll() is None, "the run ended before the kill"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if (tmp_path / "c" / "collection.json").exists():
-            coll = Collection.open(tmp_path / "c")
-            check_consistent(coll)
-            coll.close()
+        coll = Collection.open(tmp_path / "c")
+        live = check_consistent(coll)
+        coll.close()
+        assert 8 * nth <= len(live) < total, (nth, len(live))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     coll = Collection.open(tmp_path / "c")
-    assert coll.count == 160
-    assert len(check_consistent(coll)) == 160
+    assert coll.count == total
+    assert len(check_consistent(coll)) == total
     assert {i.path for i in coll.store.iter_items()} == {str(p) for p in photos.iterdir()}
+    assert coll.store.count("paths") == total
