@@ -455,3 +455,15 @@ def test_bridged_model_trains_installs_and_reloads_identically(cnn_captioned, tm
         assert len(hits) == 3
     finally:
         coll.close()
+
+
+def test_capped_order_keeps_at_most_cap_pairs_of_a_text():
+    from nearsight.indexer.train import capped_order
+
+    groups = np.array([0] * 100 + [1] * 3 + [2] * 40)
+    rng = np.random.default_rng(0)
+    order = capped_order(groups, 32, rng)
+    counts = np.bincount(groups[order], minlength=3)
+    assert list(counts) == [32, 3, 32] and len(set(order.tolist())) == len(order)
+    assert sorted(capped_order(groups, None, rng).tolist()) == list(range(len(groups)))
+    assert not np.array_equal(order, capped_order(groups, 32, rng))  # a fresh sample each epoch

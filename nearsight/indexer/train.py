@@ -62,6 +62,7 @@ class TrainConfig:
     lr: float = 2e-4
     warmup_epochs: int = 1
     mine_collection: bool = True
+    group_cap: int | None = 32  # pairs of one text an epoch trains on at most (a fresh sample each epoch)
     bridge: bool = True  # start at the zero-shot ImageNet class bridge where the base encoder has a classifier
     sources: tuple[str, ...] = SOURCES
     pairs: tuple[str, ...] = ("text",)  # "text": (text, image) pairs; "augment": (copy, original) image pairs
@@ -147,6 +148,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     negative_groups = merge_similar(pairs.groups, np.array([text_row[t] for t in pairs.texts], np.int64),
                                     text_feats, config.same_text) if len(pairs) else pairs.groups
     groups = torch.from_numpy(negative_groups).to(device)
+    groups_np = np.asarray(pairs.groups)
     # group of every collection row (-1: no text), to keep same-group items out of the negatives
     row_group = np.full(len(all_ids), -1, np.int64)
     row_group[item_row(pairs.item_ids)] = negative_groups
@@ -171,7 +173,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
         if config.mine_collection and not warm and use_text:
             mined = mine_negatives(heads, text_feats, pair_text[train_rows], groups[train_rows],
                                    pair_item[train_rows], all_feats, row_group_t, config.negatives, rng)
-        order = rng.permutation(len(train_rows)) if use_text else np.zeros(0, np.int64)
+        order = capped_order(groups_np[train_rows], config.group_cap, rng) if use_text else np.zeros(0, np.int64)
         losses = copies.train_epoch(heads, optimizer, "sum" if warm else config.negatives) if copies else []
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
@@ -299,6 +301,23 @@ class _Copies:
         """Held-out copy retrieval with the trained head and with the frozen base encoder, side by side."""
         return {"train": int(len(self.train)), "val": self.n_val, "trained": self.recall(heads),
                 "frozen": self.recall(heads, project=False)}
+
+
+def capped_order(groups: np.ndarray, cap: int | None, rng) -> np.ndarray:
+    """One epoch's rows in random order, at most ``cap`` of each group (a fresh sample every epoch): a label
+    shared by hundreds of images would otherwise fill most batches, and most in-batch negatives would be
+    images of other labels, where captions need the fine distinctions between captioned images."""
+    order = rng.permutation(len(groups))
+    if cap is None:
+        return order
+    _, first = np.unique(groups[order], return_inverse=True)
+    seen = np.zeros(first.max() + 1 if len(first) else 0, np.int64)
+    keep = np.zeros(len(order), bool)
+    for i, g in enumerate(first):
+        if seen[g] < cap:
+            keep[i] = True
+            seen[g] += 1
+    return order[keep]
 
 
 def example_queries(pairs: Pairs, n: int = 6) -> list[str]:
