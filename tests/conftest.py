@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ci_deps import pytest_configure, pytest_sessionstart  # noqa: E402,F401  (hooks: missing deps fail in CI)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 
 
