@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def cnn():
-    return create_encoder("cnn", device="cpu")
+    # the torch path (CUDA's, and the CPU's without onnxruntime); ONNX Runtime's is test_cnn_onnx.py
+    return create_encoder("cnn", device="cpu", runtime="torch")
 
 
 @pytest.fixture(scope="module")

