@@ -11,8 +11,8 @@ kept in tests/data/golden_gist): the two must agree to 1e-4 relative L2, as test
 
 Per image size, in ``--rounds`` interleaved rounds (a shared machine's load then falls on both sides alike):
 
-- one core: ours with 1 torch thread at batch 1 and batch 256, against one lear-gist process;
-- every core: ours with ``--threads`` torch threads at batch 256, against ``--threads`` lear-gist processes
+- one core: ours with 1 torch thread at batch 1 and at ``--batch`` (64), against one lear-gist process;
+- every core: ours with ``--threads`` torch threads at ``--batch``, against ``--threads`` lear-gist processes
   (one per core, each going over the same images).
 
 Reported: images/s and CPU-ms/image of each, and the ratio ours / lear-gist per round (median and range).
@@ -111,7 +111,7 @@ def ours(images: np.ndarray, batch: int, threads: int, device: str, min_seconds:
 
 
 def reference(binary, images: np.ndarray, processes: int, min_seconds: float) -> dict:
-    r = lear_gist.run(binary, images, min_seconds=min_seconds, processes=processes)
+    r = lear_gist.run(binary, images, min_seconds=min_seconds, processes=processes, descriptors=False)
     return {"images_per_s": r["images_per_s"], "cpu_ms_per_image": r["cpu_ms_per_image"], "images": r["calls"]}
 
 
@@ -148,11 +148,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--photos", default=str(ROOT / "data" / "samples" / "photos"),
                     help="photos both sides describe (seeded noise when missing)")
-    ap.add_argument("--images", type=int, default=32, help="distinct images per size")
+    ap.add_argument("--images", type=int, default=16, help="distinct images per size")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="torch threads and lear-gist processes of the every-core runs (default: all cores)")
     ap.add_argument("--sizes", default="128,256")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=64, help="our batch (images per call)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=2.0, help="time each setting for at least this long")
     ap.add_argument("--collection-photos", help="folder of photos to index with --encoders gist")

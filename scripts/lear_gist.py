@@ -56,6 +56,9 @@ def build(cache: Path = CACHE) -> Path:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise ReferenceUnavailable(f"lear-gist: gcc failed: {last}")
     os.replace(tmp, binary)
+    for stale in cache.glob("lear_gist_driver-*"):  # builds of an older driver or older flags
+        if stale != binary:
+            stale.unlink()
     return binary
 
 
@@ -146,12 +149,13 @@ def _fftw_paths(root: Path) -> tuple[Path, Path] | None:
 
 
 def run(binary: Path, images: np.ndarray, nblocks: int = 4, orientations=(8, 8, 4), min_seconds: float = 0.0,
-        processes: int = 1) -> dict:
+        processes: int = 1, descriptors: bool = True) -> dict:
     """lear-gist on ``images`` (n, h, w, 3) uint8 in ``processes`` processes started together.
 
-    Each process goes over all the images (again and again until ``min_seconds``). Returns
-    ``descriptors`` (n, d) float32 of the first process's first pass, ``images_per_s`` (all processes'
-    calls over the longest process's wall time), ``cpu_ms_per_image`` and ``calls``.
+    Each process goes over the images in order, again and again until ``min_seconds`` (and, with
+    ``descriptors``, at least once over all). Returns ``descriptors`` (n, d) float32 of the first
+    process's first pass (or None), ``images_per_s`` (all processes' calls over the longest process's
+    wall time), ``cpu_ms_per_image`` and ``calls``.
     """
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if images.ndim != 4 or images.shape[3] != 3:
@@ -165,7 +169,7 @@ def run(binary: Path, images: np.ndarray, nblocks: int = 4, orientations=(8, 8, 
             for p in range(processes):
                 procs.append(subprocess.Popen(
                     [str(binary), data, str(n), str(h), str(w), str(nblocks), ",".join(map(str, orientations)),
-                     str(min_seconds), os.path.join(tmp, f"out{p}.f32")],
+                     str(min_seconds), os.path.join(tmp, f"out{p}.f32") if descriptors else "-"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
             for proc in procs:
                 if proc.stdout.readline().strip() != "ready":
@@ -188,8 +192,8 @@ def run(binary: Path, images: np.ndarray, nblocks: int = 4, orientations=(8, 8, 
                     proc.kill()
                     proc.wait()
         dim = 3 * nblocks * nblocks * sum(orientations)
-        descriptors = np.fromfile(os.path.join(tmp, "out0.f32"), dtype=np.float32).reshape(n, dim)
+        first = np.fromfile(os.path.join(tmp, "out0.f32"), dtype=np.float32).reshape(n, dim) if descriptors else None
     calls = sum(c for c, _, _ in done)
     wall = max(wl for _, wl, _ in done)
-    return {"descriptors": descriptors, "images_per_s": calls / wall, "cpu_ms_per_image":
+    return {"descriptors": first, "images_per_s": calls / wall, "cpu_ms_per_image":
             1000 * sum(c for _, _, c in done) / calls, "calls": calls, "wall_s": wall, "outer_wall_s": outer_wall}

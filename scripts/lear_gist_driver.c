@@ -4,13 +4,13 @@
  *   lear_gist_driver IMAGES N H W NBLOCKS ORIENTATIONS MIN_SECONDS OUT
  *
  * IMAGES: N*H*W*3 bytes, row-major RGB. ORIENTATIONS: per scale, comma separated ("8,8,4").
- * OUT: the N descriptors of the first pass, float32, N*D values.
+ * OUT: the N descriptors of the first pass, float32, N*D values; "-" for none (a timing run).
  *
  * Prints "ready" once the images are in memory, then waits for a line on stdin, so that several
  * processes start computing together. Each call does what one call of the library costs a caller:
  * the colour image is allocated and filled from the bytes, described, and both are freed. The calls
- * go over the images in order, again and again, until every image was done once and MIN_SECONDS
- * have passed; then prints "done CALLS WALL_SECONDS CPU_SECONDS".
+ * go over the images in order, again and again, until MIN_SECONDS have passed (and, with an OUT
+ * file, every image was done once); then prints "done CALLS WALL_SECONDS CPU_SECONDS".
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +73,8 @@ int main(int argc, char **argv) {
     if (!fgets(line, sizeof line, stdin))
         return fail("no start line on stdin");
 
+    int keep = strcmp(argv[8], "-") != 0;
+    long needed = keep ? n : 1;
     double wall0 = seconds(CLOCK_MONOTONIC), cpu0 = seconds(CLOCK_PROCESS_CPUTIME_ID);
     long calls = 0;
     for (;;) {
@@ -85,19 +87,21 @@ int main(int argc, char **argv) {
             im->c3[k] = p[3 * k + 2];
         }
         float *desc = color_gist_scaletab(im, nblocks, scales, orientations);
-        if (calls < n)
+        if (keep && calls < n)
             memcpy(out + (size_t)i * dim, desc, sizeof(float) * (size_t)dim);
         free(desc);
         color_image_delete(im);
         calls++;
-        if (calls >= n && seconds(CLOCK_MONOTONIC) - wall0 >= min_seconds)
+        if (calls >= needed && seconds(CLOCK_MONOTONIC) - wall0 >= min_seconds)
             break;
     }
     double wall = seconds(CLOCK_MONOTONIC) - wall0, cpu = seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
 
-    FILE *o = fopen(argv[8], "wb");
-    if (!o || fwrite(out, sizeof(float) * (size_t)dim, (size_t)n, o) != (size_t)n || fclose(o) != 0)
-        return fail("cannot write the descriptors file");
+    if (keep) {
+        FILE *o = fopen(argv[8], "wb");
+        if (!o || fwrite(out, sizeof(float) * (size_t)dim, (size_t)n, o) != (size_t)n || fclose(o) != 0)
+            return fail("cannot write the descriptors file");
+    }
     printf("done %ld %.6f %.6f\n", calls, wall, cpu);
     return 0;
 }
