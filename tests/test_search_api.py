@@ -110,6 +110,12 @@ def test_cli_search_filters_batch_and_json(built):
     assert out.exit_code == 0, out.output
     results = json.loads(out.output)["results"]
     assert results[0]["group_size"] == 2 and len(results[0]["sha256"]) == 64
+    out = runner.invoke(main, ["search", "-c", str(coll), "--id", "1", "-k", "3", "--collapse",
+                               "--collapse-threshold", "1", "--json"])  # the encoder's threshold overridden
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["results"][0]["group_size"] == 1  # the copy is close, not identical
+    out = runner.invoke(main, ["search", "-c", str(coll), "--id", "1", "--collapse-threshold", "0.9"])
+    assert out.exit_code == 2 and "needs --collapse" in out.output
     out = runner.invoke(main, ["search", "-c", str(coll), "--id", "0", "--id", "4", "-k", "2", "--exclude", "0",
                                "--path-prefix", str(photos), "--json"])
     assert out.exit_code == 0, out.output

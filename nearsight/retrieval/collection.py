@@ -36,6 +36,9 @@ QUERY_KINDS = ("image", "text", "id", "vector", "query")
 # The default image encoder: the best the collection holds. A trained model first (it ranks with what the
 # collection taught it), then CLIP, the CNN, GIST (scene layout), and tiny images (colour layout) last.
 IMAGE_ENCODER_PREFERENCE = ("triplet", "clip", "cnn", "gist", "gist-gray", "lab-layout", "tiny", "tiny-gray")
+# Descriptors made for the image methods rather than for people searching: luminance-only ones for
+# colorization, colour layout for scene completion. The page offers them after the others.
+HELPER_KINDS = ("gist-gray", "tiny-gray", "lab-layout")
 MAX_BATCH = 1024
 
 
@@ -214,6 +217,10 @@ class Collection:
             raise UnsupportedModality(f"no encoder of this collection takes text (it has {', '.join(self.encoder_names)}); "
                                       f"encoders that take text: {', '.join(takes_text)}")
         raise UnknownEncoder("this collection has no encoders yet")
+
+    def encoder_kind(self, name: str) -> str:
+        """What kind of encoder ``name`` is ("triplet" for a trained model named "text"; see ``_kind``)."""
+        return _kind(self.encoder_spec(name))
 
     # -- items ----------------------------------------------------------------------------
     def item(self, item_id: int) -> Item:
@@ -410,8 +417,9 @@ class Collection:
         ``prefilter=N``: shortlist N items in the encoder's PCA space first (see ``knn``).
         ``filter``: a ``SearchFilter`` or a dict of its fields, applied inside the k-NN search (k results
         come back however selective it is); ``exclude``: ids never returned; ``min_score`` /
-        ``min_similarity``: drop results below; ``collapse``: one result per group of near-copies (True, or
-        the cosine threshold), each with its ``group_size``.
+        ``min_similarity``: drop results below; ``collapse``: one result per group of near-copies, each with
+        its ``group_size`` (True: the encoder's measured copy threshold, ``collapse.COPY_THRESHOLDS``; or a
+        similarity threshold in (0, 1], in the units of ``SearchResult.similarity``).
         """
         kind, value = _one_query(image=image, text=text, id=id, vector=vector, query=query)
         return self.search_batch([{kind: value}], encoder=encoder, k=k, offset=offset, prefilter=prefilter,
@@ -441,7 +449,7 @@ class Collection:
         if exclude is not None and len(exclude):
             flt = SearchFilter(**{**flt.__dict__, "exclude": tuple(sorted(set(flt.exclude) | set(
                 parse_filter({"exclude": list(exclude)}).exclude)))})
-        threshold = _collapse_threshold(collapse)
+        threshold = _collapse_threshold(collapse, None)  # checked before any query is embedded
         for name, bound in (("min_score", min_score), ("min_similarity", min_similarity)):
             if bound is not None and (isinstance(bound, bool) or not isinstance(bound, (int, float))
                                       or not np.isfinite(bound)):
@@ -454,6 +462,7 @@ class Collection:
         metric = self.encoder_spec(encoder)["metric"]
         depth = k + offset
         if threshold is not None:  # copies of a result rank next to it: fetch enough to fill k groups
+            threshold = _collapse_threshold(collapse, self.encoder_kind(encoder))
             depth = min(max(4 * depth, depth + 50), 10 * 10000)
         if flt.empty:
             D, I = self.knn(encoder, Q, depth, prefilter=prefilter)
@@ -468,7 +477,8 @@ class Collection:
             if threshold is not None and len(ids):
                 from .collapse import collapse_ranked
 
-                reps, group = collapse_ranked(self.embedding_matrix(encoder).reconstruct(ids), threshold)
+                reps, group = collapse_ranked(self.embedding_matrix(encoder).reconstruct(ids), threshold, metric,
+                                              ref if ref is not None else 1.0)
                 groups = np.bincount(group, minlength=len(ids))[reps]
                 ids, dists = ids[reps], dists[reps]
             results = []
@@ -604,17 +614,18 @@ def _uses_text(kind: str, value) -> bool:
                               and any(isinstance(t, dict) and "text" in t for t in value))
 
 
-def _collapse_threshold(collapse) -> float | None:
-    """collapse=False/None -> None; True -> the default cosine; a number in (0, 1] -> that cosine."""
-    from .collapse import DEFAULT_THRESHOLD
+def _collapse_threshold(collapse, kind: str | None) -> float | None:
+    """collapse=False/None -> None; True -> the copy threshold measured for the encoder ``kind`` (None: not
+    known yet, the default); a number in (0, 1] -> that similarity."""
+    from .collapse import DEFAULT_THRESHOLD, copy_threshold
 
     if collapse is None or collapse is False:
         return None
     if collapse is True:
-        return DEFAULT_THRESHOLD
-    if isinstance(collapse, (int, float)) and 0 < collapse <= 1:
+        return DEFAULT_THRESHOLD if kind is None else copy_threshold(kind)
+    if isinstance(collapse, (int, float)) and not isinstance(collapse, bool) and 0 < collapse <= 1:
         return float(collapse)
-    raise InvalidQuery(f"collapse must be true, false or a cosine threshold in (0, 1], got {collapse!r}")
+    raise InvalidQuery(f"collapse must be true, false or a similarity threshold in (0, 1], got {collapse!r}")
 
 
 def _kind(spec: dict) -> str:

@@ -202,11 +202,15 @@ def _id_list(value: str | None, hint: str):
 @click.option("--exclude", help="Never these item ids (comma-separated deny-list).")
 @click.option("--min-score", type=float, help="Drop results scoring below this (raw score).")
 @click.option("--min-similarity", type=click.FloatRange(0, 1), help="Drop results below this similarity (0..1).")
-@click.option("--collapse", is_flag=True, help="One result per group of near-copies, with the group's size.")
+@click.option("--collapse", is_flag=True, help="One result per group of near-copies, with the group's size "
+                                                 "(copies by the threshold measured for the encoder).")
+@click.option("--collapse-threshold", type=click.FloatRange(0, 1, min_open=True),
+              help="With --collapse: results at least this similar (0..1, as printed) are copies, instead of "
+                   "the encoder's measured threshold.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def search(collection, images, text, item_ids, vector, encoder, k, prefilter, path_prefix, caption_words, min_width,
            max_width, min_height, max_height, added_after, added_before, only_ids, exclude, min_score,
-           min_similarity, collapse, as_json):
+           min_similarity, collapse, collapse_threshold, as_json):
     """Search a collection by --image, --text, --id or --vector (images, ids and vectors may be batches)."""
     import numpy as np
 
@@ -214,6 +218,8 @@ def search(collection, images, text, item_ids, vector, encoder, k, prefilter, pa
              if v is not None and v != ()]
     if len(given) != 1:
         raise click.UsageError(f"give exactly one kind of --image, --text, --id, --vector (got {', '.join(given) or 'none'})")
+    if collapse_threshold is not None and not collapse:
+        raise click.UsageError("--collapse-threshold needs --collapse")
     if vector is not None:
         try:
             vectors = np.load(vector, allow_pickle=False)
@@ -230,7 +236,8 @@ def search(collection, images, text, item_ids, vector, encoder, k, prefilter, pa
     batches = coll.search_batch(queries, encoder=encoder, k=k, prefilter=prefilter,
                                 filter={n: v for n, v in flt.items() if v is not None},
                                 exclude=_id_list(exclude, "--exclude") or (), min_score=min_score,
-                                min_similarity=min_similarity, collapse=collapse)
+                                min_similarity=min_similarity,
+                                collapse=collapse_threshold if collapse and collapse_threshold else collapse)
     if as_json:
         doc = {"results": [r.to_dict() for r in batches[0]]} if len(batches) == 1 else {
             "batch": [{"results": [r.to_dict() for r in b]} for b in batches]}

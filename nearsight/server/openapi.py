@@ -50,8 +50,9 @@ _RESULT_OPTIONS = {
     "min_similarity": {"type": "number", "minimum": 0, "maximum": 1,
                        "description": "Drop results whose similarity is below this."},
     "collapse": {"oneOf": [{"type": "boolean"}, {"type": "number", "exclusiveMinimum": 0, "maximum": 1}],
-                 "description": "One result per group of near-copies (true, or the cosine threshold; default "
-                                "0.97), with the group's size in group_size."},
+                 "description": "One result per group of near-copies, with the group's size in group_size: "
+                                "true (copies by the threshold measured for the encoder), or a similarity "
+                                "threshold (the units of a result's similarity)."},
 }
 _FORM_OPTIONS = {
     "filter": {"type": "string", "description": "The Filter object as a JSON string."},
