@@ -22,6 +22,7 @@ import time
 
 from flask import Blueprint, jsonify, make_response, request, send_file, url_for
 
+from ..retrieval.collection import HELPER_KINDS
 from ..retrieval.encoders import IMAGE, TEXT
 from ..retrieval.errors import ImageTooLarge, InvalidQuery, NearsightError, UnknownItem
 from ..retrieval.images import decode_image
@@ -603,7 +604,9 @@ def stats():
             with open(meta_path) as f:
                 meta = json.load(f)
             index = {k: meta[k] for k in ("factory", "recall", "k", "ntotal", "warnings") if k in meta}
+        kind = coll.encoder_kind(name)
         encoders.append({"name": name, "dim": spec["dim"], "metric": spec["metric"], "modalities": spec["modalities"],
+                         "kind": kind, "helper": kind in HELPER_KINDS,
                          "embedded": sum(p["count"] for p in coll.parts(name)), "index": index,
                          "pca_dim": _pca_dim(coll, name)})
     defaults = {}

@@ -171,6 +171,10 @@ _SCHEMAS = {
                 "properties": {"name": {"type": "string"}, "dim": {"type": "integer"},
                                "metric": {"type": "string", "enum": ["ip", "l2"]},
                                "modalities": {"type": "array", "items": {"type": "string"}},
+                               "kind": {"type": "string", "description": "The encoder's kind (a trained "
+                                                                         "model's is triplet, whatever its name)."},
+                               "helper": {"type": "boolean", "description": "Made for colorization or scene "
+                                                                           "completion rather than for searching."},
                                "embedded": {"type": "integer"},
                                "index": {"type": ["object", "null"]},
                                "pca_dim": {"type": ["integer", "null"]}}}},

@@ -17,6 +17,7 @@ let current = null;
 let offset = 0;
 let generation = 0; // answers to an older query are dropped when they arrive late
 let thumbUrls = [];
+let serverLimits = {};  // /api/stats limits (upload bytes, k): batch.js checks a batch's size against them
 
 function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
 
@@ -59,6 +60,7 @@ async function loadStats() {
   try {
     const stats = await (await api("api/stats")).json();
     els.stats.textContent = `${stats.items.toLocaleString()} images`;
+    serverLimits = stats.limits || {};
     suggestText(stats.text || {});
     const chosen = els.encoder.value;
     els.encoder.replaceChildren(new Option("auto", ""));
@@ -99,9 +101,11 @@ function sendFeedback(fig) {
     .catch(() => {});
 }
 
+// The query in words, for the status line (views.js heads the results with the query itself).
 function describe(q) {
   if (q.kind === "text") return `“${q.value}”`;
-  if (q.kind === "id") return `more like #${q.value}`;
+  if (q.kind === "id") return `more like ${q.label || "this"}`;
+  if (q.kind === "batch") return `${q.items.length} queries`;
   return `image ${q.label}`;
 }
 
@@ -115,9 +119,18 @@ async function search(q, append = false, push = true) {
     if (typeof showQuery === "function") showQuery(q);
   }
   clearError();
+  let extra;
+  try {
+    extra = typeof searchOptions === "function" ? searchOptions() : {}; // filters, min similarity, collapse
+  } catch (err) {  // a filter input the API would refuse (e.g. "12, x" as ids): say so before asking it
+    els.info.textContent = "";
+    if (!append) clearResults();
+    showError(err);
+    return;
+  }
+  if (q.kind === "batch") return searchBatch(q, extra, mine);  // batch.js: one call, results per query
   els.info.textContent = "Searching " + describe(q) + "…";
   const encoder = els.encoder.value;
-  const extra = typeof searchOptions === "function" ? searchOptions() : {}; // filters, min similarity, collapse
   let options;
   if (q.kind === "image") {
     const form = new FormData();
@@ -150,6 +163,7 @@ function clearResults() {
   for (const url of thumbUrls) URL.revokeObjectURL(url);
   thumbUrls = [];
   els.results.replaceChildren();
+  els.results.classList.remove("batched");
   els.more.hidden = true;
 }
 
@@ -218,13 +232,23 @@ async function setThumbnail(img, url) {
   } catch (_) { img.alt = "thumbnail unavailable"; }
 }
 
-function searchFile(file) {
-  if (!file) return;
-  if (file.type && !file.type.startsWith("image/")) {
-    showError(new Error(`${file.name} is not an image`));
+// One file: an image search (paged); several: one batch search, results grouped per image (batch.js).
+function searchFiles(fileList) {
+  const files = Array.from(fileList || []);
+  if (!files.length) return;
+  const notImages = files.filter((f) => f.type && !f.type.startsWith("image/"));
+  if (notImages.length) {
+    showError(new Error(`${notImages.map((f) => f.name).join(", ")} ${notImages.length === 1 ? "is not an image" : "are not images"}`));
     return;
   }
-  search({ kind: "image", value: file, label: file.name });
+  if (files.length === 1) search({ kind: "image", value: files[0], label: files[0].name });
+  else search(batchQuery(files.map((f) => ({ kind: "image", value: f, label: f.name }))));
+}
+
+// "#12", "#12 #40 7": item ids typed into the search box, one (more like it) or several (a batch).
+function typedIds(text) {
+  if (!/^#\d+([\s,]+#?\d+)*$/.test(text)) return null;
+  return text.split(/[\s,#]+/).filter(Boolean).map(Number);
 }
 
 // -- heavy image jobs (complete, colorize, recolor) ---------------------------------------------
@@ -264,11 +288,14 @@ async function runJob(method, body, onStatus = () => {}, signal = null) {
 els.form.addEventListener("submit", (e) => {
   e.preventDefault();
   const text = els.query.value.trim();
-  if (text) search({ kind: "text", value: text });
+  const ids = typedIds(text);
+  if (ids && ids.length === 1) search({ kind: "id", value: ids[0] });
+  else if (ids) search(batchQuery(ids.map((id) => ({ kind: "id", value: id }))));
+  else if (text) search({ kind: "text", value: text });
 });
 
 els.upload.addEventListener("change", () => {
-  searchFile(els.upload.files[0]);
+  searchFiles(els.upload.files);
   els.upload.value = ""; // the same file chosen again still fires change
 });
 
@@ -298,8 +325,7 @@ window.addEventListener("drop", (e) => {
   e.preventDefault();
   dragDepth = 0;
   els.drop.hidden = true;
-  const file = e.dataTransfer && e.dataTransfer.files[0];
-  searchFile(file);
+  searchFiles(e.dataTransfer && e.dataTransfer.files);
 });
 
 loadStats();

@@ -12,14 +12,20 @@ const view = {
 };
 
 // Filter inputs <-> URL parameters <-> search API fields.
-const FILTER_PARAMS = ["path", "caption", "minw", "maxw", "minh", "maxh", "after", "before", "minsim", "collapse"];
+const FILTER_PARAMS = ["path", "caption", "minw", "maxw", "minh", "maxh", "after", "before", "only", "never",
+                       "minsim", "collapse"];
 let encoders = [];            // the collection's encoders (from /api/stats), for "more like this" per encoder
 let defaultImageEncoder = null;
+// Kinds as /api/stats names them (a trained model's kind is "triplet", whatever its name), in the order a
+// person would pick them after the default; "helper" encoders (stats) serve colorization and completion.
+const KIND_ORDER = ["triplet", "clip", "cnn", "gist", "tiny", "gist-gray", "lab-layout", "tiny-gray"];
 const ENCODER_NOTES = {
   triplet: "what this collection was trained to find", clip: "what is in the picture (and text)",
-  cnn: "what is in the picture", gist: "the same scene layout", lab: "the same colour layout",
-  tiny: "the same colours and layout",
+  cnn: "what is in the picture", gist: "the same scene layout", "lab-layout": "the same colour layout",
+  tiny: "the same colours and layout", "gist-gray": "the same layout in gray (for colorization)",
+  "tiny-gray": "the same light and dark layout (for colorization)",
 };
+const itemNames = new Map();  // id -> promise of {caption, filename}: what a person calls an item
 let browseOffset = 0;
 let browseSeed = Math.floor(Math.random() * 1e9);
 let queryUrl = null;          // object URL of an uploaded query image
@@ -43,12 +49,25 @@ function searchOptions() {
   const after = filterInput("after").value, before = filterInput("before").value;
   if (after) filter.added_after = new Date(after + "T00:00").getTime() / 1000;
   if (before) filter.added_before = new Date(before + "T00:00").getTime() / 1000 + 86400;
+  const only = idList("only", "Only items"), never = idList("never", "Never items");
+  if (only) filter.ids = only;
+  if (never) filter.exclude = never;
   const out = {};
   if (Object.keys(filter).length) out.filter = filter;
   const minsim = filterInput("minsim").value;
   if (minsim !== "") out.min_similarity = Number(minsim) / 100;
   if (filterInput("collapse").checked) out.collapse = true;
   return out;
+}
+
+// "12, 40 #7" -> [12, 40, 7]; null when empty; an Error naming the bad entry otherwise (search() shows it).
+function idList(name, label) {
+  const text = filterInput(name).value.trim();
+  if (!text) return null;
+  const parts = text.split(/[\s,]+/).filter(Boolean);
+  const bad = parts.find((p) => !/^#?\d+$/.test(p));
+  if (bad !== undefined) throw new Error(`${label}: “${bad}” is not an item id (ids are whole numbers, e.g. 12, 40)`);
+  return parts.map((p) => Number(p.replace("#", "")));
 }
 
 function filtersToParams(params) {
@@ -76,6 +95,11 @@ function urlFor(q, extra = {}) {
   if (q && q.kind === "text") params.set("q", q.value);
   if (q && q.kind === "id") params.set("id", String(q.value));
   if (q && q.kind === "image") params.set("image", q.label);
+  if (q && q.kind === "batch") {
+    const ids = q.items.filter((i) => i.kind === "id").map((i) => i.value);
+    if (ids.length) params.set("ids", ids.join(","));
+    for (const i of q.items) if (i.kind === "image") params.append("image", i.label);
+  }
   if (els.encoder.value) params.set("encoder", els.encoder.value);
   filtersToParams(params);
   for (const [k, v] of Object.entries(extra)) if (v !== null && v !== undefined && v !== "") params.set(k, v);
@@ -83,10 +107,19 @@ function urlFor(q, extra = {}) {
   return s ? "?" + s : location.pathname;
 }
 
-// Called by search(): one history entry per query. An uploaded file rides in the history state (it cannot
-// be in a link), so Back and Forward still repeat an image search in this tab.
+// Called by search(): one history entry per query. Uploaded files cannot be in a link, nor in the history
+// state (Chromium hands back null for a state holding a File once the entry is left), so they stay in this
+// page's memory under a key the history state holds: Back and Forward repeat an image search in this tab.
+const uploads = new Map();  // history key -> the query's uploaded items [{kind: "image", value: File, label}]
+let uploadKey = 0;
+
 function pushQuery(q) {
-  const state = q.kind === "image" ? { file: q.value, label: q.label } : {};
+  const files = q.kind === "image" ? [q] : q.kind === "batch" ? q.items.filter((i) => i.kind === "image") : [];
+  const state = {};
+  if (files.length) {
+    state.uploads = ++uploadKey;
+    uploads.set(state.uploads, files);
+  }
   const url = urlFor(q);
   if (url === location.search || (url === location.pathname && !location.search)) history.replaceState(state, "", url);
   else history.pushState(state, "", url);
@@ -100,21 +133,53 @@ function showQuery(q) {
   view.queryView.hidden = false;
   view.queryImage.hidden = true;
   if (queryUrl) { URL.revokeObjectURL(queryUrl); queryUrl = null; }
+  view.queryLabel.replaceChildren();
   if (q.kind === "text") {
-    view.queryLabel.textContent = `Photos matching “${q.value}”`;
+    setQueryLabel("Matching", `“${q.value}”`);
     if (els.query.value.trim() !== q.value) els.query.value = q.value;
   } else if (q.kind === "id") {
-    view.queryLabel.textContent = `Photos like #${q.value}`;
+    // The query's own picture and what a person calls it (caption, else file name), not its id.
+    setQueryLabel("Like", "…");
     view.queryImage.hidden = false;
     showItemThumbnail(view.queryImage, q.value);
-    view.queryImage.alt = `query: item ${q.value}`;
+    itemName(q.value).then((name) => {
+      if (current !== q) return;  // another query came first
+      q.label = name.caption || name.filename;
+      setQueryLabel("Like", q.label, name.caption ? name.filename : "");
+      view.queryImage.alt = `query: ${q.label}`;
+    });
+  } else if (q.kind === "batch") {
+    const images = q.items.every((i) => i.kind === "image");
+    setQueryLabel("Like", `${q.items.length} ${images ? "images" : "items"}`, "each with its own results");
   } else {
-    view.queryLabel.textContent = `Photos like ${q.label}`;
+    setQueryLabel("Like", q.label);
     queryUrl = URL.createObjectURL(q.value);
     view.queryImage.src = queryUrl;
     view.queryImage.alt = `query: ${q.label}`;
     view.queryImage.hidden = false;
   }
+}
+
+function setQueryLabel(lead, name, sub = "") {
+  const strong = document.createElement("strong");
+  strong.textContent = name;
+  view.queryLabel.replaceChildren(lead + " ", strong);
+  if (sub) {
+    const small = document.createElement("span");
+    small.className = "muted";
+    small.textContent = " " + sub;
+    view.queryLabel.append(small);
+  }
+}
+
+// {caption, filename} of an item, fetched once per page; a failed fetch says "item #id" (and is retried).
+function itemName(id) {
+  if (!itemNames.has(id)) {
+    itemNames.set(id, api(`api/items/${id}`).then((r) => r.json())
+      .then((it) => ({ caption: it.caption || "", filename: it.filename }))
+      .catch(() => { itemNames.delete(id); return { caption: "", filename: `item #${id}` }; }));
+  }
+  return itemNames.get(id);
 }
 
 // Like app.js's setThumbnail, but the blob URL is not revoked with the results it sits above.
@@ -142,8 +207,11 @@ function route(state) {
     search({ kind: "text", value: params.get("q") }, false, false);
   } else if (params.get("id") && /^\d+$/.test(params.get("id"))) {
     search({ kind: "id", value: Number(params.get("id")) }, false, false);
-  } else if (params.get("image") && state && state.file) {
-    search({ kind: "image", value: state.file, label: state.label }, false, false);
+  } else if (params.get("ids") && /^\d+(,\d+)*$/.test(params.get("ids"))) {
+    search(batchQuery(params.get("ids").split(",").map((id) => ({ kind: "id", value: Number(id) }))), false, false);
+  } else if (params.get("image") && state && uploads.has(state.uploads)) {
+    const files = uploads.get(state.uploads);
+    search(files.length === 1 ? files[0] : batchQuery(files), false, false);
   } else {
     showBrowse();
   }
@@ -210,28 +278,48 @@ async function openDetail(id, push = true) {
     }
     // The large image: the original when the server still has it, else the thumbnail.
     await setDetailImage(it.image_url, it.thumbnail_url, it.filename);
-    // The default image encoder first (the best the collection holds), then the others.
-    const image = encoders.filter((e) => e.modalities.includes("image"));
-    image.sort((a, b) => (b.name === defaultImageEncoder) - (a.name === defaultImageEncoder));
-    for (const e of image) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.className = "more-like" + (e.name === defaultImageEncoder ? "" : " secondary");
-      b.dataset.encoder = e.name;
-      b.textContent = `More like this (${e.name})`;
-      b.title = ENCODER_NOTES[e.name.split("-")[0]] || "";
-      b.addEventListener("click", () => {
-        closeDetail();
-        els.encoder.value = e.name;
-        search({ kind: "id", value: id });
-      });
-      view.detailMore.append(b);
-    }
+    moreLikeButtons(id);
     const first = view.detailMore.querySelector("button");
     if (first) first.focus();
   } catch (err) {
     view.detail.close();
     showError(err);
+  }
+}
+
+// "More like this" per image encoder: the default (the best the collection holds) first, then the other
+// encoders people pick, each saying what it finds; the helpers (gray and colour-layout descriptors, made for
+// colorization and completion) behind a "More encoders" disclosure, so the common choice is not buried.
+function moreLikeButtons(id) {
+  const rank = (e) => (e.name === defaultImageEncoder ? -1
+    : KIND_ORDER.includes(e.kind) ? KIND_ORDER.indexOf(e.kind) : KIND_ORDER.length);
+  const image = encoders.filter((e) => e.modalities.includes("image")).sort((a, b) => rank(a) - rank(b));
+  const button = (e) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "more-like" + (e.name === defaultImageEncoder ? "" : " secondary");
+    b.dataset.encoder = e.name;
+    b.textContent = `More like this (${e.name})`;
+    b.title = ENCODER_NOTES[e.kind || e.name] || "";
+    b.addEventListener("click", () => {
+      closeDetail();
+      els.encoder.value = e.name;
+      search({ kind: "id", value: id });
+    });
+    return b;
+  };
+  const helpers = image.filter((e) => e.helper && e.name !== defaultImageEncoder);
+  for (const e of image) if (!helpers.includes(e)) view.detailMore.append(button(e));
+  if (helpers.length) {
+    const more = document.createElement("details");
+    more.className = "more-encoders";
+    const summary = document.createElement("summary");
+    summary.textContent = "More encoders";
+    const row = document.createElement("div");
+    row.className = "tool-row";
+    row.append(...helpers.map(button));
+    more.append(summary, row);
+    view.detailMore.append(more);
   }
 }
 
