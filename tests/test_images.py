@@ -69,6 +69,52 @@ def test_exif_rotated_jpeg_is_stored_upright():
     assert d.image.size == (40, 80) and (d.width, d.height) == (40, 80)
 
 
+RED, BLUE = (230, 20, 20), (20, 20, 230)
+# EXIF orientation -> where the stored first row's two ends (red: its first pixel, blue: its last) are seen,
+# from the standard's own words ("the 0th row is the visual right-hand side, the 0th column the visual top"
+# for 6, ...), not from PIL: (vertical, horizontal) of the upright image's corner.
+CORNERS = {1: (("top", "left"), ("top", "right")), 2: (("top", "right"), ("top", "left")),
+           3: (("bottom", "right"), ("bottom", "left")), 4: (("bottom", "left"), ("bottom", "right")),
+           5: (("top", "left"), ("bottom", "left")), 6: (("top", "right"), ("bottom", "right")),
+           7: (("bottom", "right"), ("top", "right")), 8: (("bottom", "left"), ("top", "left"))}
+
+
+def _corner(rgb: np.ndarray, where) -> np.ndarray:
+    """Mean colour of a patch well inside a corner (the marks cover an eighth of each side at any scale)."""
+    h, w = rgb.shape[:2]
+    ph, pw = max(2, h // 12), max(2, w // 12)
+    rows = slice(1, ph) if where[0] == "top" else slice(h - ph, h - 1)
+    cols = slice(1, pw) if where[1] == "left" else slice(w - pw, w - 1)
+    return rgb[rows, cols].reshape(-1, 3).mean(axis=0)
+
+
+@pytest.mark.parametrize("fmt, min_side", [("JPEG", None), ("JPEG", 48), ("PNG", None)])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_puts_each_marked_corner_where_it_belongs(orientation, fmt, min_side):
+    """A stored 192x96 image, gray, with a red block at the start of its first row and a blue one at its end:
+    decoded upright, each block is seen in the corner the orientation says (full size, JPEG draft at half
+    size, PNG eXIf), and nothing coloured is seen in the two other corners."""
+    stored = np.full((96, 192, 3), 128, np.uint8)
+    stored[:24, :24], stored[:24, -24:] = RED, BLUE
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(stored), fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    d = decode_image(data, min_side=min_side)
+    upright = np.asarray(d.image).astype(float)
+    assert (d.width, d.height) == ((96, 192) if orientation >= 5 else (192, 96))   # the original's, upright
+    scale = 2 if min_side else 1                      # 48 px: the JPEG is decoded at 1/2 (both sides stay >= 48)
+    assert d.image.size == (d.width // scale, d.height // scale)
+    red_at, blue_at = CORNERS[orientation]
+    for where in [(v, h) for v in ("top", "bottom") for h in ("left", "right")]:
+        colour = _corner(upright, where)
+        if where == red_at:
+            assert colour[0] > 190 and colour[2] < 60, (where, colour)
+        elif where == blue_at:
+            assert colour[2] > 190 and colour[0] < 60, (where, colour)
+        else:
+            assert np.abs(colour - 128).max() < 20, (where, colour)
+
+
 def test_gif_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 0, 255)]]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
