@@ -131,7 +131,7 @@ def deserialize(blob: np.ndarray) -> faiss.Index:
     return faiss.deserialize_index(blob)
 
 
-def read_index(path: str, mmap: bool, factory: str) -> tuple[faiss.Index, bool]:
+def read_index(path: str, mmap: bool, factory: str, ivfdata: str | None = None) -> tuple[faiss.Index, bool]:
     """Read an index file; with ``mmap`` the big arrays stay in the file. Returns (index, memory_mapped).
 
     faiss has two mappings: IO_FLAG_MMAP turns IVF array inverted lists into read-only on-disk lists (IVF-PQ,
@@ -139,7 +139,17 @@ def read_index(path: str, mmap: bool, factory: str) -> tuple[faiss.Index, bool]:
     IO_FLAG_MMAP_IFC maps flat code arrays in place (Flat, LSH, HNSW storage). Fast-scan lists have no mapped
     form and are read into memory. A mapped index must never be added to or removed from (faiss aborts the
     process on a mapped vector), so the caller marks it read-only.
+
+    ``ivfdata``: the name to read an out-of-memory build's merged lists by (``ondisk.py``); such an index is
+    always mapped, whatever ``mmap`` says, since its lists need not fit in memory.
     """
+    if ivfdata is not None:
+        from .ondisk import map_lists
+
+        index = faiss.read_index(path, faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY
+                                 | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+        map_lists(index, ivfdata)
+        return index, True
     if not mmap:
         return faiss.read_index(path), False
     parts = parse_factory(factory)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import time
 
 import faiss
@@ -74,7 +75,7 @@ def segment_capacity(factory: str, d: int, trained_bytes: int, max_file_bytes: i
 
 def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_gpu: bool | None = None,
                 max_file_bytes=None, seed: int = 0, block: int = 65536, progress=None,
-                rerank_store: bool = True, skip_ids=None) -> VectorIndex:
+                rerank_store: bool = True, skip_ids=None, ondisk_prefix: str | None = None) -> VectorIndex:
     """Build an index of ``plan.factory`` over ``vectors`` under item ``ids``.
 
     - ``vectors``: (n, d) array of any float dtype (a float16 memmap is fine) or an iterable of (b, d) blocks
@@ -85,6 +86,10 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
     - ``use_gpu``: None = use faiss-gpu when a GPU is present.
     - ``progress``: optional callable(done, total).
     - ``skip_ids``: ids left out of the index (held out for tuning, added afterwards with ``add``).
+    - ``ondisk_prefix``: for an ``on_disk`` plan, where the merged lists go (``<prefix>.<token>.ivfdata``, in the
+      collection's indexes folder): the build never holds more than ``plan.budget_bytes`` of lists (``ondisk.py``)
+      and re-ranks from ``source`` rather than a float16 store filled in memory. Without it the plan is built in
+      memory and only searched memory-mapped once saved.
     """
     from .plan import parse_size
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
@@ -116,6 +121,9 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
         LOG.info("trained %s on %d vectors in %.1f s", plan.factory, trained_on, time.perf_counter() - t_train)
         del sample
     template = backend.serialize(first) if parse_factory(plan.factory).needs_training else None
+    if plan.on_disk and ondisk_prefix is not None and plan.budget_bytes and template is not None:
+        return _build_on_disk(vectors, ids, metric, plan, template, trained_on, pending, rest, source=source,
+                              block=block, progress=progress, skip_ids=skip_ids, prefix=ondisk_prefix, t0=t0)
     capacity = segment_capacity(plan.factory, d, len(template if template is not None else backend.serialize(first)),
                                 limit)
 
@@ -149,4 +157,38 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
     seconds = time.perf_counter() - t0
     index.update_info(build_seconds=round(seconds, 3), ntotal=index.ntotal)
     LOG.info("built %s over %d vectors in %.1f s (%d segment(s))", plan.factory, n, seconds, len(index.segments))
+    return index
+
+
+def _build_on_disk(vectors, ids, metric, plan, template, trained_on, pending, rest, *, source, block, progress,
+                   skip_ids, prefix, t0) -> VectorIndex:
+    """The out-of-memory build: one read-only segment whose lists are a merged ``.ivfdata`` file (``ondisk.py``)."""
+    from .ondisk import fill_on_disk
+    from .plan import ondisk_sizes
+
+    n, d = len(ids), plan.dim
+    if source is None:
+        raise NearsightError(f"an on-disk build of {plan.factory!r} re-ranks from the collection's vectors: "
+                             "pass source=")
+    sizes = ondisk_sizes(plan.budget_bytes, int(template.nbytes), d,
+                         int(faiss.extract_index_ivf(backend.deserialize(template)).code_size))
+    step = min(block, sizes[1]) if sizes else block
+    blocks = itertools.chain(pending, rest) if rest is not None else iter_blocks(vectors, ids, step)
+    skip = np.unique(np.asarray(skip_ids, dtype=np.int64)) if skip_ids is not None else None
+    merged, path, figures = fill_on_disk(template, blocks, skip, plan, prefix, progress=progress, total=n)
+    if figures["ondisk_read"] != n:
+        os.remove(path)
+        raise InvalidQuery(f"got {figures['ondisk_read']} vectors for {n} ids")
+    kept = ids if skip is None or not len(skip) else ids[~np.isin(ids, skip)]    # held-out ids come later
+    info = {"plan": plan.to_dict(), "trained_on": trained_on, "trained_ntotal": n, "mode": plan.mode,
+            "on_disk": True, "ef_construction": plan.ef_construction, "gpu": False,
+            "max_id": int(kept.max()) if len(kept) else -1, "built_at": time.time(), **figures}
+    segment = Segment(merged, writable=False, dirty=True, ivfdata=os.path.basename(path))
+    index = VectorIndex([segment], factory=plan.factory, metric=metric, dim=d, params=initial_params(plan),
+                        rerank=plan.rerank, source=source, template=template, info=info,
+                        ef_construction=plan.ef_construction)
+    seconds = time.perf_counter() - t0
+    index.update_info(build_seconds=round(seconds, 3), ntotal=index.ntotal)
+    LOG.info("built %s over %d vectors out of memory in %.1f s (%d shard(s) merged into %s)", plan.factory, n,
+             seconds, figures["ondisk_shards"], path)
     return index

@@ -20,7 +20,7 @@ from . import backend
 from .build import build_index
 from .degree import choose_degree
 from .plan import parse_size, plan_from_factory, plan_index
-from .storage import load_index, read_meta, sync_with_source
+from .storage import index_dir, load_index, read_meta, sync_with_source
 from .tuning import tune
 
 LOG = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
         # a sample stays out of the index while it is tuned: recall measured on vectors it has never seen
         holdout = rng.choice(ids, min(n_queries, n // 10), replace=False) if n >= 1000 else None
         index = build_index(source.vectors, ids, metric, plan, source=source, use_gpu=use_gpu,
-                            max_file_bytes=max_file_bytes, seed=seed, progress=progress, skip_ids=holdout)
+                            max_file_bytes=max_file_bytes, seed=seed, progress=progress, skip_ids=holdout,
+                            ondisk_prefix=os.path.join(index_dir(collection_dir), encoder))
         index.update_info(auto=factory is None, built_reason=reason)
         action = "built" if existing is None and not broken else "rebuilt"
         added = n

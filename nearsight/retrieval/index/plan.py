@@ -46,7 +46,8 @@ class IndexPlan:
     - ``rerank``: re-rank candidates with exact distances from the float16 shards (lossy codes).
     - ``train_size``: vectors sampled to train (0: training-free).
     - ``bytes_per_vector`` / ``memory_bytes``: estimated size in memory (on disk when ``on_disk``).
-    - ``on_disk``: inverted lists are memory-mapped from the index file rather than loaded.
+    - ``on_disk``: built out of memory (lists filled shard by shard, merged into one on-disk file, see
+      ``ondisk.py``) and searched with the lists memory-mapped; ``memory_bytes`` is then what stays in memory.
     - ``warnings``: where the plan falls short of what was asked (a compact budget it cannot meet, an index
       kind that is not worth it); the CLI, ``info`` and the API show these, not only the reasons.
     """
@@ -62,6 +63,7 @@ class IndexPlan:
     on_disk: bool = False
     mode: str = "auto"
     ef_construction: int = 80
+    budget_bytes: int = 0    # the memory budget planned for; an on-disk build sizes its shards by it
     reasons: tuple[str, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -152,27 +154,72 @@ def _storage_bytes(storage: str, d: int) -> float:
             "SQbf16": 2.0 * d, "LSH": d / 8}.get(storage, 4.0 * d)
 
 
+# What the per-vector and structural terms below leave out, measured on serialized faiss 1.15 indexes (the
+# estimates were up to 1.5% under the real size without them; tests/test_index_production.py checks each kind):
+HEADER_BYTES = 1024          # faiss's headers and scalars (90 B for a Flat, ~140 B for an LSHr)
+LIST_BYTES = 8               # an inverted list's length
+FAST_SCAN_LIST_BYTES = 32    # a fast-scan list's length and its code and id vector lengths (measured 20-27 B)
+
+
 def estimate_size(factory: str, d: int) -> tuple[float, int]:
     """(bytes a vector, fixed bytes) of an index built from ``factory``, ids included; an upper-side estimate."""
     p = parse_factory(factory)
     if p.kind == "flat":
-        return 4.0 * d + ID_BYTES, 0
+        return 4.0 * d + ID_BYTES, HEADER_BYTES
     if p.kind == "lsh":
-        return d / 8 + ID_BYTES, 4 * d * d if "r" in factory else 0
+        # the per-bit thresholds, and for LSHr the d x d rotation
+        return d / 8 + ID_BYTES, HEADER_BYTES + 4 * d + (4 * d * d if "r" in factory else 0)
     if p.kind == "hnsw":
         # level 0 holds 2M links, upper levels add ~M/(M-1) more; offsets (8) + level (4) + id map (8)
         links = 4 * (2 * p.hnsw_m + p.hnsw_m / max(p.hnsw_m - 1, 1))
-        return _storage_bytes(p.storage, d) + links + 20 + ID_BYTES, 8 * d * 4
+        return _storage_bytes(p.storage, d) + links + 20 + ID_BYTES, 8 * d * 4 + HEADER_BYTES
     if p.kind == "ivf":
-        fixed = 4 * d * p.nlist + (4 * d * d if p.opq else 0)
+        fixed = HEADER_BYTES + 4 * d * p.nlist + (4 * d * d if p.opq else 0) + LIST_BYTES * p.nlist
         if p.storage == "PQ":
             code = math.ceil(p.pq_m * p.pq_bits / 8)
             fixed += 4 * d * (1 << p.pq_bits)
             if p.fast_scan:
-                fixed += p.nlist * 32 * code // 2      # lists are padded to blocks of 32 codes
+                # lists are padded to blocks of 32 codes
+                fixed += p.nlist * 32 * code // 2 + (FAST_SCAN_LIST_BYTES - LIST_BYTES) * p.nlist
             return code + ID_BYTES, fixed
+        if p.storage.startswith("SQ"):
+            fixed += 2 * 4 * d      # the quantizer's trained minimum and range a dimension
         return _storage_bytes(p.storage, d) + ID_BYTES, fixed
     return 4.0 * d + ID_BYTES, 0
+
+
+# -- out-of-memory builds -------------------------------------------------------------------------
+
+ONDISK_MIN_SHARD = 1024      # vectors a shard holds at the least: fewer make a merge of thousands of files
+ONDISK_MIN_BLOCK = 256       # float32 vectors read at once at the least
+ONDISK_MAX_BLOCK = 65536
+
+
+def ondisk_sizes(budget: int, fixed: int, d: int, code_size: int) -> tuple[int, int] | None:
+    """(vectors a shard holds, vectors read a block) for an on-disk IVF build within ``budget`` bytes, or None
+    when not even the smallest shard fits. In memory at once: the trained index (``fixed``), one float32 block
+    and one shard's lists (codes + 8-byte ids, twice for the lists' growth by doubling)."""
+    work = budget - fixed
+    per_shard_vector = 2 * (code_size + ID_BYTES)
+    # about half the room for reading, never so much that the smallest shard no longer fits
+    block = min(ONDISK_MAX_BLOCK, max(ONDISK_MIN_BLOCK, work // (8 * d)),
+                (work - ONDISK_MIN_SHARD * per_shard_vector) // (4 * d))
+    if block < ONDISK_MIN_BLOCK:
+        return None
+    return int((work - block * 4 * d) // per_shard_vector), int(block)
+
+
+def ondisk_min_budget(fixed: int, d: int, code_size: int) -> int:
+    """The smallest budget ``ondisk_sizes`` accepts."""
+    return int(fixed + ONDISK_MIN_BLOCK * 4 * d + ONDISK_MIN_SHARD * 2 * (code_size + ID_BYTES))
+
+
+def human_size(nbytes: float) -> str:
+    """Bytes as ``parse_size`` reads them back, rounded up: 3.2M, 1.50G."""
+    for unit, scale in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if nbytes >= scale:
+            return f"{math.ceil(nbytes / scale * 100) / 100:g}{unit}"
+    return str(int(nbytes))
 
 
 # -- the choice -----------------------------------------------------------------------------------
@@ -195,13 +242,13 @@ def _even_divisors(d: int, cap: float) -> list[int]:
 
 
 def _plan(factory, kind, metric, d, n, mode, reasons, *, train_size=0, on_disk=False, ef_c=80,
-          warnings=()) -> IndexPlan:
+          warnings=(), budget=0) -> IndexPlan:
     bpv, fixed = estimate_size(factory, d)
     return IndexPlan(factory=factory, kind=kind, metric=metric, dim=d, n=n,
                      rerank=parse_factory(factory).lossy, train_size=int(train_size),
                      bytes_per_vector=float(bpv), memory_bytes=int(fixed if on_disk else bpv * n + fixed),
                      on_disk=on_disk, mode=mode, ef_construction=ef_c, reasons=tuple(reasons),
-                     warnings=tuple(warnings))
+                     warnings=tuple(warnings), budget_bytes=int(budget))
 
 
 _ROWS = ("candidates re-ranked exactly from float16 rows ({} B/vector, not counted above: they stay on disk, "
@@ -301,14 +348,26 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
                    "a fixed cost that only a larger collection spreads thinner")
         return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, warnings=[warning])
 
-    # not even the smallest fast-scan code fits: 8-bit PQ with inverted lists memory-mapped from disk
+    # not even the smallest fast-scan code fits: 8-bit PQ, built shard by shard into inverted lists on disk
     ms8 = _even_divisors(d, min(64, d / 2))
     m = ms8[-1] if ms8 else 1
     factory = f"IVF{nlist},PQ{m}"
     train = _ivf_train_size(n, nlist, 8)
-    reasons.append(f"no in-memory code fits {gib(budget)} for {n} vectors: IVF{nlist},PQ{m} with inverted lists "
-                   "memory-mapped from disk; candidates re-ranked exactly from the float16 embeddings")
-    return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, on_disk=True)
+    _, fixed = estimate_size(factory, d)
+    if ondisk_sizes(budget, fixed, d, m) is None:
+        smallest = ondisk_min_budget(fixed, d, m)
+        in_memory = [n * b + f for b, f in (estimate_size(f"OPQ{k},IVF{nlist},PQ{k}x4fs", d)
+                                            for k in _even_divisors(d, 2 * cap))]
+        smallest = min([smallest, *in_memory])
+        raise NearsightError(
+            f"a memory budget of {budget} bytes ({human_size(budget)}) is too small for any index of {n} {d}-d "
+            f"vectors; the smallest that works is {human_size(smallest)} (--max-memory {human_size(smallest)})")
+    shard, _ = ondisk_sizes(budget, fixed, d, m)
+    reasons.append(f"no in-memory code fits {gib(budget)} for {n} vectors: IVF{nlist},PQ{m} built out of memory "
+                   f"(trained once on {train} sampled vectors, lists filled {shard} vectors at a time and merged "
+                   "into one file on disk), searched memory-mapped; candidates re-ranked exactly from the float16 "
+                   "embeddings")
+    return _plan(factory, "ivf", metric, d, n, mode, reasons, train_size=train, on_disk=True, budget=budget)
 
 
 def plan_from_factory(factory: str, n: int, d: int, metric: str, mode: str = "auto") -> IndexPlan:

@@ -142,6 +142,9 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
                 if limit and size > limit:
                     LOG.warning("%s is %d bytes, over the %d-byte file limit", final, size, limit)
                 files.append({"file": segment_name(encoder, i), "bytes": size, "ntotal": seg.ntotal})
+                if seg.ivfdata:     # an out-of-memory build's merged lists (ondisk.py), never rewritten
+                    files[-1].update(ivfdata=seg.ivfdata,
+                                     ivfdata_bytes=os.path.getsize(os.path.join(directory, seg.ivfdata)))
             vectors_rec = []
             if s.store is not None:
                 # one file, memory-mapped on load; split by rows when a file limit is set and it is over it
@@ -196,6 +199,7 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
             while os.path.exists(os.path.join(directory, segment_name(encoder, i))):
                 os.remove(os.path.join(directory, segment_name(encoder, i)))
                 i += 1
+            _remove_unused_ivfdata(directory, encoder, {f["ivfdata"] for f in files if f.get("ivfdata")})
             if trained is None and os.path.exists(os.path.join(directory, f"{encoder}.trained.faiss")):
                 os.remove(os.path.join(directory, f"{encoder}.trained.faiss"))
             j = len(vectors_rec)
@@ -209,6 +213,20 @@ def save_index(index: VectorIndex, collection_dir: str, encoder: str, max_file_b
         for tmp, _ in renames:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def _remove_unused_ivfdata(directory: str, encoder: str, keep: set) -> None:
+    """Remove merged lists files of ``encoder`` that no saved segment names (a rebuild's predecessor, a build that
+    died before its save). A process still searching an old one keeps its mapping (the inode) until it swaps."""
+    from .ondisk import ivfdata_pattern
+
+    pattern = ivfdata_pattern(encoder)
+    for name in os.listdir(directory):
+        if pattern.fullmatch(name) and name not in keep:
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
 
 
 def _map_saved_store(index: VectorIndex, s) -> None:
@@ -294,6 +312,8 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
     with ExitStack() as files:
         # every file opened and checked before any is read: the set read is the one the JSON describes
         seg_names = [_open_recorded(files, directory, rec["file"], rec["bytes"]) for rec in meta["files"]]
+        ivf_names = [_open_recorded(files, directory, rec["ivfdata"], rec.get("ivfdata_bytes"))
+                     if rec.get("ivfdata") else None for rec in meta["files"]]
         store_names = [_open_recorded(files, directory, rec["file"], rec["bytes"])
                        for rec in meta.get("vectors_files") or []]
         trained_name = _open_recorded(files, directory, meta["trained_file"], meta.get("trained_bytes")) \
@@ -302,11 +322,13 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
             raise _Changed(meta_path(collection_dir, encoder))   # a whole save landed meanwhile
         segments = []
         for rec, name in zip(meta["files"], seg_names):
-            idx, mapped = backend.read_index(name, mmap, meta["factory"])
+            ivfdata = ivf_names[len(segments)]
+            idx, mapped = backend.read_index(name, mmap, meta["factory"], ivfdata=ivfdata)
             if idx.ntotal != rec["ntotal"]:
                 raise _Changed(os.path.join(directory, rec["file"]))
             segments.append(Segment(idx, writable=not mapped, dirty=False,
-                                    file=os.path.abspath(os.path.join(directory, rec["file"]))))
+                                    file=os.path.abspath(os.path.join(directory, rec["file"])),
+                                    ivfdata=rec.get("ivfdata")))
         store = None
         if store_names:
             store = RerankStore.load(store_names, mmap)

@@ -113,6 +113,7 @@ class Segment:
     refiner: object = None          # faiss IndexRefine over this segment and the store it was made for
     refiner_for: object = None
     on_gpu: bool = False
+    ivfdata: str | None = None      # name of the merged on-disk lists file this segment maps (ondisk.py)
 
     @property
     def ntotal(self) -> int:
