@@ -148,6 +148,47 @@ def test_clip_loads_checkpoint(tiny_clip, photos):
     np.testing.assert_array_equal(again.encode_text(["a photo of a cat"]), t[:1])
 
 
+# empty, mixed case and punctuation, non-ASCII, and over the 77-token context (open_clip truncates, keeping <eot>)
+TEXTS = ["a photo of a cat", "", "An ASTRONAUT, in space!", "Ünïcödé — 東京の夜景 🌃", "a red car " * 60]
+
+
+def open_clip_text(model, name: str, texts) -> np.ndarray:
+    """open_clip's own text path: its tokenizer for the model, ``encode_text``, L2-normalised."""
+    import open_clip
+
+    with torch.no_grad():
+        return torch.nn.functional.normalize(model.encode_text(open_clip.get_tokenizer(name)(texts)), dim=-1).numpy()
+
+
+def test_clip_text_tower_is_open_clips_encode_text(tiny_clip):
+    """The checkpoint's text tower through our encoder gives what open_clip's ``encode_text`` gives for the model
+    the checkpoint was saved from (a separate object: loading, tokenising, pooling and norm all included)."""
+    config, ckpt, source = tiny_clip
+    enc = create_encoder("clip", device="cpu", model_config=str(config), pretrained=str(ckpt))
+    ours = enc.encode_text(TEXTS)
+    np.testing.assert_allclose(ours, open_clip_text(source, "nearsight-tiny-clip", TEXTS), atol=1e-5)
+    assert len({tuple(np.round(v, 4)) for v in ours}) == len(TEXTS)   # no two texts collapsed to one vector
+
+
+@pytest.mark.filterwarnings("ignore:clip encoder .* random weights:UserWarning")
+def test_clip_default_model_text_tower_is_open_clips():
+    """The same on the default model's real architecture (ViT-B-32, open_clip's shipped config), randomly
+    initialised: nothing can be downloaded here, and the same seed gives open_clip's model and ours the same
+    weights (checked tensor by tensor)."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        reference = open_clip.create_model("ViT-B-32", pretrained=None, device="cpu").eval()
+    expected = open_clip_text(reference, "ViT-B-32", TEXTS)
+    enc = create_encoder("clip", device="cpu", model="ViT-B-32", pretrained="random")
+    model = enc.load()
+    theirs = reference.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+    del reference, theirs
+    np.testing.assert_allclose(enc.encode_text(TEXTS), expected, atol=1e-5)
+
+
 def test_clip_random_weights_are_seeded(tiny_clip, photos):
     config, _, _ = tiny_clip
     with pytest.warns(UserWarning, match="tests only"):
