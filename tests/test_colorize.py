@@ -530,3 +530,43 @@ def test_gray_copy_made_by_any_tool_gets_its_colours_back(photos, convert):
     if convert == "rec601":  # the L*-to-L* comparison misses: the gray model is what fixed it
         old = colorize_arrays(gray, [photos["coffee"], truth, photos["rocket"]], ColorizeConfig(gray_model="lstar"))
         assert float(np.hypot(*(old.lab[..., c] - truth_lab[..., c] for c in (1, 2))).mean()) > 2 * error
+
+
+# -- the query absent from the collection: judged against what could be done without it -------------------------
+
+def _meadow(seed: int) -> np.ndarray:
+    """One photo of a kind of scene: sky over grass at a random horizon, a sun, dark bushes, texture. Two seeds
+    share the kind (colours and layout), never the pixels."""
+    rng = np.random.default_rng(seed)
+    h, w = 96, 128
+    yy, xx = np.mgrid[:h, :w].astype(float)
+    horizon = rng.uniform(0.35, 0.6) * h + 6 * np.sin(xx / rng.uniform(15, 30) + rng.uniform(0, 6))
+    sky = np.stack([90 + 0.6 * yy, 150 + 0.5 * yy, np.full_like(yy, 235)], axis=-1)
+    grass = np.stack([np.full_like(yy, 60), 150 - 0.4 * (yy - horizon), np.full_like(yy, 45)], axis=-1)
+    rgb = np.where((yy < horizon)[..., None], sky, grass)
+    cy, cx = rng.uniform(8, 25), rng.uniform(15, 110)
+    rgb[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = (255, 225, 70)
+    for _ in range(3):
+        by, bx = rng.uniform(horizon.mean() + 10, h - 8), rng.uniform(10, 118)
+        rgb[((yy - by) / 6) ** 2 + ((xx - bx) / 11) ** 2 < 1] = (25, 70, 30)
+    rgb += rng.normal(0, 5, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def test_colorize_with_the_query_absent_from_the_collection(photos):
+    """A held-out gray photo (neither it nor a copy in the collection) among other photos of its kind of scene
+    and unrelated ones: its colours come from its own kind, and come back far closer than leaving it gray or
+    tinting it with the collection's mean colour (the one-shift Reinhard answer for a gray source)."""
+    truth = _meadow(0)
+    kin = [_meadow(seed) for seed in range(1, 6)]
+    others = [photos[n] for n in ("coffee", "astronaut", "chelsea", "rocket")]
+    coll = FakeCollection(kin + others, encoders=("tiny-gray", "tiny"))
+    gray = np.asarray(Image.fromarray(truth).convert("L"))
+    result = colorize(coll, gray, n_neighbors=4)
+    assert set(result.neighbor_ids) <= set(range(100, 105))              # its own kind of scene only
+    assert all(d > 1e-3 for d in result.neighbor_distances)               # none of them is the query
+    truth_ab = rgb_to_lab(truth)[..., 1:]
+    error = lambda ab: float(np.hypot(*(ab - truth_ab).transpose(2, 0, 1)).mean())
+    mean_ab = np.mean([rgb_to_lab(im)[..., 1:].reshape(-1, 2).mean(axis=0) for im in kin + others], axis=0)
+    ours, left_gray, tinted = error(result.lab[..., 1:]), error(np.zeros_like(truth_ab)), error(mean_ab + 0 * truth_ab)
+    assert ours < 0.4 * left_gray and ours < 0.4 * tinted, (ours, left_gray, tinted)
