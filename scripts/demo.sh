@@ -38,10 +38,17 @@ P="$SAMPLES/photos"
 mkdir -p demo/queries
 .venv/bin/python -c "import sys; from PIL import Image, ImageOps; ImageOps.mirror(Image.open(sys.argv[1])).convert('RGB').save(sys.argv[2], quality=90)" \
   "$P/mate-backgrounds__Garden.jpg" demo/queries/garden-mirrored.jpg
+# A 64-pixel, badly recompressed copy (what a forum or a chat app makes of a photo), for the tiny images.
+.venv/bin/python -c "import sys; from PIL import Image; im = Image.open(sys.argv[1]).convert('RGB'); im.thumbnail((64, 64)); im.save(sys.argv[2], quality=40)" \
+  "$P/lomiri-wallpapers-16.04__sunset_by_Aitzol_Berasategi.jpg" demo/queries/sunset-64px.jpg
 echo; echo "== content (cnn): a mirrored copy of the garden photo finds it"
 $NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg --encoder cnn -k 3
-echo; echo "== colour only (tiny): the same mirrored copy, by colours and their layout"
-$NS search -c "$COLL" --image demo/queries/garden-mirrored.jpg --encoder tiny --path-prefix "$P" -k 3
+echo; echo "== colours and their layout (tiny): a 64-pixel, quality-40 copy of the sunset photo finds it, then the"
+echo "   photos with the same colours where they are (a mirrored copy is another picture to tiny images)"
+$NS search -c "$COLL" --image demo/queries/sunset-64px.jpg --encoder tiny -k 3
+# Layout searches compare photos with photos: the cut-outs (on white) and Fashion-MNIST (on black) are flat
+# layouts that a photo with sky or water resembles (unfiltered, the bridge photo's nearest are an explosion,
+# a squash and gravestones), so this one, like the page link printed below, keeps to the photos folder.
 echo; echo "== same scene layout (gist): a Leuven street finds the same street from another corner"
 $NS search -c "$COLL" --image "$P/opencv-doc__leuvenA.jpg" --encoder gist --path-prefix "$P" -k 3 --min-similarity 0.5
 echo; echo "== filters inside the search: only cut-outs whose caption says 'red', most like the ladybird photo"
@@ -50,4 +57,6 @@ echo; echo "== photos only (a folder filter), near-copies folded into one result
 $NS search -c "$COLL" --image "$P/opencv-doc__rubberwhale1.png" --path-prefix "$P" --collapse -k 3
 
 echo; echo "Serving $COLL at http://127.0.0.1:${PORT:-8080}/ (Ctrl-C to stop)"
+echo "  photos only (the folder filter, kept in the link; use it for 'More like this (gist)'):"
+echo "  http://127.0.0.1:${PORT:-8080}/?path=$P/"
 exec $NS serve -c "$COLL" --port "${PORT:-8080}"

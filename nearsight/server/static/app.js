@@ -104,7 +104,7 @@ function sendFeedback(fig) {
 // The query in words, for the status line (views.js heads the results with the query itself).
 function describe(q) {
   if (q.kind === "text") return `“${q.value}”`;
-  if (q.kind === "id") return `more like ${q.label || "this"}`;
+  if (q.kind === "id") return q.label ? `more like “${q.label}”` : "more like this";
   if (q.kind === "batch") return `${q.items.length} queries`;
   return `image ${q.label}`;
 }

@@ -299,7 +299,8 @@ function moreLikeButtons(id) {
     b.type = "button";
     b.className = "more-like" + (e.name === defaultImageEncoder ? "" : " secondary");
     b.dataset.encoder = e.name;
-    b.textContent = `More like this (${e.name})`;
+    // a trained model is named by whoever trained it ("text"): say it is the collection's trained model
+    b.textContent = `More like this (${e.kind === "triplet" && e.name !== "triplet" ? e.name + ", trained" : e.name})`;
     b.title = ENCODER_NOTES[e.kind || e.name] || "";
     b.addEventListener("click", () => {
       closeDetail();
