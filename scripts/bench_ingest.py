@@ -17,7 +17,9 @@ For each encoder (``--encoders tiny,cnn``), on the photos of FOLDER, with W = ``
 - ``ingest / min(limits)`` is how close ingest gets to the slower of the two (target >= 0.7). Decoding and
   encoding share the same cores, so the true ceiling is lower still: ``1 / (1/decode + 1/encode)``, the rate if
   the two could not overlap at all on idle cores; ``ingest / shared`` > 1 means they overlap.
-- For ``cnn``, the encode limit of the plain timm model (unfolded, NCHW, whole batch, default heap), run in
+- ``cnn`` is measured once per runtime (``--cnn-runtimes torch,onnx``: ONNX Runtime on the exported model vs
+  torch), side by side on the same photos in the same run, with the two runtimes' embeddings compared (min cosine).
+- For ``cnn`` on torch, the encode limit of the plain timm model (unfolded, NCHW, whole batch, default heap), run in
   a subprocess so the heap setting of this process does not help it: the encoder's fast-path speedup.
 
 Each figure is the best of ``--repeat`` runs (the machine may be shared; ratios are taken within this run).
@@ -42,6 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from nearsight.indexer.decode import DecodeTask, Decoder, read_source  # noqa: E402
 from nearsight.indexer.sources import iter_sources  # noqa: E402
 from nearsight.retrieval.encoders import create_encoder  # noqa: E402
+from nearsight.retrieval.encoders.cnn import RUNTIME_ENV  # noqa: E402
 from nearsight.retrieval.heap import keep_freed_memory  # noqa: E402
 from nearsight.retrieval.images import decode_image  # noqa: E402
 
@@ -162,9 +165,10 @@ def nearsight_index(folder: str, encoder: str, workers: int) -> tuple[float, int
         shutil.rmtree(out, ignore_errors=True)
 
 
-def measure(folder: str, sources, encoder: str, workers: int, repeat: int) -> dict:
+def measure(folder: str, sources, encoder: str, workers: int, repeat: int, decode: float | None = None) -> dict:
     n = len(sources)
-    decode = n / min(decode_limit(sources, encoder, workers) for _ in range(repeat))
+    if decode is None:
+        decode = n / min(decode_limit(sources, encoder, workers) for _ in range(repeat))
     arrays = preprocessed(sources, encoder)
     encode, best_batch = encode_limit(arrays, encoder, repeat)
     base = n / min(baseline(folder, encoder, workers) for _ in range(repeat))
@@ -184,7 +188,7 @@ def measure(folder: str, sources, encoder: str, workers: int, repeat: int) -> di
         "ingest_peak_rss_mb": round(peak / 2**20, 1),
         "ingest_summary": summary,
     }
-    if encoder == "cnn":
+    if encoder == "cnn" and os.environ.get(RUNTIME_ENV) != "onnx":
         plain = plain_cnn_limit(arrays, repeat)
         row["plain_model_encode_images_per_s"] = round(plain, 2)
         row["encode_speedup_vs_plain_model"] = round(encode / plain, 2)
@@ -197,6 +201,8 @@ def main() -> None:
     ap.add_argument("--encoders", default="tiny,cnn", help="comma-separated; each measured on its own")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs for each figure")
+    ap.add_argument("--cnn-runtimes", default="torch,onnx",
+                    help="cnn measured once per runtime, side by side on the same photos (torch, onnx)")
     ap.add_argument("--baseline-only", metavar="ENCODER", help=argparse.SUPPRESS)  # the baseline's own process
     args = ap.parse_args()
 
@@ -206,9 +212,22 @@ def main() -> None:
         run_baseline(sources, args.baseline_only, args.workers)
         return
     rows = []
+    runs = []
     for name in [e.strip() for e in args.encoders.split(",") if e.strip()]:
-        rows.append(measure(args.folder, sources, name, args.workers, args.repeat))
+        for runtime in ([r.strip() for r in args.cnn_runtimes.split(",") if r.strip()] if name == "cnn" else [None]):
+            runs.append((name, runtime))
+    decode_limits = {}
+    for name, runtime in runs:
+        # the env var reaches this process's encoders, the baseline's process and `nearsight index`
+        if runtime:
+            os.environ[RUNTIME_ENV] = runtime
+        rows.append(measure(args.folder, sources, name, args.workers, args.repeat, decode_limits.get(name)))
+        os.environ.pop(RUNTIME_ENV, None)
         r = rows[-1]
+        decode_limits[name] = r["decode_limit_images_per_s"] * 1.0
+        if runtime:
+            r["encoder"] = f"{name}[{runtime}]"
+            r["runtime"] = runtime
         print(f"{r['encoder']:6s} ingest {r['ingest_images_per_s']:7.1f} images/s | baseline (same W, draft decode) "
               f"{r['baseline_images_per_s']:7.1f} = {r['ingest_to_baseline']}x | decode limit "
               f"{r['decode_limit_images_per_s']:7.1f}, encode limit {r['encode_limit_images_per_s']:7.1f} "
@@ -217,9 +236,28 @@ def main() -> None:
         if "plain_model_encode_images_per_s" in r:
             print(f"       cnn forward alone: {r['encode_limit_images_per_s']} images/s vs the plain timm model "
                   f"{r['plain_model_encode_images_per_s']} = {r['encode_speedup_vs_plain_model']}x")
+    extra = {}
+    by_runtime = {r["runtime"]: r for r in rows if r.get("runtime")}
+    if {"torch", "onnx"} <= set(by_runtime):
+        t, o = by_runtime["torch"], by_runtime["onnx"]
+        extra = runtime_agreement(sources)
+        for key in ("encode_limit_images_per_s", "ingest_images_per_s"):
+            extra[f"cnn_onnx_to_torch_{key.replace('_images_per_s', '')}"] = round(o[key] / t[key], 2)
+        print(f"cnn onnx vs torch: encode {extra['cnn_onnx_to_torch_encode_limit']}x, ingest "
+              f"{extra['cnn_onnx_to_torch_ingest']}x; embeddings: min cosine {extra['cnn_onnx_vs_torch_min_cosine']} "
+              f"over {extra['cnn_compared_images']} images")
     load = os.getloadavg()[0]
     print(json.dumps({"bench": "ingest", "images": len(sources), "workers": args.workers, "cores": os.cpu_count(),
-                      "load_average_1m": round(load, 2), "encoders": rows}))
+                      "load_average_1m": round(load, 2), "encoders": rows, **extra}))
+
+
+def runtime_agreement(sources, n: int = 64) -> dict:
+    """Cosine of each image's cnn vector from ONNX Runtime against torch's, on the first ``n`` photos."""
+    arrays = preprocessed(sources, "cnn", n=min(n, len(sources)))
+    a = create_encoder("cnn", device="cpu", runtime="torch").encode_images(arrays)
+    b = create_encoder("cnn", device="cpu", runtime="onnx").encode_images(arrays)
+    return {"cnn_onnx_vs_torch_min_cosine": round(float(np.min(np.sum(a * b, axis=1))), 6),
+            "cnn_compared_images": len(arrays)}
 
 
 if __name__ == "__main__":
