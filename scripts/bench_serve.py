@@ -1,21 +1,32 @@
 """Serving benchmark: `nearsight serve` (waitress) over a collection of 100k+ items, on loopback only.
 
-1. The fixture (built once, reused with --collection): the real sample photos are indexed with an image
+1. The fixture (built once, reused while it matches): the real sample photos are indexed with an image
    encoder (default ``cnn``, EfficientNet-Lite0 with its packaged ImageNet weights); then synthetic items
    are written through the store and shard APIs until the collection holds --items: each embedding is a
    random blend of two real embeddings plus noise (re-normalised for inner-product encoders), each thumbnail
    a small re-encode of a real one, so every route has real data behind it. A PCA is fitted for the
    ``prefilter`` search mode. The synthetic items have no source file (their /image route answers 404).
-2. The same seeded searches (half by id, half by vector; k=10) are run in-process through
-   ``Collection.search`` and over HTTP against the real server, both at the same concurrency, bounded in
-   count and time. Reported: p50 / p99 latency, throughput, errors (must be 0), result mismatches between
-   the two, and their ratio (the HTTP overhead). The main run uses the PCA pre-filter (the fast mode the
-   server offers until an ANN index is built; with one, plain searches use it automatically); a short run
-   of exact searches is reported beside it, with the pre-filter's measured recall@10 against exact.
-3. A bounded schemathesis run against /openapi.json counts 5xx answers (must be 0).
+   A stamp beside it records the collection format version, the nearsight version, a hash of the code that
+   lays out stores, shards and PCA files and of this script's builders, and the fixture's parameters; a
+   fixture whose stamp differs (or that no longer opens and answers) is built again.
+2. The headline: the same seeded searches (half by id, half by vector; k=10) in the PCA pre-filter mode
+   (``prefilter``: a shortlist in the fitted PCA space re-ranked exactly; the fast mode the server offers
+   until an ANN index is built), run in-process through ``Collection.search`` and over HTTP against the
+   real server, both at the same concurrency, bounded in count and time. Reported: p50 / p99 latency,
+   throughput, errors (must be 0; a request not run before the time limit counts as an error), result
+   mismatches between the two, their ratio (the HTTP overhead), and the pre-filter's measured recall@10
+   against exact. A short run of exact searches (no pre-filter) is reported beside it.
+3. schemathesis against a second, small collection that has every encoder (tiny, tiny-gray, gist,
+   gist-gray, lab-layout, cnn, a seeded random-weight clip, a text model trained in it, a PCA and an ANN
+   index), so that every route has something to answer with: image fields carry real images of fuzzed
+   size, mode and format (``scripts/serve_fuzz_hooks.py``), so /api/complete, /api/colorize, /api/recolor
+   and /api/jobs reach the methods. 5xx answers are counted (must be 0), with the statuses per operation.
 
-    nice python scripts/bench_serve.py                       # builds out/bench_serve/collection (minutes)
-    nice python scripts/bench_serve.py --collection DIR      # reuses a built fixture
+    nice python scripts/bench_serve.py                       # builds out/bench_serve/ fixtures (minutes)
+    nice python scripts/bench_serve.py --collection DIR      # the 100k fixture here (built if missing)
+    nice python scripts/bench_serve.py --fuzz-only           # only schemathesis
+
+With the fixtures built, a default run takes about 5 minutes on a loaded 2-core machine (load ~12).
 
 Prints the figures, then one JSON line.
 """
@@ -25,6 +36,7 @@ import argparse
 import glob
 import hashlib
 import http.client
+import inspect
 import io
 import json
 import os
@@ -54,24 +66,29 @@ from nearsight.retrieval.collection import Collection  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collection", help="Reuse (or build here) the benchmark collection.")
+    p.add_argument("--fuzz-collection", help="Reuse (or build here) the every-encoder collection schemathesis runs "
+                                             "against (default out/bench_serve/every-encoder).")
     p.add_argument("--photos", default=str(ROOT / "data" / "samples" / "photos"),
                    help="Real photos to seed the fixture (generated ones if the folder is missing).")
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--encoder", default="cnn")
     p.add_argument("--pca-dim", type=int, default=64)
     p.add_argument("--prefilter", type=int, default=256, help="PCA shortlist of the main run.")
-    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--server-threads", type=int, default=16)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--exact-requests", type=int, default=32, help="Exact (no pre-filter) searches, each way.")
     p.add_argument("--exact-concurrency", type=int, default=4,
                    help="Concurrency of the exact run (each exact search holds a float32 block of 64k rows).")
-    p.add_argument("--sequential-requests", type=int, default=200,
+    p.add_argument("--sequential-requests", type=int, default=100,
                    help="Also one at a time (concurrency 1): the unqueued latency and the per-request HTTP cost.")
-    p.add_argument("--time-limit", type=float, default=240, help="Seconds per timed phase at most.")
-    p.add_argument("--fuzz-examples", type=int, default=50)
-    p.add_argument("--fuzz-timeout", type=float, default=300)
+    p.add_argument("--time-limit", type=float, default=240, help="Seconds per timed phase at most; requests it leaves unsent count as errors.")
+    p.add_argument("--fuzz-examples", type=int, default=30, help="schemathesis --max-examples per operation.")
+    p.add_argument("--fuzz-seconds", type=int, default=120,
+                   help="schemathesis budget (--max-time): 2/3 for the image methods, 1/3 for the other routes.")
+    p.add_argument("--no-fuzz", action="store_true", help="Only the search timings.")
+    p.add_argument("--fuzz-only", action="store_true", help="Only the schemathesis run (no 100k fixture).")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -163,6 +180,131 @@ def _add_synthetic(coll: Collection, encoder: str, items: int, seed: int, chunk:
     return added
 
 
+# -- fixture stamps: a cached fixture is reused only while it is what this code would build ---------
+
+# The modules that decide what a collection looks like on disk (besides its format version).
+LAYOUT_CODE = ("nearsight/retrieval/store.py", "nearsight/retrieval/embeddings.py", "nearsight/retrieval/pca.py")
+
+
+def fixture_stamp(kind: str, builders: tuple, **params) -> dict:
+    from nearsight import __version__
+    from nearsight.retrieval.collection import FORMAT_VERSION
+
+    code = hashlib.sha256()
+    for path in LAYOUT_CODE:
+        code.update((ROOT / path).read_bytes())
+    for fn in builders:
+        code.update(inspect.getsource(fn).encode())
+    return {"kind": kind, "format": FORMAT_VERSION, "nearsight": __version__, "code": code.hexdigest()[:16], **params}
+
+
+def _stamp_path(directory: str) -> str:
+    return directory.rstrip("/") + ".fixture.json"
+
+
+def fixture_state(directory: str, stamp: dict, default: bool) -> str:
+    """"ok" (reuse), "build" (missing or a stale fixture of ours: rebuilt). A collection this script did
+    not make is never deleted: with --collection pointing at one, it stops with one line."""
+    has_collection = os.path.exists(os.path.join(directory, "collection.json"))
+    old = None
+    if os.path.exists(_stamp_path(directory)):
+        with open(_stamp_path(directory)) as f:
+            old = json.load(f)
+    if old == stamp and has_collection:
+        return "ok"
+    if has_collection and old is None and not default:
+        raise SystemExit(f"bench_serve: {directory} is a collection this script did not build (no "
+                         f"{os.path.basename(_stamp_path(directory))}); give a new folder")
+    if old is not None or has_collection:
+        changed = sorted(k for k in set(stamp) | set(old or {}) if (old or {}).get(k) != stamp.get(k))
+        print(f"fixture {directory}: stale ({', '.join(changed) or 'incomplete'} changed), building it again",
+              flush=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    if os.path.exists(_stamp_path(directory)):
+        os.remove(_stamp_path(directory))
+    return "build"
+
+
+def write_stamp(directory: str, stamp: dict) -> None:
+    """Written last: a build that stopped half-way leaves no stamp, so the next run builds again."""
+    tmp = _stamp_path(directory) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(stamp, f, indent=1)
+    os.replace(tmp, _stamp_path(directory))
+
+
+# -- the every-encoder collection schemathesis runs against ------------------------------------------
+
+# A small open_clip architecture with random weights (no hub here): the clip encoder's real code paths.
+BENCH_CLIP = {"embed_dim": 64,
+              "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+FUZZ_ENCODERS = ("tiny", "tiny-gray", "gist", "gist-gray", "lab-layout", "cnn", "clip")
+
+
+def build_fuzz_fixture(directory: str, photos: str, captioned: str, n_photos: int, n_captioned: int) -> dict:
+    """Photos and captioned images indexed with every encoder, a text model trained on the captions, a PCA
+    and an ANN index: ``nearsight`` commands, as a user would make it."""
+    start = time.perf_counter()
+    os.makedirs(os.path.dirname(os.path.abspath(directory)), exist_ok=True)
+    work = directory.rstrip("/") + ".inputs"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    lines = []
+    if os.path.isdir(photos):
+        names = sorted(n for n in os.listdir(photos) if n.lower().endswith((".jpg", ".jpeg", ".png")))
+        lines += [os.path.abspath(os.path.join(photos, n)) for n in names[:n_photos]]
+    if os.path.exists(captioned):
+        base = os.path.dirname(os.path.abspath(captioned))
+        with open(captioned) as f:
+            rows = [ln.rstrip("\n").split("\t", 1) for ln in f if ln.strip() and not ln.startswith("#")]
+        lines += [f"{os.path.join(base, path)}\t{caption}" for path, caption in rows[:n_captioned]]
+    if not lines:
+        folder = _generated_photos(os.path.join(work, "generated"), 60, 0)
+        lines = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+    listing = os.path.join(work, "list.tsv")
+    with open(listing, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    clip_config = os.path.join(work, "nearsight-bench-clip.json")
+    with open(clip_config, "w") as f:
+        json.dump(BENCH_CLIP, f)
+    captions = sum("\t" in ln for ln in lines)
+    steps = [("index", listing, "--encoders", ",".join(FUZZ_ENCODERS), "-o", f"clip.model_config={clip_config}",
+              "-o", "clip.pretrained=random", "--no-index", "--quiet", "--workers", "1", "--device", "cpu")]
+    if captions:
+        steps.append(("train", "--image-encoder", "cnn", "--dim", "32", "--epochs", "3", "--sources", "captions",
+                      "--no-index", "--quiet", "--device", "cpu"))
+    steps += [("fit-pca", "--encoder", "cnn", "--dim", "16"), ("build-index", "--encoder", "tiny")]
+    for step in steps:
+        cmd = [sys.executable, "-m", "nearsight.server.cli", step[0], *step[1:2], "-c", directory, *step[2:]] \
+            if step[0] == "index" else [sys.executable, "-m", "nearsight.server.cli", step[0], "-c", directory, *step[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_serve: building the fuzz collection: nearsight {step[0]} failed "
+                             f"({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        print(f"fuzz fixture: nearsight {step[0]}: {(proc.stdout.strip().splitlines() or [''])[-1][:200]}",
+              flush=True)
+    coll = Collection.open(directory)
+    try:
+        encoders = list(coll.encoder_names)
+        count = coll.count
+    finally:
+        coll.close()
+    return {"items": count, "captioned": captions, "encoders": encoders, "build_s": round(time.perf_counter() - start, 1)}
+
+
+def _missing_encoders(encoders: list[str], directory: str) -> list[str]:
+    """Registered encoders the fuzz collection lacks (a trained model stands for ``triplet``)."""
+    from nearsight.retrieval.encoders import list_encoders
+
+    coll = Collection.open(directory)
+    try:
+        kinds = {coll.encoder_spec(n).get("kind", n) for n in coll.encoder_names}
+    finally:
+        coll.close()
+    return [e for e in list_encoders() if e not in kinds and e not in encoders]
+
+
 # -- the queries ------------------------------------------------------------------------------------
 
 def make_queries(coll: Collection, encoder: str, n: int, k: int, seed: int, prefilter: int | None) -> list[dict]:
@@ -240,8 +382,12 @@ def _timed(one, queries, concurrency, time_limit, per_thread) -> dict:
         t.join()
     wall = time.perf_counter() - start
     done = latencies[~np.isnan(latencies)] * 1000
-    return {"requests": int(len(done) + len(errors)), "ok": int(len(done)), "errors": len(errors),
-            "error_samples": errors[:3], "wall_s": round(wall, 2),
+    # A request the time limit left unsent is a failure of the run, not a request that never existed.
+    not_run = len(queries) - len(done) - len(errors)
+    if not_run:
+        errors.append(f"{not_run} request(s) not run before the {time_limit:.0f} s time limit")
+    return {"requests": len(queries), "ok": int(len(done)), "errors": len(queries) - int(len(done)),
+            "not_run": not_run, "error_samples": errors[:3], "wall_s": round(wall, 2),
             "p50_ms": round(float(np.percentile(done, 50)), 2) if len(done) else None,
             "p99_ms": round(float(np.percentile(done, 99)), 2) if len(done) else None,
             "qps": round(len(done) / wall, 1) if wall else None, "answers": answers}
@@ -286,37 +432,56 @@ class Server:
             self.proc.wait()
 
 
-def fuzz(url: str, examples: int, timeout: float, seed: int) -> dict:
-    """schemathesis against /openapi.json (all phases, one worker); 5xx counted from its NDJSON report."""
+def fuzz(url: str, examples: int, seconds: int, seed: int, hooks: str | None = None,
+         paths: tuple[str, str] | None = None) -> dict:
+    """schemathesis against /openapi.json (all phases, one worker, ``seconds`` of budget); 5xx counted from its
+    NDJSON report, in all and per operation. ``hooks``: a schemathesis hooks file (SCHEMATHESIS_HOOKS);
+    ``paths``: ("include" or "exclude", regex) to fuzz part of the API."""
     exe = shutil.which("schemathesis") or os.path.join(os.path.dirname(sys.executable), "schemathesis")
     checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance," \
              "negative_data_rejection,unsupported_method"
+    env = dict(os.environ, **({"SCHEMATHESIS_HOOKS": hooks} if hooks else {}))
     with tempfile.TemporaryDirectory() as report:
         cmd = [exe, "run", url + "openapi.json", "--checks", checks, "--max-examples", str(examples), "--workers", "1",
                "--seed", str(seed), "--generation-database", "none", "--request-timeout", "120", "--no-color",
+               "--max-time", str(seconds), *([f"--{paths[0]}-path-regex", paths[1]] if paths else []),
                "--report", "json,ndjson", "--report-dir", report]
         start = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            # --max-time stops generating; the grace lets the last requests (a job can take a while) finish
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 180, env=env, cwd=ROOT)
             out, timed_out = proc.stdout, False
         except subprocess.TimeoutExpired as exc:
             out, timed_out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), True
         statuses: dict[int, int] = {}
+        per_operation: dict[str, dict[int, int]] = {}
         for path in glob.glob(os.path.join(report, "*.ndjson")):
             with open(path) as f:
                 for line in f:
-                    event = json.loads(line).get("ScenarioFinished")
-                    for inter in (event or {}).get("recorder", {}).get("interactions", {}).values():
+                    try:
+                        event = json.loads(line).get("ScenarioFinished")
+                    except json.JSONDecodeError:  # the last line of a run stopped by the timeout
+                        continue
+                    if not event:
+                        continue
+                    label = event.get("label") or event.get("recorder", {}).get("label") or "?"
+                    for inter in event.get("recorder", {}).get("interactions", {}).values():
                         status = (inter.get("response") or {}).get("status_code")
-                        if status is not None:
-                            statuses[status] = statuses.get(status, 0) + 1
+                        if status is None:
+                            continue
+                        statuses[status] = statuses.get(status, 0) + 1
+                        op = per_operation.setdefault(label if label.split(" ", 1)[0].isupper() else "stateful", {})
+                        op[status] = op.get(status, 0) + 1
         failures = []
         for path in glob.glob(os.path.join(report, "json-*.json")):
             with open(path) as f:
+                text = f.read()
+            if text.strip():  # empty when the run was killed before its end
                 failures = [{"code": x["code"], "title": x["title"], "count": x["count"], "operations": x["operations"]}
-                            for x in json.load(f).get("failures", [])]
+                            for x in json.loads(text).get("failures", [])]
     return {"requests": sum(statuses.values()), "server_errors": sum(n for s, n in statuses.items() if s >= 500),
             "statuses": dict(sorted(statuses.items())), "failures": failures, "timed_out": timed_out,
+            "per_operation": {op: dict(sorted(v.items())) for op, v in sorted(per_operation.items())},
             "seconds": round(time.perf_counter() - start, 1), "summary": out.strip().splitlines()[-1:] if out else []}
 
 
@@ -324,46 +489,62 @@ def fuzz(url: str, examples: int, timeout: float, seed: int) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.fuzz_only:
+        print(json.dumps({"bench": "serve", "fuzz": fuzz_every_encoder(args), "cpus": os.cpu_count(),
+                          "loadavg": round(os.getloadavg()[0], 2)}, separators=(",", ":")))
+        return
+    default_dir = not args.collection
     directory = args.collection or str(ROOT / "out" / "bench_serve" / "collection")
+    stamp = fixture_stamp("serve-100k", (build_fixture, _add_synthetic, _generated_photos), items=args.items,
+                          encoder=args.encoder, pca_dim=args.pca_dim, seed=args.seed,
+                          photos=os.path.abspath(args.photos))
     fixture = {"reused": True}
-    if not os.path.exists(os.path.join(directory, "collection.json")) or _count(directory) < args.items:
+    if fixture_state(directory, stamp, default_dir) == "build" or not _answers(directory, args.encoder):
+        shutil.rmtree(directory, ignore_errors=True)
         fixture = build_fixture(directory, args.photos, args.items, args.encoder, args.pca_dim, args.seed)
         fixture["reused"] = False
+        write_stamp(directory, stamp)
     coll = Collection.open(directory)
     n_items = coll.count
     spec = coll.encoder_spec(args.encoder)
     queries = make_queries(coll, args.encoder, args.requests, args.k, args.seed, args.prefilter)
     exact_queries = [{k: v for k, v in q.items() if k != "prefilter"} for q in queries[:args.exact_requests]]
-    print(f"collection {directory}: {n_items} items, encoder {args.encoder} ({spec['dim']}-d {spec['metric']})", flush=True)
+    mode = f"PCA pre-filter (PCA {args.pca_dim}-d shortlist of {args.prefilter}, re-ranked exactly)"
+    print(f"collection {directory}: {n_items} items, encoder {args.encoder} ({spec['dim']}-d {spec['metric']})",
+          flush=True)
 
     from nearsight.retrieval.pca import prefilter_recall
 
     recall = prefilter_recall(coll, args.encoder, k=args.k, shortlist=args.prefilter, n_queries=100, seed=args.seed)
+    print(f"headline search mode: {mode}; its recall@{args.k} against exact search: {recall:.3f}", flush=True)
     for q in queries[:4]:  # warm-up: memory maps, the PCA projection of every item
         coll.search(**q)
     local = run_in_process(coll, queries, args.concurrency, args.time_limit)
     local_exact = run_in_process(coll, exact_queries, args.exact_concurrency, args.time_limit) if exact_queries else None
     local_seq = run_in_process(coll, queries[:args.sequential_requests], 1, args.time_limit)
     print(f"in-process  prefilter={args.prefilter}: {_line(local)}; one at a time: {_line(local_seq)}", flush=True)
+    if local_exact:
+        print(f"in-process  exact: {_line(local_exact)}", flush=True)
 
     server = Server(directory, ("--threads", str(args.server_threads)))
     try:
         warm = run_http(server.port, queries[:args.concurrency], args.concurrency, args.time_limit)
-        assert warm["errors"] == 0, warm["error_samples"]
+        if warm["errors"]:
+            raise SystemExit(f"bench_serve: the warm-up searches failed: {warm['error_samples']}")
         remote = run_http(server.port, queries, args.concurrency, args.time_limit)
         remote_seq = run_http(server.port, queries[:args.sequential_requests], 1, args.time_limit)
         print(f"HTTP        prefilter={args.prefilter}: {_line(remote)}; one at a time: {_line(remote_seq)}", flush=True)
         remote_exact = run_http(server.port, exact_queries, args.exact_concurrency, args.time_limit) if exact_queries else None
-        fuzzed = fuzz(server.url, args.fuzz_examples, args.fuzz_timeout, args.seed)
-        print(f"schemathesis: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, "
-              f"5xx {fuzzed['server_errors']}, failed checks {fuzzed['failures']}", flush=True)
+        if remote_exact:
+            print(f"HTTP        exact: {_line(remote_exact)}", flush=True)
         alive = server.proc.poll() is None
     finally:
         server.stop()
 
     result = {
         "bench": "serve", "items": n_items, "encoder": args.encoder, "dim": spec["dim"], "k": args.k,
-        "mode": f"pca{args.pca_dim}-prefilter{args.prefilter}", "prefilter_recall_at_k": round(recall, 4),
+        "headline_mode": mode, "mode": f"pca{args.pca_dim}-prefilter{args.prefilter}",
+        "prefilter_recall_at_k": round(recall, 4),
         "concurrency": args.concurrency, "server": f"waitress threads={args.server_threads}",
         "http": _public(remote), "in_process": _public(local),
         "http_over_in_process_p50": _ratio(remote["p50_ms"], local["p50_ms"]),
@@ -372,23 +553,104 @@ def main() -> None:
         "result_mismatches": _mismatches(remote["answers"], local["answers"]),
         "sequential": {"http": _public(remote_seq), "in_process": _public(local_seq),
                        "http_over_in_process_p50": _ratio(remote_seq["p50_ms"], local_seq["p50_ms"]),
-                       "http_cost_p50_ms": round(remote_seq["p50_ms"] - local_seq["p50_ms"], 2)},
+                       "http_cost_p50_ms": _diff(remote_seq["p50_ms"], local_seq["p50_ms"])},
         "exact": None if not exact_queries else {
             "concurrency": args.exact_concurrency, "http": _public(remote_exact), "in_process": _public(local_exact),
             "http_over_in_process_p50": _ratio(remote_exact["p50_ms"], local_exact["p50_ms"]),
             "result_mismatches": _mismatches(remote_exact["answers"], local_exact["answers"])},
-        "fuzz": {k: v for k, v in fuzzed.items() if k != "summary"}, "server_alive_after": alive,
-        "fixture": fixture, "cpus": os.cpu_count(),
+        "server_alive_after": alive, "fixture": fixture, "cpus": os.cpu_count(),
+        "loadavg": round(os.getloadavg()[0], 2),
     }
+    if not args.no_fuzz:
+        result["fuzz"] = fuzz_every_encoder(args)
     print(json.dumps(result, separators=(",", ":")))
 
 
-def _count(directory: str) -> int:
+def fuzz_every_encoder(args) -> dict:
+    """schemathesis against a server of the small every-encoder collection (built or reused)."""
+    default_dir = not args.fuzz_collection
+    directory = args.fuzz_collection or str(ROOT / "out" / "bench_serve" / "every-encoder")
+    captioned = os.path.join(os.path.dirname(os.path.abspath(args.photos)), "captioned.tsv")
+    params = {"photos": os.path.abspath(args.photos), "captioned": captioned, "n_photos": 24, "n_captioned": 64}
+    stamp = fixture_stamp("serve-fuzz", (build_fuzz_fixture,), encoders=list(FUZZ_ENCODERS), clip=BENCH_CLIP,
+                          **params)
+    built = None
+    if fixture_state(directory, stamp, default_dir) == "build":
+        built = build_fuzz_fixture(directory, args.photos, captioned, params["n_photos"], params["n_captioned"])
+        write_stamp(directory, stamp)
     coll = Collection.open(directory)
     try:
-        return coll.count
+        encoders, items = list(coll.encoder_names), coll.count
     finally:
-        coll.close()  # the fixture builder opens it for writing next
+        coll.close()
+    missing = _missing_encoders(encoders, directory)
+    print(f"fuzz collection {directory}: {items} items, encoders {', '.join(encoders)}"
+          + (f"; registered encoders it lacks: {', '.join(missing)}" if missing else ""), flush=True)
+    hooks = str(ROOT / "scripts" / "serve_fuzz_hooks.py")
+    server = Server(directory, ("--threads", "4", "--heavy-workers", "1", "--feedback"))
+    try:
+        # Two budgets: the image methods answer in seconds (a job each), so sharing one budget with the quick
+        # routes would leave one side barely fuzzed.
+        heavy = ("include", IMAGE_METHOD_PATHS)
+        light = ("exclude", IMAGE_METHOD_PATHS)
+        runs = [fuzz(server.url, args.fuzz_examples, max(1, round(args.fuzz_seconds * 2 / 3)), args.seed, hooks, heavy),
+                fuzz(server.url, args.fuzz_examples, max(1, round(args.fuzz_seconds / 3)), args.seed, hooks, light)]
+        fuzzed = _merge_fuzz(runs)
+        alive = server.proc.poll() is None
+    finally:
+        server.stop()
+        # what --feedback recorded from fuzzed requests: the cached fixture stays as it was built
+        if os.path.exists(os.path.join(directory, "feedback.jsonl")):
+            os.remove(os.path.join(directory, "feedback.jsonl"))
+    print(f"schemathesis: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, 5xx {fuzzed['server_errors']}"
+          f"{' (timed out)' if fuzzed['timed_out'] else ''}, failed checks {fuzzed['failures']}", flush=True)
+    for op, statuses in fuzzed["per_operation"].items():
+        print(f"  {op:40s} {statuses}", flush=True)
+    return {"collection_items": items, "encoders": encoders, "encoders_missing": missing, "built": built,
+            **{k: v for k, v in fuzzed.items() if k != "summary"}, "server_alive_after": alive}
+
+
+IMAGE_METHOD_PATHS = "^/api/(complete|colorize|recolor|jobs)"
+
+
+def _merge_fuzz(runs: list[dict]) -> dict:
+    out = {"requests": sum(r["requests"] for r in runs), "server_errors": sum(r["server_errors"] for r in runs),
+           "statuses": {}, "failures": [f for r in runs for f in r["failures"]],
+           "timed_out": any(r["timed_out"] for r in runs), "per_operation": {},
+           "seconds": round(sum(r["seconds"] for r in runs), 1), "summary": [s for r in runs for s in r["summary"]]}
+    for r in runs:
+        for status, n in r["statuses"].items():
+            out["statuses"][status] = out["statuses"].get(status, 0) + n
+        for op, statuses in r["per_operation"].items():
+            merged = out["per_operation"].setdefault(op, {})
+            for status, n in statuses.items():
+                merged[status] = merged.get(status, 0) + n
+    out["statuses"] = dict(sorted(out["statuses"].items()))
+    return out
+
+
+def _answers(directory: str, encoder: str) -> bool:
+    """Whether a reused fixture still opens and answers a pre-filter and an exact search (else: rebuilt)."""
+    from nearsight.retrieval.errors import NearsightError
+
+    if not os.path.exists(os.path.join(directory, "collection.json")):
+        return False
+    try:
+        coll = Collection.open(directory)
+        try:
+            some = int(coll.embedding_matrix(encoder).ids[0])
+            coll.search(id=some, k=3, encoder=encoder, prefilter=16)
+            coll.search(id=some, k=3, encoder=encoder)
+        finally:
+            coll.close()
+        return True
+    except (NearsightError, OSError, KeyError, IndexError) as exc:
+        print(f"fixture {directory}: does not answer ({type(exc).__name__}: {exc}), building it again", flush=True)
+        return False
+
+
+def _diff(a, b):
+    return round(a - b, 2) if a is not None and b is not None else None
 
 
 def _public(run: dict | None) -> dict | None:
