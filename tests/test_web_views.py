@@ -348,3 +348,27 @@ def test_transparent_cutouts_show_on_a_light_checkerboard(tools_server, page):
     card.wait_for()
     assert card.evaluate("i => getComputedStyle(i).backgroundColor") == "rgb(255, 255, 255)"
     assert page.js_errors == []
+
+
+@screenshot_on_failure
+def test_dropping_several_images_is_one_batch_and_its_size_is_checked(server, page, tmp_path):
+    paths = [tmp_path / f"drop{i}.jpg" for i in (7, 30)]
+    for i, path in zip((7, 30), paths):
+        make_photo(i).save(path, quality=90)
+    page.goto(server.url + "?encoder=tiny")
+    page.wait_for_function("() => document.querySelector('#encoder').value === 'tiny'")
+    page.evaluate("""(files) => {
+        const dt = new DataTransfer();
+        for (const [name, bytes] of files) dt.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/jpeg'}));
+        window.dispatchEvent(new DragEvent('dragenter', {dataTransfer: dt, bubbles: true}));
+        window.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", [[p.name, list(p.read_bytes())] for p in paths])
+    page.wait_for_function("() => document.querySelectorAll('#results .batch-group .result').length === 24")
+    assert batch_heads(page) == ["drop7.jpg", "drop30.jpg"] and [g[0] for g in group_ids(page)] == [7, 30]
+    assert page.locator("#drop-overlay").is_hidden()
+    # Over the server's upload limit, the page says so with the sizes instead of sending the batch.
+    page.evaluate("() => { serverLimits.max_upload_bytes = 1000; }")
+    page.set_input_files("#upload", [str(p) for p in paths])
+    page.wait_for_selector("#error:not([hidden])")
+    assert "choose fewer" in page.text_content("#error") and page.locator("#results .result").count() == 0
+    assert page.js_errors == []
