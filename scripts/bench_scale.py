@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Scale: a collection grown to N items (default 10k -> 100k -> 1M) through the real ingest, then measured.
 
-1. Generated small photos (64x48 JPEGs, seeded: colour gradients plus rectangles and noise, like conftest's)
-   are written to disk in folders of 10,000, and indexed with ``nearsight index --encoders tiny --no-index``
+1. Generated small photos (56x56 JPEGs: the repo's Fashion-MNIST samples tinted, mirrored, shifted, seeded by
+   item number, ``fashion_photos``) are written to disk in folders of 10,000 (thousands a second), and indexed with ``nearsight index --encoders tiny --no-index``
    in steps up to each size in ``--sizes``: images/s of each step (the last ones must be within 10% of the
    first: no slow-down with size) and its peak RSS (summed over the process tree, sampled every 50 ms).
 2. At the largest size: disk bytes per item, ``nearsight build-index --encoder tiny`` time and peak RSS, the
@@ -40,16 +40,51 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 # -- photos ------------------------------------------------------------------------------------------------------
-def make_photo(seed: int, size=(64, 48)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = rng.uniform(0, 255, 3) + x[..., None] * rng.uniform(-3, 3, 3) + y[..., None] * rng.uniform(-3, 3, 3)
-    for _ in range(3):
-        x0, y0 = rng.integers(0, w - 8), rng.integers(0, h - 8)
-        img[y0:y0 + rng.integers(4, h // 2), x0:x0 + rng.integers(4, w // 2)] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 6, img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+# Items are Fashion-MNIST samples shipped in the repo (2,000 28x28 grays), each made distinct: a two-colour tint,
+# a mirror and a shift drawn from the item number, 2x upscaled, small noise; made a folder at a time with numpy,
+# so writing the JPEGs is most of the cost (the former per-item drawing ran at ~20 items/s on a busy machine).
+FASHION = os.path.join(ROOT, "data", "samples", "fashion-mnist")
+SIDE = 56
+_BASES = None
+
+
+def fashion_bases() -> np.ndarray:
+    """(m, 28, 28) uint8: every Fashion-MNIST sample PNG of the repo, in a fixed shuffled order."""
+    global _BASES
+    if _BASES is None:
+        paths = sorted(os.path.join(d, f) for d, _, files in os.walk(FASHION) for f in files if f.endswith(".png"))
+        if not paths:
+            raise SystemExit(f"no Fashion-MNIST sample PNGs under {FASHION}")
+        bases = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.uint8) for p in paths])
+        _BASES = bases[np.random.default_rng(0).permutation(len(bases))]    # classes interleaved, not in runs
+    return _BASES
+
+
+def fashion_photos(start: int, count: int) -> np.ndarray:
+    """(count, 56, 56, 3) uint8 items start .. start + count - 1, the same for the same numbers on every run."""
+    bases = fashion_bases()
+    items = np.arange(start, start + count)
+    rng = np.random.default_rng([start, count])
+    x = bases[items % len(bases)].astype(np.float32) / 255.0                      # (c, 28, 28)
+    flip = rng.random(count) < 0.5
+    x[flip] = x[flip, :, ::-1]
+    shifts = rng.integers(-3, 4, (count, 2))
+    for dy in range(-3, 4):       # a roll per distinct shift, not per item
+        for dx in range(-3, 4):
+            sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+            if sel.any():
+                x[sel] = np.roll(x[sel], (dy, dx), axis=(1, 2))
+    dark = rng.uniform(0, 120, (count, 1, 1, 3)).astype(np.float32)
+    light = rng.uniform(135, 255, (count, 1, 1, 3)).astype(np.float32)
+    rgb = dark + x[..., None] * (light - dark)                                    # (c, 28, 28, 3)
+    rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * 3
+    # upscaled last, as uint8: a quarter of the arithmetic
+    return np.clip(rgb, 0, 255).astype(np.uint8).repeat(2, axis=1).repeat(2, axis=2)
+
+
+def make_photo(seed: int) -> Image.Image:
+    """One generated item (query images use numbers past the collection's)."""
+    return Image.fromarray(fashion_photos(seed, 1)[0])
 
 
 def _write_folder(args) -> str:
@@ -58,8 +93,8 @@ def _write_folder(args) -> str:
     done = os.path.join(folder, ".done")
     if not os.path.exists(done):
         os.makedirs(folder, exist_ok=True)
-        for i in range(index * FOLDER, (index + 1) * FOLDER):
-            make_photo(i).save(os.path.join(folder, f"{i:07d}.jpg"), quality=85)
+        for i, pixels in enumerate(fashion_photos(index * FOLDER, FOLDER), start=index * FOLDER):
+            Image.fromarray(pixels).save(os.path.join(folder, f"{i:07d}.jpg"), quality=85)
         open(done, "w").close()
     return folder
 
@@ -179,7 +214,9 @@ def main() -> None:
 
     start = time.perf_counter()
     folders = photo_folders(photos, sizes[-1], args.workers)
-    print(f"photos: {sizes[-1]:,} 64x48 JPEGs ready in {time.perf_counter() - start:.0f} s")
+    made = time.perf_counter() - start
+    print(f"photos: {sizes[-1]:,} {SIDE}x{SIDE} JPEGs ready in {made:.0f} s ({sizes[-1] / made:.0f}/s, with any "
+          "folders already made by an earlier run)")
 
     steps, done = [], 0
     for size in sizes:
@@ -211,7 +248,7 @@ def main() -> None:
         by_id = [("/api/search", json.dumps({"id": int(i), "k": 10, "encoder": "tiny"}).encode(), "application/json")
                  for i in rng.integers(0, n, args.queries)]
         by_image = []
-        for seed in rng.integers(0, 10**9, args.queries):
+        for seed in rng.integers(n, 10**9, args.queries):     # items the collection does not hold
             out = io.BytesIO()
             make_photo(int(seed)).save(out, format="JPEG", quality=85)
             body, ctype = multipart(out.getvalue(), {"k": "10", "encoder": "tiny"})
