@@ -2,7 +2,8 @@
 """Scale: a collection grown to N items (default 10k -> 100k -> 1M) through the real ingest, then measured.
 
 1. Generated small photos (56x56 JPEGs: the repo's Fashion-MNIST samples tinted, mirrored, shifted, seeded by
-   item number, ``fashion_photos``) are written to disk in folders of 10,000 (thousands a second), and indexed with ``nearsight index --encoders tiny --no-index``
+   item number, ``fashion_photos``) are written to disk in folders of 10,000 (about a thousand a second a
+   core), and indexed with ``nearsight index --encoders tiny --no-index``
    in steps up to each size in ``--sizes``: images/s of each step (the last ones must be within 10% of the
    first: no slow-down with size) and its peak RSS (summed over the process tree, sampled every 50 ms).
 2. At the largest size: disk bytes per item, ``nearsight build-index --encoder tiny`` time and peak RSS, the
