@@ -84,8 +84,9 @@ def map_case(context, case):
     if not isinstance(body, (dict, list)):
         return case
     meta = case.meta
-    if meta is not None and meta.generation.mode == "negative":
-        return case  # a body meant to break the schema stays as generated (a valid image could mend it)
+    if meta is not None and (meta.generation.mode == "negative"
+                             or any(c.mode == "negative" for c in meta.components.values())):
+        return case  # a case meant to break the schema stays as generated (a valid image could mend it)
     rng = random.Random(repr(body))
     if rng.random() < KEEP_RANDOM:
         return case
