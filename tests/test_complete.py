@@ -1,6 +1,8 @@
 """Scene completion end to end on a small gist collection whose right answer is known, and its bad inputs."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -120,9 +122,65 @@ def test_large_image_is_composited_at_max_side_and_returned_at_its_own_size(gist
     best = report.completions[0]
     assert best.image.shape == (300, 400, 3) and report.output_size == (300, 400)
     assert best.region.shape == (300, 400) and best.region[hole].all()
-    # Away from the filled region the photo's own full-resolution pixels come back untouched.
-    far = ndimage.distance_transform_edt(~best.region) > 4
-    assert np.array_equal(best.image[far], big[far])
+    # Outside the filled region the photo's own full-resolution pixels come back untouched.
+    assert np.array_equal(best.image[~best.region], big[~best.region])
+    assert report.timings["full_size"] > 0 and best.solve_scale == 1.0
+
+
+def fine_scene(seed: int, shape) -> np.ndarray:
+    """``scene`` plus one-pixel detail: what a reduced composite, upsampled, would blur away."""
+    rng = np.random.default_rng(seed)
+    detail = ndimage.gaussian_filter(rng.normal(size=(*shape, 3)), (0.7, 0.7, 0)) * 70
+    return np.clip(scene(seed, shape).astype(np.float64) + detail, 0, 255).astype(np.uint8)
+
+
+def detail(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean squared step between 4-neighbours inside ``mask`` (grey levels): high-frequency energy."""
+    g = np.asarray(image, np.float64).mean(axis=2)
+    dx = (g[:, 1:] - g[:, :-1])[mask[:, 1:] & mask[:, :-1]]
+    dy = (g[1:] - g[:-1])[mask[1:] & mask[:-1]]
+    return float(np.mean(np.concatenate([dx, dy]) ** 2))
+
+
+def test_composites_of_a_large_photo_are_blended_at_its_own_resolution(tmp_path):
+    """Composited at max_side, then the source placed, the seam upsampled and Poisson solved at full size:
+    the hole is as sharp as the photo, and the photo's pixels outside the filled region are untouched."""
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+    from nearsight.retrieval.collection import Collection
+
+    # Sizes and the shift divide evenly on every grid (match 80 px, composite 160 px, photo 640 px), so the
+    # placement found small is exact at full size and the hole can be compared with the truth pixel for pixel.
+    big = fine_scene(200, (504, 672))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(big[:480, :640]).save(photos / "source.png")
+    for i in range(4):
+        Image.fromarray(fine_scene(300 + i, (480, 640))).save(photos / f"other{i}.png")
+    index_paths(str(tmp_path / "coll"), [str(photos)], IngestConfig(encoders=("gist",), workers=0, progress=False))
+    truth = big[24:504, 32:672]
+    yy, xx = np.mgrid[:480, :640]
+    hole = ((yy - 220) / 80.0) ** 2 + ((xx - 330) / 100.0) ** 2 <= 1.0
+    query = truth.copy()
+    query[hole] = 0
+    config = CompletionConfig(context_radius=20, seam_radius=20, match_side=80, max_side=160, candidates=5)
+    coll = Collection.open(tmp_path / "coll")
+    try:
+        source_id = next(i for i in coll.embedding_matrix("gist").ids if coll.item(i).path.endswith("source.png"))
+        report = complete_scene_report(coll, query, hole, n=1, config=config)
+    finally:
+        coll.close()
+    best = report.completions[0]
+    assert best.id == source_id and report.composite_size == (120, 160) and report.match_size == (60, 80)
+    assert (best.placement.dy, best.placement.dx) == (-6, -8)
+    assert best.image.shape == (480, 640, 3) and best.region[hole].all() and best.solve_scale == 1.0
+    assert np.array_equal(best.image[~best.region], query[~best.region])
+    # The hole holds the true pixels, with their detail: a composite made at 160 px and upsampled keeps
+    # under a fifth of it.
+    assert np.abs(best.image.astype(float) - truth)[hole].mean() < 3.0
+    upsampled = np.asarray(Image.fromarray(truth).resize((160, 120), Image.Resampling.BOX)
+                           .resize((640, 480), Image.Resampling.LANCZOS))
+    assert detail(upsampled, hole) < 0.2 * detail(truth, hole)
+    assert detail(best.image, hole) > 0.8 * detail(truth, hole)
 
 
 def test_the_query_photo_and_its_copies_are_left_out(gist_collection, tmp_path):
@@ -139,7 +197,7 @@ def test_the_query_photo_and_its_copies_are_left_out(gist_collection, tmp_path):
     # Without the hash, masked GIST still finds the photo itself (distance ~0) and skips it.
     report = complete_scene_report(coll, photo, hole, n=2, config=SMALL)
     assert report.excluded == () and report.near_duplicates == (source_id,)
-    assert report.skipped == {"excluded": [], "near_duplicates": [source_id]}
+    assert report.skipped == {"excluded": [], "near_duplicates": [source_id], "crops": []}
     assert all(r.id != source_id for r in report.completions)
 
 
@@ -236,7 +294,7 @@ def test_cli_complete_leaves_the_photo_itself_out(gist_collection, tmp_path):
     assert out.exit_code == 0, out.output
     assert f"left out 1 copy of the photo found in the collection: items {source_id}" in out.output
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["skipped"] == {"excluded": [source_id], "near_duplicates": []}
+    assert saved["skipped"] == {"excluded": [source_id], "near_duplicates": [], "crops": []}
     assert saved["completions"][0]["id"] != source_id
 
 
@@ -305,3 +363,70 @@ def test_completion_with_the_query_scene_absent(held_out_collection):
     assert elsewhere.id not in kin
     assert error(best.image) < 0.8 * error(elsewhere.image) and error(best.image) < flat, \
         (error(best.image), error(elsewhere.image), flat)
+
+
+def _jpeg(rgb: np.ndarray, path, quality=85):
+    Image.fromarray(rgb).save(path, quality=quality)
+
+
+def _crop(rgb: np.ndarray, side: float, at: tuple[float, float], aspect: float = 1.0, mirrored=False,
+          gain=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """``side`` of the photo's height (``side * aspect`` of its width), its corner at ``at`` (fractions of
+    the room left), resized to 300 px on the long side, mirrored and colour-scaled as asked."""
+    h, w = rgb.shape[:2]
+    ch, cw = round(h * side), min(w, round(w * side * aspect))
+    y0, x0 = round((h - ch) * at[0]), round((w - cw) * at[1])
+    out = Image.fromarray(rgb[y0:y0 + ch, x0:x0 + cw])
+    out.thumbnail((300, 300), Image.Resampling.LANCZOS)
+    a = np.asarray(out, np.float64) * np.asarray(gain)
+    return np.clip(a[:, ::-1] if mirrored else a, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def crops_collection(tmp_path_factory):
+    """Real photos (scikit-image's samples): crops of the query photo at 60-90% of its side, straight and
+    mirrored, colour-shifted and re-encoded, among other photos, the query's stereo partner included."""
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+    from nearsight.retrieval.collection import Collection
+
+    data = pytest.importorskip("skimage.data")
+    left, right, _ = data.stereo_motorcycle()
+    query = np.asarray(Image.fromarray(left).resize((480, 324), Image.Resampling.LANCZOS))
+    root = tmp_path_factory.mktemp("crops")
+    photos = root / "photos"
+    photos.mkdir()
+    crops = {"crop60.jpg": _crop(query, 0.6, (0.3, 0.6), 1.1),
+             "crop75m.jpg": _crop(query, 0.75, (0.8, 0.2), 0.95, mirrored=True, gain=(1.05, 1.0, 0.93)),
+             "crop90.jpg": _crop(query, 0.9, (0.5, 0.5), 0.9, gain=(0.95, 1.0, 1.05)),
+             "crop90m.jpg": _crop(query, 0.9, (0.0, 1.0), 1.0, mirrored=True)}
+    for name, rgb in crops.items():
+        _jpeg(rgb, photos / name)
+    others = {"partner.jpg": right, "astronaut.jpg": data.astronaut(), "coffee.jpg": data.coffee(),
+              "chelsea.jpg": data.chelsea(), "rocket.jpg": data.rocket()}
+    for name, rgb in others.items():
+        im = Image.fromarray(rgb)
+        im.thumbnail((300, 300), Image.Resampling.LANCZOS)
+        _jpeg(np.asarray(im), photos / name)
+    index_paths(str(root / "coll"), [str(photos)], IngestConfig(encoders=("gist",), workers=0, progress=False))
+    coll = Collection.open(root / "coll")
+    names = {os.path.basename(coll.item(i).path): int(i) for i in coll.embedding_matrix("gist").ids}
+    yield coll, query, {names[n] for n in crops}, {names[n] for n in others}
+    coll.close()
+
+
+def test_crops_of_the_query_are_skipped_and_other_photos_are_not(crops_collection):
+    coll, photo, crop_ids, other_ids = crops_collection
+    hole = np.zeros(photo.shape[:2], bool)
+    hole[120:200, 180:300] = True
+    query = photo.copy()
+    query[hole] = 0
+    config = CompletionConfig(context_radius=30, seam_radius=30, match_side=120)
+    report = complete_scene_report(coll, query, hole, n=3, config=config)
+    assert set(report.crops) == crop_ids and report.near_duplicates == ()
+    assert report.skipped["crops"] == sorted(crop_ids)
+    assert report.completions and all(c.id in other_ids for c in report.completions)
+    # With the check off, a crop fits the hole's context best and is used: what the check prevents.
+    from dataclasses import replace
+
+    unchecked = complete_scene_report(coll, query, hole, n=1, config=replace(config, crop_threshold=None))
+    assert unchecked.crops == () and unchecked.completions[0].id in crop_ids

@@ -319,3 +319,92 @@ def test_composite_keeps_query_far_from_hole_and_fills_it():
     # Gradient-domain blending removes the brightness offset: the hole gets the truth back.
     assert np.abs(comp.rgb - truth)[hole].mean() < 0.01
     assert comp.rgb.dtype == np.float32 and comp.seam_cost >= 0
+
+
+# --------------------------------------------------------------------------- full-size re-blend
+def fine_texture(shape, seed=0):
+    """(H, W, 3) uint8 with detail at every scale down to one pixel: what a reduction blurs away."""
+    rng = np.random.default_rng(seed)
+    coarse = ndimage.gaussian_filter(rng.normal(size=shape), (12, 12, 0)) * 600
+    fine = ndimage.gaussian_filter(rng.normal(size=shape), (0.7, 0.7, 0)) * 60
+    return np.clip(128 + coarse + fine, 0, 255).astype(np.uint8)
+
+
+def high_frequency(image, mask):
+    """Mean squared difference of neighbours inside ``mask`` (L*, per pixel pair): detail energy."""
+    lum = rgb_to_lab(np.asarray(image))[:, :, 0].astype(np.float64)
+    dx = (lum[:, 1:] - lum[:, :-1])[mask[:, 1:] & mask[:, :-1]]
+    dy = (lum[1:] - lum[:-1])[mask[1:] & mask[:-1]]
+    return float(np.mean(np.concatenate([dx, dy]) ** 2))
+
+
+@pytest.mark.parametrize("scaled", [(200, 260), (330, 420), (150, 190)])
+def test_place_window_is_warp_candidate_over_a_window(scaled):
+    from nearsight.retrieval.compose.fullres import place_window
+
+    source = fine_texture((200, 260, 3), seed=3)
+    p = Placement(dy=-7, dx=5, scale=1.0, ssd=0.0, texture=0.0, cost=0.0)
+    reference, covered = warp_candidate(resize_image(source.astype(np.float32) / 255, scaled), p, (180, 240))
+    window = (20, 150, 0, 240)
+    got, got_covered = place_window(source, scaled, -7, 5, window)
+    assert got.shape == (130, 240, 3) and np.array_equal(got_covered, covered[20:150])
+    err = np.abs(got - reference[20:150])
+    if scaled == (150, 190):  # shrinking: a Gaussian low-pass here, area averaging there
+        assert err.mean() < 0.02
+    else:  # the same bilinear samples
+        assert err.max() < 1e-4
+
+
+def test_reblend_is_sharp_inside_and_the_photo_outside():
+    from nearsight.retrieval.compose.fullres import reblend
+
+    H, W = 240, 320
+    truth = fine_texture((H, W, 3), seed=5)
+    hole = disk((H, W), 120, 150, 50)
+    photo = truth.copy()
+    photo[hole] = 0
+    # The source: the same scene 6% brighter, placed at (0, 0) at its own size; the seam found on a 4x smaller
+    # grid (the composite's), upsampled.
+    source = np.clip(truth * 1.06, 0, 255).astype(np.uint8)
+    small = ndimage.binary_dilation(disk((60, 80), 30, 37.5, 12.5), iterations=2)
+    out = reblend(photo, hole, source, (H, W), 0, 0, small)
+    assert out.solve_scale == 1.0 and out.region[hole].all()
+    assert np.array_equal(out.rgb[~out.region], photo[~out.region])
+    # The hole gets the truth back (Poisson removes the brightness change) with its detail: an upsampled
+    # quarter-size composite keeps a small share of it.
+    assert np.abs(out.rgb.astype(float) - truth)[hole].mean() < 3.0
+    blurred = np.asarray(resize_image(resize_image(truth.astype(np.float32), (60, 80)), (H, W))).clip(0, 255)
+    assert high_frequency(out.rgb, hole) > 0.9 * high_frequency(truth, hole)
+    assert high_frequency(blurred.astype(np.uint8), hole) < 0.3 * high_frequency(truth, hole)
+    # Over the pixel cap the correction is solved smaller; the source's detail stays full size.
+    capped = reblend(photo, hole, source, (H, W), 0, 0, small, max_pixels=2000)
+    assert capped.solve_scale < 0.5 and np.array_equal(capped.region, out.region)
+    assert np.array_equal(capped.rgb[~capped.region], photo[~capped.region])
+    assert np.abs(capped.rgb.astype(float) - truth)[hole].mean() < 4.0
+    assert high_frequency(capped.rgb, hole) > 0.9 * high_frequency(truth, hole)
+    with pytest.raises(InvalidQuery, match="uncovered"):
+        reblend(photo, hole, source, (H, W), 0, 120, small)
+
+
+# ----------------------------------------------------------------------------------- crops
+def test_crop_finder_sees_crops_mirrors_and_the_reverse_not_a_shifted_scene():
+    from nearsight.retrieval.compose.crops import DEFAULT_THRESHOLD, CropFinder
+
+    big = fine_texture((300, 400, 3), seed=8)
+    query = big[20:260, 30:350].copy()      # 240 x 320
+    hole = disk(query.shape[:2], 110, 170, 45)
+    query[hole] = 0
+    finder = CropFinder(query, ~hole)
+    crop = np.asarray(resize_image(big[60:230, 80:300].astype(np.float32), (119, 154))).astype(np.uint8)  # ~70%
+    m = finder.match(crop)
+    assert m.is_copy() and m.inside and not m.mirrored and abs(m.side_ratio - 0.69) < 0.04
+    m = finder.match(crop[:, ::-1])
+    assert m.is_copy() and m.mirrored
+    whole = np.asarray(resize_image(big.astype(np.float32), (150, 200))).astype(np.uint8)  # the query is 80% of it
+    m = finder.match(whole)
+    assert m.is_copy() and not m.inside and m.colour > 0.9
+    # The same scene framed 40 px aside (partly overlapping) or another scene is no crop.
+    assert finder.match(big[60:300, 70:390]).ncc < DEFAULT_THRESHOLD  # the structure alone says no
+    assert not finder.match(fine_texture((240, 320, 3), seed=9)).is_copy()
+    with pytest.raises(InvalidQuery, match="min_side_ratio"):
+        CropFinder(query, ~hole, min_side_ratio=0)

@@ -124,7 +124,7 @@ def test_complete_fills_the_hole_from_other_photos_never_the_query_itself(client
     answer = r.get_json()
     assert set(answer) == {"completions", "skipped", "took_ms"} and answer["took_ms"] > 0
     # The photo the query was cut from is a near-duplicate of it (Hays & Efros leave the query out).
-    assert answer["skipped"] == {"excluded": [], "near_duplicates": [3]}
+    assert answer["skipped"] == {"excluded": [], "near_duplicates": [3], "crops": []}
     completions = answer["completions"]
     assert 1 <= len(completions) <= 2 and 3 not in [c["id"] for c in completions]
     assert [c["score"] for c in completions] == sorted((c["score"] for c in completions), reverse=True)

@@ -15,26 +15,24 @@ Stages (``CompletionReport.timings`` names them):
 3. ``seam``: the graph-cut seam at that small size for the ``seam_pool`` best candidates by scene,
    context and texture; then the ranking on all four terms, each standardised over the candidates
    (z-scores) and summed with ``term_weights``.
-4. ``composite``: for the best ``n``, the source photo at full size, the seam again at full size in a
-   band around the small one (``compose.seam``), and Poisson blending (``compose.poisson``).
+4. ``composite``: for the best ``n``, the source photo at the composite size, the seam again at that size
+   in a band around the small one (``compose.seam``), and Poisson blending (``compose.poisson``).
+5. ``full_size`` (photos larger than ``max_side`` only): each composite blended again at the photo's own
+   size (``compose.fullres``): the source placed at full size, the seam upsampled, Poisson solved at full
+   size, so the filled region is as sharp as the rest of the photo.
 
-``progress(stage, fraction)``, when given, is called as each stage starts and after each composite, with
-the fraction of the work done so far (a rough share by stage); an exception it raises stops the run
-there, which is how the server cancels a job.
+``progress(stage, fraction)``, when given, is called as each stage starts and after each composite (and
+each full-size blend), with the fraction of the work done so far (a rough share by stage); an exception
+it raises stops the run there, which is how the server cancels a job.
 
 Matching is done at ``match_side`` whatever the photo's size; compositing at the photo's size up to
-``max_side`` on the long side. A larger photo is composited reduced to that, and each composite is then
-brought back to the photo's own size: the photo's pixels where the source was not used, the composite
-(upsampled) where it was, feathered across the seam.
+``max_side`` on the long side. A larger photo is composited reduced to that, then re-blended at its own
+size (stage 5): the photo's own pixels, bit for bit, wherever the source was not used.
 
 The query never completes itself (Hays & Efros leave it out): the item with the photo's content hash
-(``query_sha256``), the ids in ``exclude`` and every near-duplicate of the photo (the same photo re-encoded,
-resized or lightly edited) are skipped, and the report lists them. A near-duplicate is one of the
-``duplicate_check`` best scenes whose thumbnail matches the photo's unmasked pixels (mean absolute
-difference under ``duplicate_error`` at 64 px). The masked GIST distance alone cannot say it: a copy
-ranks first, but its distance is not near zero (the hole's content still weighs in GIST's cells, and
-JPEG noise moves the fine scales): 0.04-0.5 of the median distance in the tests, where the same scene
-shot 8 px aside is at 0.1.
+(``query_sha256``), the ids in ``exclude``, every near-duplicate of the photo (the same photo re-encoded,
+resized or lightly edited) and every crop of it (or photo it was cropped from), mirrored or not, are
+skipped, and the report lists them (``query_copies``).
 """
 from __future__ import annotations
 
@@ -49,10 +47,14 @@ from scipy import ndimage
 from .compose.align import (DEFAULT_SCALES, ContextMatcher, Placement, context_mask, resize_image, texture_map,
                             warp_candidate)
 from .compose.composite import composite_candidate
+from .compose.crops import DEFAULT_THRESHOLD as CROP_THRESHOLD
+from .compose.fullres import DEFAULT_MAX_PIXELS as FULL_MAX_PIXELS
+from .compose.fullres import reblend
 from .compose.lab import rgb_to_lab, to_uint8
 from .compose.seam import DEFAULT_K, graphcut_seam
 from .errors import ImageError, ImageTooLarge, InvalidMask, InvalidQuery, NearsightError
 from .images import DEFAULT_MAX_PIXELS, to_rgb
+from .query_copies import DUPLICATE_SLACK, QueryCopies, query_items
 from .scene_match import (ROUTES, SceneMatches, describe_query, layout_encoder, match_scenes, require_gist,
                           thumbnail_image)
 
@@ -66,6 +68,7 @@ MIN_SIDE = 32
 # Where each stage starts, as a share of the whole run, for ``progress``: rough shares measured at
 # 1024 px with n=6 (the composites, one full-size seam and Poisson solve each, take about half).
 STAGE_START = {"scene": 0.0, "context": 0.1, "seam": 0.35, "composite": 0.5}
+FULL_SIZE_START = 0.8  # when the composites are blended again at the photo's size, that takes the rest
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,19 @@ class CompletionConfig:
       the placement was judged, by default. It also bounds the graph's size.
     - ``seam_band``: at full size the seam is searched within this many px of the matching-size
       seam, upsampled (a full-size search costs ~8x more for a cut a few % cheaper).
-    - ``max_side``: composites are made at the photo's size up to this long side (then brought back to the
+    - ``max_side``: composites are made at the photo's size up to this long side (then blended again at the
       photo's size).
+    - ``full_max_pixels``: at the photo's size, Poisson is solved over the filled region's bounding box
+      up to this many pixels; past that its smooth correction is solved smaller (``compose.fullres``),
+      which bounds the memory of one composite (about 0.5 KB a pixel at full size).
     - ``duplicate_check``, ``duplicate_error``: one of the ``duplicate_check`` best scenes whose thumbnail
       differs from the photo's unmasked pixels by less than ``duplicate_error`` (mean absolute 0..255
       difference at 64 px) is a copy of the query photo and is skipped (measured on synthetic scenes: a
       copy 1.1-1.9, re-encoded at JPEG q70 2.3, the same scene 8 px aside 15.9, other photos 50+;
       ``duplicate_check=0`` keeps copies).
+    - ``crop_threshold``: a candidate among those best scenes or about to be composited whose masked NCC
+      with the photo, as a crop of it or it as a crop of the candidate (``compose.crops``), reaches this is
+      skipped; None keeps crops.
     - ``max_hole_fraction``: larger holes leave too little context to match against.
     - ``seam_pool``: candidates, best by the other three terms, whose seam is computed and which are
       ranked on all four (the seam is the costliest stage per candidate).
@@ -111,17 +120,20 @@ class CompletionConfig:
     seam_radius: float = 80.0
     seam_band: float = 8.0
     max_side: int = 1024
+    full_max_pixels: int = FULL_MAX_PIXELS
     duplicate_check: int = 10
     duplicate_error: float = 6.0
+    crop_threshold: float | None = CROP_THRESHOLD
     max_hole_fraction: float = 0.9
     seam_pool: int = 60
     workers: int = 1
     term_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     def __post_init__(self):
-        if min(self.candidates, self.shortlist, self.seam_pool, self.workers) < 1:
-            raise InvalidQuery(f"candidates, shortlist, seam_pool and workers must be >= 1, got {self.candidates}, "
-                               f"{self.shortlist}, {self.seam_pool}, {self.workers}")
+        if min(self.candidates, self.shortlist, self.seam_pool, self.workers, self.full_max_pixels) < 1:
+            raise InvalidQuery(f"candidates, shortlist, seam_pool, workers and full_max_pixels must be >= 1, got "
+                               f"{self.candidates}, {self.shortlist}, {self.seam_pool}, {self.workers}, "
+                               f"{self.full_max_pixels}")
         if self.match_side < MIN_SIDE or self.max_side < MIN_SIDE:
             raise InvalidQuery(f"match_side and max_side must be >= {MIN_SIDE}, got {self.match_side}, {self.max_side}")
         if not 0 < self.max_hole_fraction <= 1:
@@ -143,6 +155,8 @@ class Completion:
       the matching size), ``seam_full`` (at the composite size), and ``z_<term>`` for the four ranked terms.
     - ``placement``: where the source went, on the composite grid (the photo reduced to ``max_side``).
     - ``region``: (H, W) bool, the pixels that came from the source, at the photo's size.
+    - ``solve_scale``: 1.0 when Poisson ran at the output's size, else the scale its correction was solved
+      at (a region larger than ``full_max_pixels``).
     """
     image: np.ndarray
     score: float
@@ -150,6 +164,7 @@ class Completion:
     terms: dict[str, float]
     placement: Placement
     region: np.ndarray
+    solve_scale: float = 1.0
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (no pixels)."""
@@ -161,8 +176,9 @@ class Completion:
 @dataclass(frozen=True)
 class CompletionReport:
     """``completions`` best first, the scene matches they came from, seconds per stage, the frames, and the
-    items left out as the query itself: ``excluded`` (asked for, or with the query's content hash) and
-    ``near_duplicates`` (found by masked GIST)."""
+    items left out as the query itself: ``excluded`` (asked for, or with the query's content hash),
+    ``near_duplicates`` (the same frame, by pixels) and ``crops`` (crops of the photo or photos it was
+    cropped from, by masked NCC)."""
     completions: list[Completion]
     scenes: SceneMatches
     timings: dict[str, float] = field(default_factory=dict)
@@ -171,10 +187,12 @@ class CompletionReport:
     output_size: tuple[int, int] = (0, 0)
     excluded: tuple[int, ...] = ()
     near_duplicates: tuple[int, ...] = ()
+    crops: tuple[int, ...] = ()
 
     @property
     def skipped(self) -> dict:
-        return {"excluded": list(self.excluded), "near_duplicates": list(self.near_duplicates)}
+        return {"excluded": list(self.excluded), "near_duplicates": list(self.near_duplicates),
+                "crops": list(self.crops)}
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -425,45 +443,6 @@ def _pool(workers: int):
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nearsight-complete")
 
 
-# ------------------------------------------------------------------------ the query left out
-DUPLICATE_SLACK = 20
-DUPLICATE_SIDE = 64
-
-
-def _query_items(collection, exclude, query_sha256: str | None) -> set[int]:
-    """The ids to leave out as the query itself: those asked for, and the item with the photo's content hash."""
-    out = {int(i) for i in exclude}
-    if query_sha256:
-        same = collection.store.id_for_hash(query_sha256)
-        if same is not None:
-            out.add(int(same))
-    return out
-
-
-def _drop_near_duplicates(collection, scenes: SceneMatches, rgb: np.ndarray, hole: np.ndarray,
-                          config: CompletionConfig) -> tuple[SceneMatches, tuple[int, ...]]:
-    """Drop the scenes that are copies of the query photo (see the module doc) and keep at most
-    ``config.candidates`` of the rest. Returns (scenes, the ids of the copies)."""
-    maybe = np.arange(min(config.duplicate_check, len(scenes.ids)))  # scenes come best first
-    near = np.zeros(len(scenes.ids), bool)
-    if len(maybe):
-        height, width = hole.shape
-        size = (DUPLICATE_SIDE, max(1, round(DUPLICATE_SIDE * height / width))) if width >= height else \
-            (max(1, round(DUPLICATE_SIDE * width / height)), DUPLICATE_SIDE)
-        query = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX), np.float32)
-        kept = np.asarray(Image.fromarray((~hole).astype(np.uint8) * 255).resize(size, Image.Resampling.BOX)) == 255
-        for row in maybe:
-            thumb = thumbnail_image(collection, int(scenes.ids[row]), DUPLICATE_SIDE).convert("RGB")
-            if abs(thumb.width / thumb.height - width / height) > 0.03 * width / height:
-                continue  # another shape: not a copy
-            pixels = np.asarray(thumb.resize(size, Image.Resampling.BOX), np.float32)
-            near[row] = kept.any() and np.abs(pixels - query)[kept].mean() < config.duplicate_error
-    rows = np.flatnonzero(~near)[:config.candidates]
-    trimmed = replace(scenes, ids=scenes.ids[rows], distance=scenes.distance[rows], gist=scenes.gist[rows],
-                      colour=scenes.colour[rows])
-    return trimmed, tuple(int(i) for i in scenes.ids[near])
-
-
 # ---------------------------------------------------------------------------------- output size
 def _input_size(image) -> tuple[int, int]:
     if isinstance(image, Image.Image):
@@ -471,21 +450,57 @@ def _input_size(image) -> tuple[int, int]:
     return tuple(np.shape(image)[:2])
 
 
-def at_input_size(image, mask, completions: list[Completion]) -> list[Completion]:
-    """Composites made on the reduced photo -> the photo's own size: its pixels wherever the source was not
-    used, the upsampled composite where it was, with a feather as wide as one reduced pixel across the
-    seam, so the photo's detail survives everywhere outside the filled region."""
-    original = _image_array(image, DEFAULT_MAX_PIXELS).astype(np.float32)
-    hole = _mask_array(mask)
+def _upsampled(original: np.ndarray, hole: np.ndarray, c: Completion) -> Completion:
+    """The composite upsampled into the photo, feathered across the seam: only for a source that cannot be
+    placed at full size any more (its file gone or changed since it was composited)."""
     height, width = hole.shape
+    scale = width / c.image.shape[1]
+    up = np.asarray(Image.fromarray(c.image).resize((width, height), Image.Resampling.LANCZOS), np.float32)
+    region = _grow_mask(c.region, (height, width)) | hole
+    alpha = np.maximum(ndimage.gaussian_filter(region.astype(np.float32), sigma=max(1.0, scale / 2)), hole)
+    rgb = original.astype(np.float32) * (1 - alpha[..., None]) + up * alpha[..., None]
+    return replace(c, image=np.clip(rgb + 0.5, 0, 255).astype(np.uint8), region=region, solve_scale=1 / scale)
+
+
+def _full_size(collection, original: np.ndarray, hole: np.ndarray, c: Completion,
+               config: CompletionConfig) -> Completion:
+    height, width = hole.shape
+    grid = c.image.shape[:2]
+    item = collection.item(c.id)
+    cover = _cover_size((item.height, item.width), (height, width)) if item.width and item.height else (height, width)
+    source = collection.load_image(c.id, min_side=max(1, round(min(cover) * c.placement.scale)))
+    cover = _cover_size((source.height, source.width), (height, width))
+    scaled = (max(1, round(cover[0] * c.placement.scale)), max(1, round(cover[1] * c.placement.scale)))
+    # The composite's placement on this grid; rounding may need a 1-px nudge to cover the hole.
+    p = replace(c.placement, dy=round(c.placement.dy * height / grid[0]), dx=round(c.placement.dx * width / grid[1]))
+    p = _clamp_to_cover(p, hole, scaled)
+    if p is None:
+        raise InvalidQuery(f"item {c.id} is too small at full size to cover the hole")
+    blend = reblend(original, hole, np.asarray(source.convert("RGB")), scaled, p.dy, p.dx, c.region,
+                    max_pixels=config.full_max_pixels)
+    return replace(c, image=blend.rgb, region=blend.region, solve_scale=blend.solve_scale)
+
+
+def at_input_size(collection, image, mask, completions: list[Completion],
+                  config: CompletionConfig = CompletionConfig(), progress=None, start: float = 0.0) -> list[Completion]:
+    """Composites made on the reduced photo -> the photo's own size, blended again there (module doc,
+    stage 5): its pixels bit for bit wherever the source was not used, the source at full resolution
+    where it was. ``progress("full_size", fraction)`` is called after each, the fraction going from
+    ``start`` to 1 (see ``complete_scene``)."""
+    original = _image_array(image, DEFAULT_MAX_PIXELS)
+    hole = _mask_array(mask)
+    if hole.shape != original.shape[:2]:
+        raise InvalidQuery(f"the mask is {hole.shape[1]}x{hole.shape[0]} but the image is "
+                           f"{original.shape[1]}x{original.shape[0]}; they must be the same size")
     out = []
-    for c in completions:
-        scale = width / c.image.shape[1]
-        up = np.asarray(Image.fromarray(c.image).resize((width, height), Image.Resampling.LANCZOS), np.float32)
-        region = _grow_mask(c.region, (height, width)) | hole
-        alpha = np.maximum(ndimage.gaussian_filter(region.astype(np.float32), sigma=max(1.0, scale / 2)), hole)
-        rgb = original * (1 - alpha[..., None]) + up * alpha[..., None]
-        out.append(replace(c, image=np.clip(rgb + 0.5, 0, 255).astype(np.uint8), region=region))
+    for rank, c in enumerate(completions):
+        try:
+            out.append(_full_size(collection, original, hole, c, config))
+        except NearsightError as exc:
+            LOG.warning("completion from item %d upsampled, not blended at full size: %s", c.id, exc)
+            out.append(_upsampled(original, hole, c))
+        if progress is not None:
+            progress("full_size", start + (1.0 - start) * (rank + 1) / len(completions))
     return out
 
 
@@ -514,18 +529,21 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
     t0 = time.perf_counter()
     rgb, hole = prepare_inputs(image, mask, config)
     height, width = hole.shape
+    full_size = (height, width) != _input_size(image)
+    end = FULL_SIZE_START if full_size else 1.0  # of the composite stage
 
     # 1. Scene matching on the masked descriptors.
     t = time.perf_counter()
     require_gist(collection)  # the clear answer before any work
     encoder = collection.encoder("gist")
     query = describe_query(rgb, hole, encoder.params, encoder.device, layout=layout_encoder(collection))
-    excluded = _query_items(collection, exclude, query_sha256)
+    excluded = query_items(collection, exclude, query_sha256)
     # A few more than needed: the query's near-duplicates come first and are dropped.
     scenes = match_scenes(collection, query, k=config.candidates + DUPLICATE_SLACK, gist_weight=config.gist_weight,
                           colour_weight=config.colour_weight, shortlist=config.shortlist, exclude=excluded,
                           route=config.scene_route)
-    scenes, near = _drop_near_duplicates(collection, scenes, rgb, hole, config)
+    copies = QueryCopies(collection, rgb, hole, config.duplicate_error, config.crop_threshold)
+    scenes = copies.drop_near_duplicates(scenes, config.duplicate_check, config.candidates)
     timings["scene"] = time.perf_counter() - t
 
     # 2. Context matching for every candidate at the matching size.
@@ -569,6 +587,9 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
         completions: list[Completion] = []
         while len(completions) < n and order:
             batch, order = order[:n - len(completions)], order[n - len(completions):]
+            # A crop of the query (or the photo it was cut from) fits its context exactly: never used.
+            crops = list(pool.map(lambda i: copies.is_crop(cands[i].id), batch))
+            batch = [i for i, crop in zip(batch, crops) if not crop]
             sources = [_load_source(collection, cands[i].id, (height, width)) for i in batch]
             jobs = [(query_full, hole, frame, config, cands[i], takes[i], src, hole_distance)
                     for i, src in zip(batch, sources)]
@@ -583,17 +604,18 @@ def complete_scene_report(collection, image, mask, n: int = 20, config: Completi
                 terms.update({f"z_{name}": float(z[name][i]) for name in TERMS})
                 completions.append(Completion(image=to_uint8(comp.rgb), score=-float(total[i]), id=c.id,
                                               terms=terms, placement=placement, region=comp.take))
-                done = STAGE_START["composite"] + (1 - STAGE_START["composite"]) * len(completions) / n
-                report("composite", min(done, 1.0))
-    if completions and (height, width) != _input_size(image):
-        t_up = time.perf_counter()
-        completions = at_input_size(image, mask, completions)
-        timings["upsample"] = time.perf_counter() - t_up
+                done = STAGE_START["composite"] + (end - STAGE_START["composite"]) * len(completions) / n
+                report("composite", min(done, end))
     timings["composite"] = time.perf_counter() - t
+    if completions and full_size:
+        t = time.perf_counter()
+        completions = at_input_size(collection, image, mask, completions, config, progress=progress,
+                                    start=FULL_SIZE_START)
+        timings["full_size"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     if not completions:
         raise InvalidQuery("no candidate scene could be composited into the hole")
     return CompletionReport(completions=completions, scenes=scenes, timings=timings,
                             composite_size=(height, width), match_size=frame.size,
                             output_size=completions[0].image.shape[:2], excluded=tuple(sorted(excluded)),
-                            near_duplicates=near)
+                            near_duplicates=tuple(copies.near_duplicates), crops=tuple(sorted(copies.crops)))

@@ -438,10 +438,11 @@ def complete(collection, image, mask, outdir, n):
         sha256 = hashlib.sha256(f.read()).hexdigest()
     report = complete_scene_report(_open(collection), query, hole, n=n, query_sha256=sha256)
     completions = report.completions
-    skipped = report.excluded + report.near_duplicates
+    skipped = report.excluded + report.near_duplicates + report.crops
     if skipped:
         click.echo(f"left out {len(skipped)} cop{'y' if len(skipped) == 1 else 'ies'} of the photo found in the "
-                   f"collection: items {', '.join(map(str, skipped))}")
+                   f"collection: items {', '.join(map(str, skipped))}"
+                   + (f" ({len(report.crops)} cropped)" if report.crops else ""))
     os.makedirs(outdir, exist_ok=True)
     summary = []
     for rank, c in enumerate(completions, 1):

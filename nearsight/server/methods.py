@@ -31,7 +31,7 @@ def prepare(collection, method: str, inputs: dict, max_side: int) -> dict:
         rgb, hole = prepare_inputs(inputs["image"], inputs["mask"], CompletionConfig(max_side=max_side))
         full = {}
         if rgb.shape[:2] != (inputs["image"].height, inputs["image"].width):
-            # composited at the working size, answered at the photo's own (complete.at_input_size)
+            # composited at the working size, blended again at the photo's own in the worker
             full = {"full_image": np.asarray(inputs["image"].convert("RGB")),
                     "full_mask": np.asarray(inputs["mask"].convert("L"))}
         return {**inputs, "image": rgb, "mask": hole, **full}
@@ -89,14 +89,16 @@ def run(collection, method: str, inputs: dict, progress) -> dict:
     start = time.perf_counter()
     exclude = tuple(inputs.get("exclude", ()))
     if method == "complete":
-        from ..retrieval.complete import CompletionConfig, at_input_size, complete_scene_report
+        from ..retrieval.complete import CompletionConfig, complete_scene_report
 
-        config = CompletionConfig(max_side=max(inputs["image"].shape[:2]))  # already capped at submit
-        report = complete_scene_report(collection, inputs["image"], inputs["mask"], n=inputs["n"], config=config,
+        # Composited at the working size capped at submit, then blended again at the photo's own size
+        # (bounded by CompletionConfig.full_max_pixels), so the filled region is as sharp as the photo.
+        config = CompletionConfig(max_side=max(inputs["image"].shape[:2]))
+        image, mask = (inputs["full_image"], inputs["full_mask"]) if "full_image" in inputs else \
+            (inputs["image"], inputs["mask"])
+        report = complete_scene_report(collection, image, mask, n=inputs["n"], config=config,
                                        exclude=exclude, progress=progress, query_sha256=inputs.get("query_sha256"))
         completions = report.completions
-        if "full_image" in inputs:
-            completions = at_input_size(inputs["full_image"], inputs["full_mask"], completions)
         progress("encode", 1.0)
         answers = []
         for c in completions:

@@ -241,9 +241,11 @@ _SCHEMAS.update({
                     "image": _DATA_URL}}},
             "skipped": {"type": "object", "additionalProperties": False,
                         "properties": {"excluded": {"type": "array", "items": {"type": "integer"}},
-                                       "near_duplicates": {"type": "array", "items": {"type": "integer"}}},
+                                       "near_duplicates": {"type": "array", "items": {"type": "integer"}},
+                                       "crops": {"type": "array", "items": {"type": "integer"}}},
                         "description": "Items left out as copies of the photo itself (the item named by id, or "
-                                       "the same content), and near-duplicates of it."},
+                                       "the same content), near-duplicates of it, and crops of it (or photos "
+                                       "it was cropped from), mirrored or not."},
             "took_ms": {"type": "number"},
         },
     },
