@@ -91,7 +91,7 @@ class CompletionConfig:
       photo's size).
     - ``full_max_pixels``: at the photo's size, Poisson is solved over the filled region's bounding box
       up to this many pixels; past that its smooth correction is solved smaller (``compose.fullres``),
-      which bounds the memory of one composite (about 0.5 KB a pixel at full size).
+      which bounds the memory of one composite (about 0.85 KB a region pixel, so <= ~0.85 GB by default).
     - ``duplicate_check``, ``duplicate_error``: one of the ``duplicate_check`` best scenes whose thumbnail
       differs from the photo's unmasked pixels by less than ``duplicate_error`` (mean absolute 0..255
       difference at 64 px) is a copy of the query photo and is skipped (measured on synthetic scenes: a
