@@ -8,9 +8,12 @@ flipped left-right, with a small colour jitter (per-channel gain and offset). Th
 reused by later runs. ``--collection DIR`` benchmarks an existing collection made the same way instead
 (its item count is what is reported).
 
-Queries: ``--queries`` sample photos, each reduced to 512 px on the long side, with a generated hole
-(a smooth random blob covering 10-25% of the image, seeded). Every item made from the query's own photo
-is excluded (``exclude=``), so the completion must come from other photos.
+Queries: ``--queries`` sample photos drawn at random (``--seed``), each reduced to 512 px on the long side,
+with a generated hole (a smooth random blob covering 10-25% of the image, seeded). The query's scene must
+not be in the collection: every item cut from the query's own photo *and* from its partners (``PARTNERS``:
+the other frame of a stereo pair or a video, the same place from another viewpoint or exposure; found by
+looking at the 66 photos side by side) is excluded (``exclude=``), so the completion must come from other
+scenes. ``best_source_photo`` says which photo each best completion came from.
 
 Per query: wall seconds per stage (``scene``, ``context``, ``seam``, ``composite``) and in total for n=20
 composites, and the process CPU seconds of the whole query (the machine is shared: CPU seconds are the
@@ -18,15 +21,25 @@ steadier figure, and with ``--threads 1`` they are about what the wall time woul
 for the GIST shortlist of 1000, as against the exhaustive answer over the whole collection); and quality
 proxies for our best composite and for ``cv2.inpaint(..., INPAINT_TELEA)`` on the same hole:
 
-- ``edge``: gradient discontinuity along the hole's edge. The boundary pixels are the valid pixels with a
-  4-neighbour in the hole; for each such (pixel, hole neighbour) pair we take ``|I(p) - I(h)|`` (L*a*b*
-  Euclidean distance) and divide its mean by the mean of the same quantity over all 4-neighbour pairs
-  of the *original* photo. 1.0 means the hole's edge is as smooth as a typical pixel step of the
-  photo; a visible seam gives a larger number.
-- ``edge_seam`` (ours only): the same measure along the boundary of the region our composite took from
-  the source photo, which is where a completion's seam actually lies (the hole's edge is inside it).
+- ``seam``: discontinuity where each method joins new pixels to the photo's own: for ours the graph-cut
+  seam (the boundary of the region the composite took from the source photo; the hole's edge lies inside
+  that region, where there is no seam), for Telea the hole's edge. Over the 4-neighbour pixel pairs
+  (p, q) that straddle that boundary, the mean ``|Lab(p) - Lab(q)|`` (L*a*b* Euclidean) in the result,
+  divided by the same mean over the same pairs in the untouched photo: 1.0 = the join is as smooth as
+  the photo is there; a visible seam scores more, a blur less.
+- ``paste_detail``: the same step over the pairs inside the hole, result over photo. Our pastes come from
+  the collection's 256-320 px items scaled up about 2x into the 512 px query, so they are smooth by
+  construction (below 1), and a smooth paste also makes a small step across its own seam.
 - ``cnn_cos``: cosine similarity of the ``cnn`` encoder's features (EfficientNet-Lite0, ImageNet) of
   the completed image and the original, unmasked photo; 1.0 = the network sees the same image.
+
+Copies of the query (``--copy-check N``, default 24): with the scene left out above, the completion never
+sees them, so the crop check (``compose.crops``, which completion runs on its best scenes and on every
+candidate it composites) is measured on its own: per query, the check's score (the smaller of its masked
+band-passed NCC and its colour correlation; a copy needs both at or above the threshold) for up to N items
+cut from the query's own photo (crops at 30-100% of the side, half mirrored, colour-jittered; reported
+per crop scale), of N items cut from its partners and of N items cut from other photos, with the share at or above
+the threshold completion uses.
 
 A contact sheet (query with the hole, mask, best 3 completions, Telea) is written for the first
 ``--sheets`` queries to ``out/bench_complete/``. The last line printed is one JSON object.
@@ -62,6 +75,18 @@ CHUNK = 5000           # generated files per folder (and per `nearsight index` c
 SOURCE_SIDE = 1024     # sample photos are decoded to about this long side before cropping
 
 
+# Sample photos of the same scene as another (file stems): a query's partners leave the collection with it.
+PARTNERS = (
+    ("opencv-doc__aero1", "opencv-doc__aero3"),                  # two frames of one video
+    ("opencv-doc__aloeL", "opencv-doc__aloeR"),                  # stereo pair
+    ("opencv-doc__basketball1", "opencv-doc__basketball2"),      # two frames of one video
+    ("opencv-doc__graf1", "opencv-doc__graf3"),                  # one wall from two viewpoints
+    ("opencv-doc__leuvenA", "opencv-doc__leuvenB"),              # one street, two exposures
+    ("opencv-doc__left", "opencv-doc__right"),                   # stereo pair
+    ("opencv-doc__rubberwhale1", "opencv-doc__rubberwhale2"),    # two frames of one video
+)
+
+
 # ------------------------------------------------------------------------------ the collection
 def sample_photos() -> list[str]:
     paths = sorted(p for p in glob.glob(os.path.join(PHOTOS, "*")) if p.lower().endswith((".jpg", ".jpeg", ".png")))
@@ -80,6 +105,18 @@ def _load_source(path: str) -> np.ndarray:
         if scale < 1:
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
         return np.asarray(im)
+
+
+def item_crop(k: int, source_shape: tuple[int, int]) -> tuple[float, bool]:
+    """(crop scale, mirrored) of item k, replaying ``make_item``'s draws."""
+    rng = np.random.default_rng(1_000_003 * k + 17)
+    h, w = source_shape
+    scale = rng.choice([1.0, 0.75, 0.55, 0.4, 0.3])
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch = max(32, min(h, round(h * scale)))
+    cw = max(32, min(w, round(w * scale * aspect)))
+    rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1), rng.integers(256, 321)
+    return float(scale), bool(rng.random() < 0.5)
 
 
 def item_name(k: int, n_sources: int) -> str:
@@ -197,6 +234,16 @@ def item_sources(coll) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------- queries
+def same_scene(photos: list[str], index: int) -> list[int]:
+    """The photo ``index`` and its partners (``PARTNERS``), as indices into ``photos``."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in photos]
+    group = {stems[index]}
+    for pair in PARTNERS:
+        if stems[index] in pair:
+            group.update(pair)
+    return [i for i, stem in enumerate(stems) if stem in group]
+
+
 def load_query(path: str, side: int) -> np.ndarray:
     """A sample photo reduced to ``side`` px on its long side, (H, W, 3) uint8."""
     from PIL import Image
@@ -230,26 +277,31 @@ def random_hole(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------- quality
-def edge_discontinuity(image: np.ndarray, original: np.ndarray, hole: np.ndarray) -> float:
-    # (``hole`` may be any region: the seam measure passes the region taken from the source photo.)
-    """Mean L*a*b* step across the hole's edge over the photo's mean step.
-
-    For every 4-neighbour pair (p, q) with p outside the hole and q inside, ``|Lab(p) - Lab(q)|``
-    (Euclidean) in ``image``; its mean divided by the mean of the same step over all 4-neighbour pairs
-    of ``original``. About 1: the edge is as smooth as the photo's typical pixel step; a seam scores more.
-    """
+def _pair_steps(image: np.ndarray, select) -> np.ndarray:
+    """|Lab(p) - Lab(q)| over the 4-neighbour pairs (p, q) that ``select(a, b)`` picks (a, b: index tuples)."""
     from nearsight.retrieval.compose.lab import rgb_to_lab
 
-    lab, ref = rgb_to_lab(image).astype(np.float64), rgb_to_lab(original).astype(np.float64)
-    steps, ref_steps = [], []
+    lab = rgb_to_lab(image).astype(np.float64)
+    steps = []
     for axis in (0, 1):
         a, b = [slice(None), slice(None)], [slice(None), slice(None)]
         a[axis], b[axis] = slice(None, -1), slice(1, None)
         a, b = tuple(a), tuple(b)
-        crossing = hole[a] != hole[b]
-        steps.append(np.linalg.norm(lab[a] - lab[b], axis=2)[crossing])
-        ref_steps.append(np.linalg.norm(ref[a] - ref[b], axis=2).reshape(-1))
-    return float(np.concatenate(steps).mean() / max(np.concatenate(ref_steps).mean(), 1e-9))
+        steps.append(np.linalg.norm(lab[a] - lab[b], axis=2)[select(a, b)])
+    return np.concatenate(steps)
+
+
+def join_discontinuity(image: np.ndarray, original: np.ndarray, region: np.ndarray) -> float:
+    """Mean L*a*b* step across the boundary of ``region`` in ``image`` over the same pairs' step in
+    ``original``: 1.0 = as smooth there as the untouched photo (see the module docstring)."""
+    across = lambda a, b: region[a] != region[b]  # noqa: E731
+    return float(_pair_steps(image, across).mean() / max(_pair_steps(original, across).mean(), 1e-9))
+
+
+def detail_ratio(image: np.ndarray, original: np.ndarray, hole: np.ndarray) -> float:
+    """Mean L*a*b* step between neighbours inside ``hole``, ``image`` over ``original``."""
+    inside = lambda a, b: hole[a] & hole[b]  # noqa: E731
+    return float(_pair_steps(image, inside).mean() / max(_pair_steps(original, inside).mean(), 1e-9))
 
 
 class CnnSimilarity:
@@ -300,6 +352,47 @@ def contact_sheet(rows: list[dict], path: str, tile: int = 256) -> None:
     sheet.save(path)
 
 
+def copy_check(coll, photos: list[str], p: int, query: np.ndarray, hole: np.ndarray, count: int,
+               rng: np.random.Generator) -> dict:
+    """Masked NCC (``compose.crops``) of the query with items of its own photo, its partners and others."""
+    from nearsight.retrieval.compose.crops import CropFinder
+    from nearsight.retrieval.scene_match import thumbnail_image
+
+    ids, sources = item_sources(coll)
+    scene = same_scene(photos, p)
+    finder = CropFinder(query, ~hole)
+    source_shape = _load_source(photos[p]).shape[:2]
+    out = {"own": [], "partner": [], "other": []}
+    groups = {"own": ids[sources == p], "partner": ids[np.isin(sources, [i for i in scene if i != p])],
+              "other": ids[~np.isin(sources, scene) & (sources >= 0)]}
+    for group, pool in groups.items():
+        for item_id in rng.choice(pool, size=min(count, len(pool)), replace=False):
+            m = finder.match(np.asarray(thumbnail_image(coll, int(item_id), None).convert("RGB")))
+            row = {"id": int(item_id), "ncc": round(min(m.ncc, m.colour), 4)}  # a copy needs both
+            if group == "own":
+                k = int(os.path.basename(coll.item(int(item_id)).path)[4:10])
+                row["scale"], row["mirrored"] = item_crop(k, source_shape)
+            out[group].append(row)
+    return out
+
+
+def copy_summary(checks: list[dict], threshold: float) -> dict:
+    """Share of each kind of item at or above ``threshold``; crops per crop scale."""
+    def share(rows):
+        return {"n": len(rows), "caught": round(float(np.mean([r["ncc"] >= threshold for r in rows])), 3) if rows else None,
+                "ncc_median": round(float(np.median([r["ncc"] for r in rows])), 3) if rows else None}
+
+    own = [r for c in checks for r in c["own"]]
+    out = {"threshold": threshold,
+           "crops_by_scale": {str(s): share([r for r in own if r["scale"] == s]) for s in sorted({r["scale"] for r in own})},
+           "crops_0.55_to_1_mirrored": share([r for r in own if r["scale"] >= 0.55 and r["mirrored"]]),
+           "partners": share([r for c in checks for r in c["partner"]]),
+           "other_photos": share([r for c in checks for r in c["other"]])}
+    others = [r["ncc"] for c in checks for r in c["other"]]
+    out["other_photos"]["ncc_max"] = round(float(max(others)), 3) if others else None
+    return out
+
+
 # ---------------------------------------------------------------------------------- benchmark
 def _load() -> tuple[float, float, float]:
     return os.getloadavg()
@@ -326,16 +419,21 @@ def run(args) -> dict:
     photos = sample_photos()
     rng = np.random.default_rng(args.seed)
     picks = rng.permutation(len(photos))[:args.queries]
+
+    def scene_items(p):  # the items of the query's scene: cut from it or from its partners
+        ids, sources = item_sources(coll)  # again each time: a collection still being built has grown since
+        return ids[np.isin(sources, same_scene(photos, p))]
+
     config = CompletionConfig(workers=args.threads)
     cnn = CnnSimilarity()
     load_start = _load()
 
-    cases, sheet_rows = [], []
+    cases, sheet_rows, copies = [], [], []
     # Warm-up, not counted: the first query pays for reading the shards and loading torch and the filters.
     t = time.perf_counter()
     q0 = load_query(photos[picks[0]], args.side)
     complete_scene_report(coll, q0, random_hole(q0.shape[:2], np.random.default_rng(0)), n=1,
-                          config=replace(config, candidates=8, seam_pool=4), exclude=ids[sources == picks[0]])
+                          config=replace(config, candidates=8, seam_pool=4), exclude=scene_items(picks[0]))
     warmup_s = time.perf_counter() - t
 
     for qi, p in enumerate(picks):
@@ -344,8 +442,8 @@ def run(args) -> dict:
         hole = random_hole(original.shape[:2], np.random.default_rng(args.seed * 1000 + qi))
         query = original.copy()
         query[hole] = 0  # nothing of the truth is left in the hole
-        ids, sources = item_sources(coll)  # again: a collection still being built has grown since
-        exclude = ids[sources == p]
+        exclude = scene_items(p)
+        ids, sources = item_sources(coll)
         cpu = time.process_time()
         report = complete_scene_report(coll, query, hole, n=args.n, config=config, exclude=exclude)
         cpu = time.process_time() - cpu
@@ -368,15 +466,19 @@ def run(args) -> dict:
         inpainted = telea(query, hole)
         telea_s = time.perf_counter() - t
         cos = cnn([ours[0], inpainted], original)
+        if args.copy_check:
+            copies.append(copy_check(coll, photos, p, query, hole, args.copy_check,
+                                     np.random.default_rng(args.seed * 1000 + qi)))
         case = {"photo": name, "size": list(original.shape[:2]), "hole": round(float(hole.mean()), 4),
                 "timings": {k: round(v, 3) for k, v in report.timings.items()}, "cpu_s": round(cpu, 3),
                 "route": exhaustive.route,
                 "note": exhaustive.note, "completions": len(ours), "best_id": report.completions[0].id,
                 "best_source_photo": int(dict(zip(ids.tolist(), sources.tolist())).get(report.completions[0].id, -1)),
-                "edge": {"ours": edge_discontinuity(ours[0], original, hole),
-                         "telea": edge_discontinuity(inpainted, original, hole),
-                         "original": edge_discontinuity(original, original, hole),
-                         "ours_seam": edge_discontinuity(ours[0], original, report.completions[0].region)},
+                "excluded": int(len(exclude)), "skipped": {k: len(v) for k, v in report.skipped.items()},
+                "seam": {"ours": join_discontinuity(ours[0], original, report.completions[0].region),
+                         "telea": join_discontinuity(inpainted, original, hole)},
+                "paste_detail": {"ours": detail_ratio(ours[0], original, hole),
+                                 "telea": detail_ratio(inpainted, original, hole)},
                 "cnn_cos": {"ours": cos[0], "telea": cos[1]}, "telea_s": telea_s,
                 "scene_routes": {k: {kk: round(vv, 4) for kk, vv in v.items()} for k, v in routes.items()}}
         cases.append(case)
@@ -401,12 +503,22 @@ def run(args) -> dict:
            "stage_median_s": stages, "total_s": stat(totals), "target_s": 10.0,
            "under_target": bool(np.median(totals) < 10.0), "warmup_s": round(warmup_s, 2),
            "cpu_s": stat([c["cpu_s"] for c in cases]),
-           "edge": {k: stat([c["edge"][k] for c in cases])["mean"] for k in ("ours", "telea", "original", "ours_seam")},
+           "queries_chosen": f"random sample photos (seed {args.seed}); items cut from each query's photo and from its "
+                             f"stereo/video/viewpoint partners excluded, so its scene is not in the collection",
+           "seam": {k: stat([c["seam"][k] for c in cases])["mean"] for k in ("ours", "telea")},
+           "seam_note": "step across the join over the untouched photo's step at the same pixel pairs: ours across "
+                        "the graph-cut seam, Telea across the hole's edge; our pastes are upscaled ~2x from "
+                        "256-320 px items, smooth by construction (paste_detail < 1)",
+           "paste_detail": {k: stat([c["paste_detail"][k] for c in cases])["mean"] for k in ("ours", "telea")},
            "cnn_cos": {k: stat([c["cnn_cos"][k] for c in cases])["mean"] for k in ("ours", "telea")},
            "telea_s": stat([c["telea_s"] for c in cases])["mean"],
            "ratio_total_to_telea": round(float(np.median(totals) / max(1e-9, np.median([c["telea_s"] for c in cases]))), 1),
            "load_avg": [round(x, 2) for x in (*load_start[:1], *_load()[:1])],
            "sheet": os.path.relpath(sheet, ROOT) if sheet_rows else None, "build_s": round(build_s, 1)}
+    if copies:
+        from nearsight.retrieval.compose.crops import DEFAULT_THRESHOLD
+
+        out["copy_check"] = copy_summary(copies, config.crop_threshold or DEFAULT_THRESHOLD)
     if cases[0]["scene_routes"]:
         out["scene_s"] = {"exhaustive": stages["scene"],
                           **{r: stat([c["scene_routes"][r]["s"] for c in cases])["median"] for r in cases[0]["scene_routes"]}}
@@ -429,6 +541,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="CompletionConfig.workers")
     parser.add_argument("--sheets", type=int, default=3, help="cases on the contact sheet")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--copy-check", type=int, default=24, help="items per kind in the crop check (0: none)")
     args = parser.parse_args()
     if args.build_only:
         print(build_collection(args.n_items, workers=args.build_workers))
