@@ -3,7 +3,9 @@
 Why processes and not threads: the methods are seconds of numpy, scipy and PyMaxflow with Python in
 between; run on the server's threads they would contend for the GIL with every search, and they would
 share its memory. A worker's memory is its own: the server's RSS stays the searches', and each worker's
-peaks at its own base plus one job at the capped working size (``JobConfig.max_side``).
+peaks at its own base plus one job: the method at the capped working size (``JobConfig.max_side``), and for a
+completion of a larger photo the photo itself and its full-size blend, which ``CompletionConfig.full_max_pixels``
+bounds (about 0.85 GB at its default).
 
 CPU: closed-loop searches saturate every core they may use, so a worker that merely shares the cores gets
 a thread's share (niced, next to nothing: measured 0 completions a minute under 8 concurrent searches on
@@ -59,7 +61,8 @@ class JobConfig:
     - ``ttl``: seconds a finished job and its result are kept.
     - ``keep``: finished jobs kept at most (the oldest go first).
     - ``max_side``: the working size cap: photos are reduced to this long side at submit, so one job's
-      memory is bounded whatever was uploaded (results have that size at most).
+      memory is bounded whatever was uploaded; colorize and recolor results have that size at most, while
+      completions are blended again at the photo's own size (within ``full_max_pixels``).
     - ``nice``: how much lower than the server a worker's CPU priority is.
     - ``partition``: split the cores between the workers and the server while jobs run (see above);
       ignored where the cores cannot be set or there are not more cores than workers.

@@ -3,7 +3,8 @@ thread, so a bad request is its 4xx at once, never a failed job later), ``run`` 
 in a worker process (``jobs.worker_main`` calls it).
 
 Inputs are plain arrays and numbers (they cross a pipe): the photo reduced to ``max_side`` on its long
-side, which bounds what one job holds in memory whatever was uploaded.
+side, which bounds what the method holds in memory whatever was uploaded (a completion also carries the
+photo at its own size, for the full-size blend that ``full_max_pixels`` bounds).
 """
 from __future__ import annotations
 

@@ -129,8 +129,9 @@ async function runComplete() {
   tools.cStatus.textContent = "Submitting…";
   try {
     const answer = await runJob("complete", form, (s) => { tools.cStatus.textContent = jobLabel(s); }, completeAbort.signal);
-    const skipped = answer.skipped || { excluded: [], near_duplicates: [] };
-    const left = skipped.excluded.length + skipped.near_duplicates.length;
+    const skipped = answer.skipped || {};
+    // the photo itself, its near-duplicates and its crops (or photos it was cropped from)
+    const left = ["excluded", "near_duplicates", "crops"].reduce((n, key) => n + (skipped[key] || []).length, 0);
     tools.cStatus.textContent = `${answer.completions.length} completion${answer.completions.length === 1 ? "" : "s"}` +
       (left ? `; left out ${left} cop${left === 1 ? "y" : "ies"} of your photo found in the collection` : "");
     const shown = document.createElement("canvas");  // the photo with the painted hole, beside the results
