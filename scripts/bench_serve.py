@@ -86,7 +86,7 @@ def parse_args():
     p.add_argument("--time-limit", type=float, default=240, help="Seconds per timed phase at most; requests it leaves unsent count as errors.")
     p.add_argument("--fuzz-examples", type=int, default=30, help="schemathesis --max-examples per operation.")
     p.add_argument("--fuzz-seconds", type=int, default=120,
-                   help="schemathesis budget (--max-time): 2/3 for the image methods, 1/3 for the other routes.")
+                   help="schemathesis budget (--max-time): 2/3 shared by the image methods, 1/3 for the other routes.")
     p.add_argument("--no-fuzz", action="store_true", help="Only the search timings.")
     p.add_argument("--fuzz-only", action="store_true", help="Only the schemathesis run (no 100k fixture).")
     p.add_argument("--seed", type=int, default=0)
@@ -455,6 +455,7 @@ def fuzz(url: str, examples: int, seconds: int, seed: int, hooks: str | None = N
             out, timed_out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), True
         statuses: dict[int, int] = {}
         per_operation: dict[str, dict[int, int]] = {}
+        queue_full = 0
         for path in glob.glob(os.path.join(report, "*.ndjson")):
             with open(path) as f:
                 for line in f:
@@ -469,6 +470,8 @@ def fuzz(url: str, examples: int, seconds: int, seed: int, hooks: str | None = N
                         status = (inter.get("response") or {}).get("status_code")
                         if status is None:
                             continue
+                        if status == 503 and b"queue_full" in _content(inter["response"]):
+                            queue_full += 1  # the documented back-pressure answer, not a server error
                         statuses[status] = statuses.get(status, 0) + 1
                         op = per_operation.setdefault(label if label.split(" ", 1)[0].isupper() else "stateful", {})
                         op[status] = op.get(status, 0) + 1
@@ -479,7 +482,8 @@ def fuzz(url: str, examples: int, seconds: int, seed: int, hooks: str | None = N
             if text.strip():  # empty when the run was killed before its end
                 failures = [{"code": x["code"], "title": x["title"], "count": x["count"], "operations": x["operations"]}
                             for x in json.loads(text).get("failures", [])]
-    return {"requests": sum(statuses.values()), "server_errors": sum(n for s, n in statuses.items() if s >= 500),
+    return {"requests": sum(statuses.values()),
+            "server_errors": sum(n for s, n in statuses.items() if s >= 500) - queue_full, "queue_full": queue_full,
             "statuses": dict(sorted(statuses.items())), "failures": failures, "timed_out": timed_out,
             "per_operation": {op: dict(sorted(v.items())) for op, v in sorted(per_operation.items())},
             "seconds": round(time.perf_counter() - start, 1), "summary": out.strip().splitlines()[-1:] if out else []}
@@ -587,14 +591,19 @@ def fuzz_every_encoder(args) -> dict:
     print(f"fuzz collection {directory}: {items} items, encoders {', '.join(encoders)}"
           + (f"; registered encoders it lacks: {', '.join(missing)}" if missing else ""), flush=True)
     hooks = str(ROOT / "scripts" / "serve_fuzz_hooks.py")
-    server = Server(directory, ("--threads", "4", "--heavy-workers", "1", "--feedback"))
+    # A deeper job queue: schemathesis sends async jobs faster than the workers run them, and a full queue
+    # (503 queue_full, counted apart) stops the methods being reached; not so deep that a waiting request
+    # outlives schemathesis's 120 s request timeout behind the backlog.
+    server = Server(directory, ("--threads", "4", "--heavy-workers", "2", "--job-queue", "32", "--feedback"))
     try:
-        # Two budgets: the image methods answer in seconds (a job each), so sharing one budget with the quick
-        # routes would leave one side barely fuzzed.
-        heavy = ("include", IMAGE_METHOD_PATHS)
-        light = ("exclude", IMAGE_METHOD_PATHS)
-        runs = [fuzz(server.url, args.fuzz_examples, max(1, round(args.fuzz_seconds * 2 / 3)), args.seed, hooks, heavy),
-                fuzz(server.url, args.fuzz_examples, max(1, round(args.fuzz_seconds / 3)), args.seed, hooks, light)]
+        # A budget per image method and one for the other routes: the methods answer in seconds (a job each),
+        # and schemathesis spends a shared budget in order (the coverage phase of the first operations), so a
+        # shared one leaves the later methods with a handful of requests.
+        each = max(1, round(args.fuzz_seconds * 2 / 3 / len(IMAGE_METHODS)))
+        runs = [fuzz(server.url, args.fuzz_examples, each, args.seed, hooks, ("include", f"^/api/{m}$"))
+                for m in IMAGE_METHODS]
+        runs.append(fuzz(server.url, args.fuzz_examples, max(1, round(args.fuzz_seconds / 3)), args.seed, hooks,
+                         ("exclude", IMAGE_METHOD_PATHS)))
         fuzzed = _merge_fuzz(runs)
         alive = server.proc.poll() is None
     finally:
@@ -603,6 +612,7 @@ def fuzz_every_encoder(args) -> dict:
         if os.path.exists(os.path.join(directory, "feedback.jsonl")):
             os.remove(os.path.join(directory, "feedback.jsonl"))
     print(f"schemathesis: {fuzzed['requests']} requests, statuses {fuzzed['statuses']}, 5xx {fuzzed['server_errors']}"
+          f" (besides {fuzzed['queue_full']} 503 queue_full)"
           f"{' (timed out)' if fuzzed['timed_out'] else ''}, failed checks {fuzzed['failures']}", flush=True)
     for op, statuses in fuzzed["per_operation"].items():
         print(f"  {op:40s} {statuses}", flush=True)
@@ -610,11 +620,23 @@ def fuzz_every_encoder(args) -> dict:
             **{k: v for k, v in fuzzed.items() if k != "summary"}, "server_alive_after": alive}
 
 
-IMAGE_METHOD_PATHS = "^/api/(complete|colorize|recolor|jobs)"
+IMAGE_METHODS = ("complete", "colorize", "recolor", "jobs")
+IMAGE_METHOD_PATHS = "^/api/(complete|colorize|recolor|jobs)$"
+
+
+def _content(response: dict) -> bytes:
+    """A response body from schemathesis's NDJSON report (base64 under "$base64", or plain text)."""
+    import base64
+
+    body = response.get("content") or b""
+    if isinstance(body, dict) and "$base64" in body:
+        return base64.b64decode(body["$base64"])
+    return body.encode() if isinstance(body, str) else bytes(body)
 
 
 def _merge_fuzz(runs: list[dict]) -> dict:
     out = {"requests": sum(r["requests"] for r in runs), "server_errors": sum(r["server_errors"] for r in runs),
+           "queue_full": sum(r["queue_full"] for r in runs),
            "statuses": {}, "failures": [f for r in runs for f in r["failures"]],
            "timed_out": any(r["timed_out"] for r in runs), "per_operation": {},
            "seconds": round(sum(r["seconds"] for r in runs), 1), "summary": [s for r in runs for s in r["summary"]]}

@@ -69,7 +69,8 @@ def _replace(value, rng: random.Random, size: tuple[int, int], binary: bool):
         return value
     out = {}
     for key, v in value.items():
-        if key in IMAGE_FIELDS and isinstance(v, (str, bytes, bytearray)):
+        # schemathesis's multipart files are Binary objects (often a 1-pixel PNG): replaced as well
+        if key in IMAGE_FIELDS and (isinstance(v, (str, bytes, bytearray)) or type(v).__name__ == "Binary"):
             own = size if key != "reference" and rng.random() < 0.9 else _size(rng)
             data = make_image(rng, own, mask=key == "mask")
             out[key] = data if binary else base64.b64encode(data).decode("ascii")
