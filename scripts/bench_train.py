@@ -213,22 +213,8 @@ def text_latency_ms(coll, name: str, repeats: int = 50) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--collection", default=os.path.join(ROOT, "data", "bench_train.ns"))
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--timing-collection", default=os.path.join(ROOT, "data", "bench_train10k.ns"),
-                    help="collection of more than 10k pairs to time one training on (built if missing; '' skips)")
-    ap.add_argument("--folds", type=int, default=5, help="cross-validation folds over the captions and labels")
-    ap.add_argument("--seeds", type=int, default=1, help="training seeds per fold")
-    ap.add_argument("--copy-items", type=int, default=300, help="items copied for the copy-detection row (0: skip)")
-    args = ap.parse_args()
-    if not os.path.exists(os.path.join(args.collection, "collection.json")):
-        build(args.collection)
-    load = os.getloadavg()[0]
-    coll = Collection.open(args.collection)
-    matrix = coll.embedding_matrix("cnn")
-    pairs = collect_pairs(coll, matrix.has, sources=("captions", "labels"))
+def compare_negatives(coll, matrix, pairs, args, load: float) -> dict:
+    """The retrieval rows: each kind of negatives trained on every fold, the zero-shot bridge, the paired gains."""
     splits = list(folds(pairs, args.folds))
     n_captions = sum(len(Evaluation(pairs, c, lab).caption_queries) for _, c, lab in splits)
     print(f"{len(pairs)} pairs ({pairs.counts()}); {args.folds} folds, each training on about "
@@ -274,6 +260,30 @@ def main() -> None:
           f"({100 * bridge_gain[1]:+.1f}% .. {100 * bridge_gain[2]:+.1f}%), {rows[best_hard]['fashion_mAP']:.3f} vs "
           f"{rows['zero-shot bridge']['fashion_mAP']:.3f} mAP")
 
+    return {"folds": args.folds, "held_out_captions": n_captions, "rows": rows, "best_hard": best_hard,
+            "hard_vs_random_r1_gain": round(gain, 3), "hard_vs_random_r1_gain_95": [round(low, 3), round(high, 3)],
+            "hard_vs_bridge_r1_gain": round(bridge_gain[0], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--collection", default=os.path.join(ROOT, "data", "bench_train.ns"))
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--timing-collection", default=os.path.join(ROOT, "data", "bench_train10k.ns"),
+                    help="collection of more than 10k pairs to time one training on (built if missing; '' skips)")
+    ap.add_argument("--folds", type=int, default=5,
+                    help="cross-validation folds over the captions and labels (0: skip the retrieval rows)")
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per fold")
+    ap.add_argument("--copy-items", type=int, default=300, help="items copied for the copy-detection row (0: skip)")
+    args = ap.parse_args()
+    if not os.path.exists(os.path.join(args.collection, "collection.json")):
+        build(args.collection)
+    load = os.getloadavg()[0]
+    coll = Collection.open(args.collection)
+    matrix = coll.embedding_matrix("cnn")
+    pairs = collect_pairs(coll, matrix.has, sources=("captions", "labels"))
+    comparison = compare_negatives(coll, matrix, pairs, args, load) if args.folds else None
+
     timing = None
     if args.timing_collection:
         timing = time_training(args.timing_collection, args.epochs)
@@ -299,12 +309,8 @@ def main() -> None:
     else:
         print("no installed text model in the collection for the latency figure (run nearsight train on it)")
     coll.close()
-    print(json.dumps({"bench": "train", "load_average": round(load, 1), "folds": args.folds, "held_out_captions": n_captions,
-                      "rows": rows, "hard_vs_random_r1_gain": round(gain, 3),
-                      "hard_vs_random_r1_gain_95": [round(low, 3), round(high, 3)],
-                      "hard_vs_bridge_r1_gain": round(bridge_gain[0], 3), "best_hard": best_hard,
-                      "training_time": timing, "text_query_ms": latency,
-                      "copy_detection": copy_detection}))
+    print(json.dumps({"bench": "train", "load_average": round(load, 1), **(comparison or {}),
+                      "training_time": timing, "text_query_ms": latency, "copy_detection": copy_detection}))
 
 
 if __name__ == "__main__":
