@@ -616,8 +616,14 @@ def fuzz_every_encoder(args) -> dict:
           f"{' (timed out)' if fuzzed['timed_out'] else ''}, failed checks {fuzzed['failures']}", flush=True)
     for op, statuses in fuzzed["per_operation"].items():
         print(f"  {op:40s} {statuses}", flush=True)
+    # The server's own account of any 5xx: its log's tracebacks (a stateful chain is hard to replay by hand).
+    log = "".join(server.log)
+    tracebacks = [log[i:i + 2000] for i in [m.start() for m in re.finditer("Traceback", log)][:3]]
+    for tb in tracebacks:
+        print("server traceback:", tb, flush=True)
     return {"collection_items": items, "encoders": encoders, "encoders_missing": missing, "built": built,
-            **{k: v for k, v in fuzzed.items() if k != "summary"}, "server_alive_after": alive}
+            **{k: v for k, v in fuzzed.items() if k != "summary"}, "server_alive_after": alive,
+            "server_tracebacks": tracebacks}
 
 
 IMAGE_METHODS = ("complete", "colorize", "recolor", "jobs")
