@@ -597,6 +597,18 @@ def test_degree_is_chosen_by_measurement(data):
                          max_build_seconds=0.0) is tight
 
 
+def test_degree_ties_go_to_the_smaller_degree_then_the_wider_build():
+    from nearsight.retrieval.index.degree import degree_plan
+    plan = plan_index(60_000, 784, "l2", "4G", "speed")
+    p = {"efSearch": 40, "k_factor": 1}
+    costs = {(16, 40): (329.0, p, 0.992, 6.0), (16, 80): (333.0, p, 0.992, 14.0), (16, 160): (346.0, p, 0.993, 21.0),
+             (32, 80): (400.0, p, 0.992, 13.0)}
+    chosen = degree_plan(plan, costs, 0.99)
+    assert (chosen.factory, chosen.ef_construction) == ("HNSW16", 80)   # 160 is past the 5% tie
+    costs[(16, 80)] = (360.0, p, 0.992, 14.0)                           # a real difference wins
+    assert degree_plan(plan, costs, 0.99).ef_construction == 40
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "HNSW16,SQ8", "LSHr"])
 def test_default_search_path_matches_the_general_one(factory, data, fresh):
     x, ids, source = data
