@@ -294,7 +294,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
                 exact_latency_ms=result.get("exact_latency_ms"), warnings=result.get("warnings"))
             extra[t][f"raw-faiss-{mode}"] = dict(factory=index.factory, params=p.to_dict())
 
-    # -- ours: speed (degree measured per target, one build per distinct factory) and compact -------------
+    # -- ours: speed (degree and efConstruction measured per target, one build per distinct pair) and compact -------------
     if "speed" in args.modes:
         speed = plan_index(n, d, metric, args.max_memory, "speed")
         t0 = time.perf_counter()
@@ -304,7 +304,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
         by_factory: dict = {}
         for t in TARGETS:
             plan = degree_plan(speed, costs.get(t, {}), t, K)
-            by_factory.setdefault(plan.factory, (plan, []))[1].append(t)
+            by_factory.setdefault((plan.factory, plan.ef_construction), (plan, []))[1].append(t)
         for plan, targets in by_factory.values():
             ours("speed", plan, targets)
     compact = plan_index(n, d, metric, args.max_memory, "compact")
