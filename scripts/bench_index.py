@@ -294,7 +294,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
                 exact_latency_ms=result.get("exact_latency_ms"), warnings=result.get("warnings"))
             extra[t][f"raw-faiss-{mode}"] = dict(factory=index.factory, params=p.to_dict())
 
-    # -- ours: speed (degree and efConstruction measured per target, one build per distinct pair) and compact -------------
+    # -- ours: speed (degree and efConstruction measured per target, one build per distinct pair) and compact ---
     if "speed" in args.modes:
         speed = plan_index(n, d, metric, args.max_memory, "speed")
         t0 = time.perf_counter()
