@@ -410,6 +410,10 @@ document.addEventListener("keydown", (e) => {
 
 // The encoders for "more like this", then the page the address bar names.
 (async () => {
+  // DOMContentLoaded comes after every deferred script has run: batch.js (loaded after this file) must be
+  // there before a ?ids= link is searched, and the stats can arrive while it is still downloading
+  const scriptsRun = document.readyState === "loading"
+    ? new Promise((done) => document.addEventListener("DOMContentLoaded", done, { once: true })) : null;
   try {
     const stats = await (await api("api/stats")).json();
     encoders = stats.encoders;
@@ -421,5 +425,6 @@ document.addEventListener("keydown", (e) => {
       els.encoder.value = encoder;
     }
   } catch (_) { /* app.js's loadStats shows the error or asks for a token */ }
+  if (scriptsRun) await scriptsRun;
   route(history.state);
 })();
