@@ -408,10 +408,6 @@ def _run(x, params: GistParams, device, masks=None) -> np.ndarray:
     return out
 
 
-_PARALLEL_LOCK = threading.Lock()
-_WORKERS = None
-
-
 def _run_image_parallel(run_range, n: int, chunk: int, threads: int) -> None:
     """CPU: spread whole images over ``threads`` worker threads, each running torch single-threaded.
 
@@ -419,32 +415,13 @@ def _run_image_parallel(run_range, n: int, chunk: int, threads: int) -> None:
     per image wait for its slowest thread; on a machine shared with other work a descheduled thread
     stalls them all. Whole images per thread need no synchronisation at all: measured on this
     2-core machine at 128 px, 220 images/s against 180 for intra-op threads when idle, and 124 against
-    103 with the other core busy.
-    Torch's thread count is global, so the workers set it to 1 and the caller's value is put back
-    afterwards; the lock keeps concurrent callers from interleaving that.
+    103 with the other core busy. The encoders' pool (``netutil.run_image_parallel``) runs them.
     """
-    import torch
-    from concurrent.futures import ThreadPoolExecutor
+    from .encoders.netutil import run_image_parallel  # here: the encoders package imports this module
 
-    global _WORKERS
     bounds = list(range(0, n, chunk)) + [n]
     ranges = list(zip(bounds[:-1], bounds[1:]))
-
-    def task(span):
-        torch.set_num_threads(1)  # this worker's OpenMP pool (and MKL's) to one thread
-        run_range(*span)
-
-    with _PARALLEL_LOCK:
-        previous = torch.get_num_threads()
-        try:
-            if _WORKERS is None or _WORKERS._max_workers != threads:
-                if _WORKERS is not None:
-                    _WORKERS.shutdown(wait=True)
-                _WORKERS = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gist")
-            for job in [_WORKERS.submit(task, span) for span in ranges]:
-                job.result()
-        finally:
-            torch.set_num_threads(previous)
+    run_image_parallel(lambda i: run_range(*ranges[i]), len(ranges), threads)
 
 
 def gist(images, params: GistParams = GistParams(), device="cpu") -> np.ndarray:
