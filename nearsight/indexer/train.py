@@ -148,7 +148,6 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
     negative_groups = merge_similar(pairs.groups, np.array([text_row[t] for t in pairs.texts], np.int64),
                                     text_feats, config.same_text) if len(pairs) else pairs.groups
     groups = torch.from_numpy(negative_groups).to(device)
-    groups_np = np.asarray(pairs.groups)
     # group of every collection row (-1: no text), to keep same-group items out of the negatives
     row_group = np.full(len(all_ids), -1, np.int64)
     row_group[item_row(pairs.item_ids)] = negative_groups
@@ -175,7 +174,7 @@ def train_heads(coll: Collection, config: TrainConfig, pairs: Pairs | None = Non
         if config.mine_collection and not warm and use_text:
             mined = mine_negatives(heads, text_feats, pair_text[train_rows], groups[train_rows],
                                    pair_item[train_rows], all_feats, row_group_t, config.negatives, rng)
-        order = capped_order(groups_np[train_rows], config.group_cap, rng) if use_text else np.zeros(0, np.int64)
+        order = capped_order(pairs.groups[train_rows], config.group_cap, rng) if use_text else np.zeros(0, np.int64)
         losses = copies.train_epoch(heads, optimizer, "sum" if warm else config.negatives) if copies else []
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
