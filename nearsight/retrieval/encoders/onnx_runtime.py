@@ -80,11 +80,15 @@ def cache_path(weights_path: str, name: str) -> str:
     return os.path.join(root, "nearsight", "onnx", key)
 
 
-def export(module, example: np.ndarray, path: str) -> str:
-    """Export ``module`` (takes a uint8 (n, ...) tensor, returns (n, d) float32) to ``path``; batch axis dynamic."""
+def export(module, example, path: str, inputs: dict[str, dict] | None = None) -> str:
+    """Export ``module`` to ``path``. ``example`` is one array or a tuple of them (the module's arguments);
+    ``inputs`` names them with their dynamic axes (default: one uint8 ``images`` input, batch axis dynamic).
+    The module returns one (n, d) float32 array, ``features``."""
     import torch
     import warnings
 
+    examples = example if isinstance(example, tuple) else (example,)
+    inputs = inputs or {"images": {0: "n"}}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
     os.close(fd)
@@ -92,15 +96,29 @@ def export(module, example: np.ndarray, path: str) -> str:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
             # the TorchScript exporter needs only torch; the dynamo one would also need onnx and onnxscript
-            torch.onnx.export(module.eval(), (torch.from_numpy(example),), tmp, input_names=["images"],
-                              output_names=["features"], dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
-                              opset_version=OPSET, dynamo=False)
+            torch.onnx.export(module.eval(), tuple(torch.from_numpy(x) for x in examples), tmp,
+                              input_names=list(inputs), output_names=["features"],
+                              dynamic_axes={**inputs, "features": {0: "n"}}, opset_version=OPSET, dynamo=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     LOG.info("exported %s", path)
     return path
+
+
+def session(path: str, intra_op_threads: int = 1):
+    """An ORT CPU session over ``path``: ``intra_op_threads`` threads a layer, fully optimised, no spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(intra_op_threads))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no spinning: a waiting thread would burn a core that the decode workers need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 class OrtRunner:
@@ -110,16 +128,8 @@ class OrtRunner:
     """
 
     def __init__(self, path: str, intra_op_threads: int = 1):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads = max(1, int(intra_op_threads))
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no spinning: a waiting thread would burn a core that the decode workers need
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.intra_op_threads = max(1, int(intra_op_threads))
+        self.session = session(path, self.intra_op_threads)
         self.input = self.session.get_inputs()[0].name
         self.path = path
         self._pool = None
