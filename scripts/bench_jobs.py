@@ -16,6 +16,12 @@ baseline (target p50 <= 2x), completions per minute at the steady rate (between 
 finished) against the ideal (target >= 0.9x), 503s issued, other 5xx (must be 0), peak RSS of the
 server and of its workers (sampled every 0.2 s). Everything is bounded in count and time.
 
+A control for the ideal (with --job-cores partition): a fixed numpy workload (FFTs, a matrix product, a
+sparse solve: the kinds of work a completion does), in a process pinned to the workers' cores, timed in CPU
+seconds alone and while the same searches run on the other cores. Our code shares nothing with it, so its
+slowdown is what the chip itself takes from a worker's core when the other cores are busy (shared cache,
+memory bandwidth, clock), which no job executor can give back.
+
     .venv/bin/python scripts/bench_jobs.py                          # builds out/bench_jobs/collection first
     .venv/bin/python scripts/bench_jobs.py --collection DIR         # any collection with gist
     .venv/bin/python scripts/bench_jobs.py --job-cores shared       # workers niced on all cores instead
@@ -276,6 +282,7 @@ def main() -> None:
         print(f"one completion alone: {t1:.2f} s ({args.side} px, n={args.n}; {cpu_per_completion:.2f} s of worker "
               f"CPU); ideal {ideal:.1f}/min with {workers} worker(s); RSS so far {rss.read()}", flush=True)
         base_rss = rss.read()
+        control = chip_control(server.port, ids, args, workers) if client_cores else None
         mixed = []
         for concurrency in phases:
             rss.reset()
@@ -318,9 +325,75 @@ def main() -> None:
                        # the rate if each worker had a whole core to itself (what an idle machine gives)
                        "cpu_ideal_per_minute": round(60.0 * workers / max(cpu_per_completion, 1e-9), 2),
                        "alone_runs_s": [round(a, 3) for a in alone], "ideal_per_minute": round(ideal, 2)},
-        "baseline_search": baseline, "rss_after_one_completion": base_rss, "mixed": mixed,
+        "baseline_search": baseline, "rss_after_one_completion": base_rss, "chip_control": control,
+        "mixed": mixed,
         "server_alive_after": alive, "fixture": fixture,
     }, separators=(",", ":")))
+
+
+def _control_work(rounds: int) -> float:
+    """CPU seconds of a fixed numpy / scipy workload (the kinds of work a completion does)."""
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    rng = np.random.default_rng(0)
+    image = rng.random((512, 512), dtype=np.float32)
+    a, b = rng.random((384, 384), dtype=np.float32), rng.random((384, 384), dtype=np.float32)
+    n = 128
+    lap = scipy.sparse.diags([-1.0, -1.0, 4.0, -1.0, -1.0], [-n, -1, 0, 1, n], shape=(n * n, n * n), format="csr")
+    rhs = rng.random(n * n)
+    start = time.process_time()
+    for _ in range(rounds):
+        np.fft.irfft2(np.fft.rfft2(image) * np.fft.rfft2(image[::-1]))
+        a @ b
+        scipy.sparse.linalg.cg(lap, rhs, maxiter=60)
+    return time.process_time() - start
+
+
+def _control_child(cores, rounds: int, queue) -> None:
+    os.sched_setaffinity(0, cores)
+    queue.put(_control_work(rounds))
+
+
+def chip_control(port: int, ids: list[int], args, workers: int, rounds: int = 100) -> dict:
+    """CPU seconds of the fixed workload on the workers' cores, alone and beside the searches (module doc)."""
+    import multiprocessing
+
+    cores = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count())))[-workers:]
+    ctx = multiprocessing.get_context("spawn")
+
+    def run() -> float:
+        queue = ctx.Queue()
+        child = ctx.Process(target=_control_child, args=(cores, rounds, queue))
+        child.start()
+        seconds = queue.get()
+        child.join()
+        return seconds
+
+    run()  # warm-up: imports, first-touch pages
+    alone = float(np.median([run() for _ in range(3)]))
+    busy, box = [], {}
+    stop = threading.Event()
+
+    def searches():
+        while not stop.is_set():
+            box.update(search_load(port, ids, args.search_concurrency, 2, args.encoder))
+
+    loader = threading.Thread(target=searches)
+    loader.start()
+    try:
+        time.sleep(1)
+        busy = [run() for _ in range(3)]
+    finally:
+        stop.set()
+        loader.join()
+    beside = float(np.median(busy))
+    out = {"cores": cores, "alone_cpu_s": round(alone, 3), "beside_searches_cpu_s": round(beside, 3),
+           "slowdown": round(beside / alone, 3)}
+    print(f"chip control: the same numpy work on core(s) {cores} costs {alone:.2f} CPU s alone, {beside:.2f} beside "
+          f"the searches ({out['slowdown']}x): what the chip takes from a worker core, whatever the executor",
+          flush=True)
+    return out
 
 
 def _pin_clients(workers: int, job_cores: str) -> list[int] | None:

@@ -5,7 +5,11 @@
    item number, ``fashion_photos``) are written to disk in folders of 10,000 (about a thousand a second a
    core), and indexed with ``nearsight index --encoders tiny --no-index``
    in steps up to each size in ``--sizes``: images/s of each step (the last ones must be within 10% of the
-   first: no slow-down with size) and its peak RSS (summed over the process tree, sampled every 50 ms).
+   first: no slow-down with size) and its peak memory, summed over the process tree, sampled every 50 ms: RSS,
+   and the anonymous part alone (proportional: pages a forked worker shares with its parent count once). RSS also
+   counts the clean pages of the LMDB store's memory map (LMDB reads each page through the map when a write
+   transaction changes it, so the mapped pages grow with the store): page cache the kernel takes back under
+   pressure, not memory the ingest holds.
 2. At the largest size: disk bytes per item, ``nearsight build-index --encoder tiny`` time and peak RSS, the
    time of ``nearsight info`` and of opening the collection (a fresh process each).
 3. ``nearsight serve`` on loopback; ``--queries`` searches (k=10) at concurrency ``--concurrency`` by id, then
@@ -107,18 +111,32 @@ def photo_folders(root: str, n: int, workers: int) -> list[str]:
 
 
 # -- processes ---------------------------------------------------------------------------------------------------
-def timed(cmd: list[str]) -> tuple[float, int, str]:
-    """(seconds, peak RSS of the process tree, stdout) of a command that must succeed."""
+def anonymous_bytes(pid: int) -> int:
+    """Proportional anonymous memory of a process (``Pss_Anon`` of /proc/PID/smaps_rollup); 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def timed(cmd: list[str]) -> tuple[float, dict, str]:
+    """(seconds, {"rss": peak RSS, "anonymous": peak anonymous memory} of the process tree in bytes, stdout) of a
+    command that must succeed."""
     start = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    peak = 0
+    peak = {"rss": 0, "anonymous": 0}
     out_chunks = []
     reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()), daemon=True)
     reader.start()
     while proc.poll() is None:
         try:
-            tree = [proc] + proc.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            tree = [p for p in [proc] + proc.children(recursive=True) if p.is_running()]
+            peak["rss"] = max(peak["rss"], sum(p.memory_info().rss for p in tree))
+            peak["anonymous"] = max(peak["anonymous"], sum(anonymous_bytes(p.pid) for p in tree))
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -128,6 +146,10 @@ def timed(cmd: list[str]) -> tuple[float, int, str]:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
     return seconds, peak, "".join(out_chunks)
+
+
+def memory_fields(peak: dict) -> dict:
+    return {"peak_rss_mb": round(peak["rss"] / 2**20, 1), "peak_anonymous_mb": round(peak["anonymous"] / 2**20, 1)}
 
 
 def nearsight(*args: str) -> list[str]:
@@ -227,20 +249,21 @@ def main() -> None:
         rate = (size - done) / seconds
         steps.append({"items": size, "added": size - done, "images_per_s": round(rate, 1),
                       "to_first_step": round(rate / (steps[0]["images_per_s"] if steps else rate), 2),
-                      "peak_rss_mb": round(peak / 2**20, 1)})
+                      **memory_fields(peak)})
         print(f"ingest to {size:>9,} items: {rate:8.1f} images/s ({steps[-1]['to_first_step']}x the first step), "
-              f"peak RSS {peak / 2**20:7.1f} MB")
+              f"peak RSS {peak['rss'] / 2**20:7.1f} MB, anonymous {peak['anonymous'] / 2**20:7.1f} MB")
         done = size
 
     n = sizes[-1]
     result = {"bench": "scale", "items": n, "cores": os.cpu_count(), "ingest": steps,
               "disk_bytes_per_item": round(dir_bytes(coll) / n, 1)}
     seconds, peak, _ = timed(nearsight("build-index", "-c", coll, "--encoder", "tiny"))
-    result["index_build"] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak / 2**20, 1)}
+    result["index_build"] = {"seconds": round(seconds, 1), **memory_fields(peak)}
     result["info_seconds"] = round(timed(nearsight("info", "-c", coll))[0], 2)
     opener = f"from nearsight.retrieval.collection import Collection; c = Collection.open({coll!r}); c.count; c.close()"
     result["open_seconds"] = round(timed([PY, "-c", opener])[0], 2)
-    print(f"disk {result['disk_bytes_per_item']} B/item; build-index {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MB; "
+    print(f"disk {result['disk_bytes_per_item']} B/item; build-index {seconds:.1f} s, peak RSS {peak['rss'] / 2**20:.0f} MB "
+          f"(anonymous {peak['anonymous'] / 2**20:.0f} MB); "
           f"info {result['info_seconds']} s; open {result['open_seconds']} s (fresh processes)")
 
     server, host, port = start_server(coll)
@@ -271,8 +294,9 @@ def main() -> None:
                                            "--encoders", "gist", "--no-index", "--quiet",
                                            "--workers", str(args.workers)))
         result["gist_slice"] = {"items": args.gist_slice, "images_per_s": round(args.gist_slice / seconds, 1),
-                                "peak_rss_mb": round(peak / 2**20, 1)}
-        print(f"gist on {args.gist_slice:,}: {args.gist_slice / seconds:.1f} images/s, peak RSS {peak / 2**20:.0f} MB")
+                                **memory_fields(peak)}
+        print(f"gist on {args.gist_slice:,}: {args.gist_slice / seconds:.1f} images/s, peak RSS "
+              f"{peak['rss'] / 2**20:.0f} MB (anonymous {peak['anonymous'] / 2**20:.0f} MB)")
     result["load_average_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 
