@@ -217,6 +217,18 @@ def multipart(image: bytes, fields: dict) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def gist_slice(args, folders: list[str]) -> dict:
+    """The first ``--gist-slice`` photos indexed with gist into their own collection: images/s, peak memory."""
+    gist_coll = os.path.join(args.out, f"gist-{args.gist_slice}")
+    if os.path.exists(gist_coll):
+        raise SystemExit(f"{gist_coll} exists; remove it to measure ingest from empty")
+    seconds, peak, _ = timed(nearsight("index", *folders[:args.gist_slice // FOLDER], "-c", gist_coll,
+                                       "--encoders", "gist", "--no-index", "--quiet", "--workers", str(args.workers)))
+    print(f"gist on {args.gist_slice:,}: {args.gist_slice / seconds:.1f} images/s, peak RSS "
+          f"{peak['rss'] / 2**20:.0f} MB (anonymous {peak['anonymous'] / 2**20:.0f} MB)")
+    return {"items": args.gist_slice, "images_per_s": round(args.gist_slice / seconds, 1), **memory_fields(peak)}
+
+
 # -- main --------------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,7 +238,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--gist-slice", type=int, default=0)
+    ap.add_argument("--gist-only", action="store_true", help="only the gist slice (its photos made if missing)")
     args = ap.parse_args()
+    if args.gist_only:
+        if not args.gist_slice or args.gist_slice % FOLDER:
+            raise SystemExit(f"--gist-only needs --gist-slice, a multiple of {FOLDER}")
+        folders = photo_folders(os.path.join(args.out, "photos"), args.gist_slice, args.workers)
+        print(json.dumps({"bench": "scale", "cores": os.cpu_count(), "gist_slice": gist_slice(args, folders),
+                          "load_average_1m": round(os.getloadavg()[0], 2)}))
+        return
     sizes = sorted(int(s) for s in args.sizes.split(","))
     if any(s % FOLDER for s in sizes):
         raise SystemExit(f"sizes must be multiples of {FOLDER}")
@@ -289,14 +309,7 @@ def main() -> None:
               f"{r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}")
 
     if args.gist_slice:
-        gist_coll = os.path.join(args.out, f"gist-{args.gist_slice}")
-        seconds, peak, _ = timed(nearsight("index", *folders[:args.gist_slice // FOLDER], "-c", gist_coll,
-                                           "--encoders", "gist", "--no-index", "--quiet",
-                                           "--workers", str(args.workers)))
-        result["gist_slice"] = {"items": args.gist_slice, "images_per_s": round(args.gist_slice / seconds, 1),
-                                **memory_fields(peak)}
-        print(f"gist on {args.gist_slice:,}: {args.gist_slice / seconds:.1f} images/s, peak RSS "
-              f"{peak['rss'] / 2**20:.0f} MB (anonymous {peak['anonymous'] / 2**20:.0f} MB)")
+        result["gist_slice"] = gist_slice(args, folders)
     result["load_average_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 
