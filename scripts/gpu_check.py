@@ -12,9 +12,13 @@ vectors, and the index layer on the GPU. Prints each figure as it comes, then on
 - **index layer**: ``build_index`` with ``use_gpu=True``: tuned search, removed ids never returned (tombstones on
   the GPU segments), saved from the GPU and loaded back on the CPU with the same answers.
 
+- **ingest** (``--ingest FOLDER``): ``nearsight index`` end to end over the folder's photos with ``--device cuda``
+  and, as the baseline in the same run, ``--device cpu``: images/s of each, and the two collections' embeddings
+  compared item by item (cosine for the networks, relative error for the descriptors).
+
 Without CUDA it prints one line and exits 0. Run it through ``scripts/gpu_check.sh``.
 
-    python scripts/gpu_check.py [--n 1000000] [--dim 256] [--repeat 3] [--skip-faiss]
+    python scripts/gpu_check.py [--n 1000000] [--dim 256] [--repeat 3] [--skip-faiss] [--ingest FOLDER]
 """
 from __future__ import annotations
 
@@ -184,6 +188,50 @@ def index_layer_checks(d: int = 128, n: int = 200_000, k: int = 10, require_gpu:
     return out
 
 
+def ingest_check(folder: str, encoders: str = "cnn,gist,tiny", devices=("cuda", "cpu")) -> dict:
+    """``nearsight index`` over ``folder`` on each device (CUDA, then the CPU as the baseline): images/s, and how
+    the two collections' embeddings agree."""
+    import subprocess
+
+    from nearsight.retrieval.collection import Collection
+
+    out = {"folder": folder, "encoders": encoders}
+    with tempfile.TemporaryDirectory() as tmp:
+        for device in devices:
+            coll = os.path.join(tmp, device)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "nearsight.server.cli", "index", folder, "-c", coll, "--encoders",
+                            encoders, "--device", device, "--no-index", "--quiet"], check=True,
+                           cwd=os.path.join(os.path.dirname(__file__), ".."))
+            seconds = time.perf_counter() - start
+            c = Collection.open(coll)
+            out[device] = {"items": c.count, "seconds": round(seconds, 1), "images_per_s": round(c.count / seconds, 1)}
+            c.close()
+            print(f"  ingest on {device}: {out[device]['items']} items in {seconds:.1f} s "
+                  f"({out[device]['images_per_s']} images/s)", flush=True)
+        first, second = devices
+        out[f"{first}_over_{second}"] = round(out[first]["images_per_s"] / out[second]["images_per_s"], 2)
+        a, b = Collection.open(os.path.join(tmp, first)), Collection.open(os.path.join(tmp, second))
+        try:
+            for name in encoders.split(","):
+                ma, mb = a.embedding_matrix(name), b.embedding_matrix(name)
+                # ids follow completion order, which differs between runs: match items by their source path
+                pa = {a.item(int(i)).path: r for r, i in enumerate(ma.ids)}
+                pairs = [(pa[b.item(int(i)).path], r) for r, i in enumerate(mb.ids) if b.item(int(i)).path in pa]
+                x = np.asarray(ma.vectors, np.float32)[[p for p, _ in pairs]]
+                y = np.asarray(mb.vectors, np.float32)[[q for _, q in pairs]]
+                cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1), 1e-12)
+                rel = np.linalg.norm(x - y, axis=1) / np.maximum(np.linalg.norm(y, axis=1), 1e-12)
+                out[f"{name}_agreement"] = {"items": len(pairs), "min_cosine": round(float(cos.min()), 5),
+                                            "max_relative_error": round(float(rel.max()), 5)}
+                print(f"  {name}: {first} vs {second} embeddings over {len(pairs)} items: min cosine {cos.min():.5f}, "
+                      f"max relative error {rel.max():.5f}", flush=True)
+        finally:
+            a.close()
+            b.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors for the faiss checks")
@@ -192,6 +240,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048, help="images per encoder timing")
     ap.add_argument("--encoders", default=",".join(ENCODERS))
     ap.add_argument("--skip-faiss", action="store_true")
+    ap.add_argument("--ingest", metavar="FOLDER", help="also index FOLDER on CUDA and on the CPU (ingest check)")
     ap.add_argument("--cpu-dry-run", action="store_true",
                     help="run the encoder and index-layer code on the CPU at small sizes (checks the script itself)")
     args = ap.parse_args()
@@ -222,6 +271,13 @@ def main() -> None:
         result["encoders"].append(row)
         extra = f" (target {GIST_TARGET}: {'met' if row['target_met'] else 'NOT met'})" if enc == "gist" else ""
         print(f"  {enc:10s} {row['images_per_s']:10.1f} images/s on CUDA, batch {row['batch']}{extra}")
+
+    if args.ingest:
+        try:
+            result["ingest"] = ingest_check(args.ingest)
+        except Exception as exc:   # noqa: BLE001
+            result["errors"]["ingest"] = f"{type(exc).__name__}: {exc}"
+            print(f"  ingest FAILED: {exc}")
 
     import faiss
 
