@@ -252,7 +252,8 @@ def compare_negatives(coll, matrix, pairs, args, load: float) -> dict:
         ranks[negatives] = np.concatenate([r["ranks"] for r in runs])
         rows[negatives] = {**pooled(runs), **{k: float(np.mean([t[k] for t in timing])) for k in timing[0]}}
     bridge_runs = [Evaluation(pairs, c, lab).run(bridge_scorer(coll, matrix)) for _, c, lab in splits]
-    ranks["zero-shot bridge"] = np.concatenate([r["ranks"] for r in bridge_runs])
+    # the bridge has no seed: its ranks repeated per seed, in the trained rows' (fold, seed) order, stay paired
+    ranks["zero-shot bridge"] = np.concatenate([r["ranks"] for r in bridge_runs for _ in range(args.seeds)])
     rows["zero-shot bridge"] = pooled(bridge_runs)
     print(f"  bridge    {rows['zero-shot bridge']}", flush=True)
 
