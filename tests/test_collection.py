@@ -103,3 +103,58 @@ def test_readers_see_new_items_after_refresh(tmp_path, photo_dir, collection):
                     "--workers", "0", "--quiet"], check=True)
     assert collection.refresh()
     assert collection.search(image=str(photo_dir / "late.jpg"), k=1)[0].path.endswith("late.jpg")
+
+
+def test_big_embedding_matrices_are_memory_mapped_from_one_merged_file(tmp_path, monkeypatch):
+    """Past MAP_MIN_BYTES the parts' concatenation is a read-only memmap of .merged/<key>.npy: equal to the
+    in-memory concatenation, the excluded ids left out, reused while nothing changes, replaced when a part
+    changes, and in memory where it cannot be written."""
+    import os
+
+    from nearsight.retrieval import embeddings
+
+    rng = np.random.default_rng(0)
+    directory = str(tmp_path / "emb")
+    records, chunks, id_chunks = [], [], []
+    for i in range(3):
+        x = rng.standard_normal((50, 8)).astype(np.float16)
+        ids = np.arange(i * 50, i * 50 + 50, dtype=np.int64)
+        records.append(embeddings.write_part(directory, i, x, ids))
+        chunks.append(x)
+        id_chunks.append(ids)
+    want, want_ids = np.concatenate(chunks), np.concatenate(id_chunks)
+    small = embeddings.load_matrix(directory, records, 8, exclude={3, 77})
+    assert not isinstance(small.vectors, np.memmap)    # under the threshold: in memory, no file written
+    assert not os.path.exists(os.path.join(directory, embeddings.MERGED))
+
+    monkeypatch.setattr(embeddings, "MAP_MIN_BYTES", 1)
+    m = embeddings.load_matrix(directory, records, 8, exclude={3, 77})
+    keep = ~np.isin(want_ids, [3, 77])
+    assert isinstance(m.vectors, np.memmap) and not m.vectors.flags.writeable
+    np.testing.assert_array_equal(m.ids, want_ids[keep])
+    np.testing.assert_array_equal(np.asarray(m.vectors), want[keep])
+    np.testing.assert_array_equal(m.reconstruct([78]), want[78:79].astype(np.float32))
+    merged = os.listdir(os.path.join(directory, embeddings.MERGED))
+    assert len(merged) == 1 and merged[0].endswith(".npy")
+    again = embeddings.load_matrix(directory, records, 8, exclude={3, 77})
+    assert os.listdir(os.path.join(directory, embeddings.MERGED)) == merged   # reused, not rewritten
+    np.testing.assert_array_equal(np.asarray(again.vectors), want[keep])
+
+    # a part rewritten under the same name (a crash's leftover overwritten) is a new key; the old file goes
+    fresh = rng.standard_normal((50, 8)).astype(np.float16)
+    os.utime(os.path.join(directory, "part-00001.npy"), ns=(1, 1))   # a different mtime for sure
+    records[1] = embeddings.write_part(directory, 1, fresh, id_chunks[1])
+    changed = embeddings.load_matrix(directory, records, 8)
+    np.testing.assert_array_equal(np.asarray(changed.vectors[50:100]), fresh)
+    assert len(os.listdir(os.path.join(directory, embeddings.MERGED))) == 1
+    assert os.listdir(os.path.join(directory, embeddings.MERGED)) != merged
+
+    # nowhere to write the merged file: the concatenation is held in memory, with the same rows
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(embeddings.os, "replace", no_space)     # the merged file written, then not renamed
+    held = embeddings.load_matrix(directory, records, 8, exclude={0})
+    assert not isinstance(held.vectors, np.memmap)
+    np.testing.assert_array_equal(held.ids, want_ids[1:])
+    assert not [n for n in os.listdir(os.path.join(directory, embeddings.MERGED)) if n.endswith(".tmp")]
