@@ -239,6 +239,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--gist-slice", type=int, default=0)
     ap.add_argument("--gist-only", action="store_true", help="only the gist slice (its photos made if missing)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="measure from the index build on, over the collection an earlier run ingested")
     args = ap.parse_args()
     if args.gist_only:
         if not args.gist_slice or args.gist_slice % FOLDER:
@@ -252,8 +254,10 @@ def main() -> None:
         raise SystemExit(f"sizes must be multiples of {FOLDER}")
     photos = os.path.join(args.out, "photos")
     coll = os.path.join(args.out, f"tiny-{sizes[-1]}")
-    if os.path.exists(coll):
-        raise SystemExit(f"{coll} exists; remove it to measure ingest from empty")
+    if os.path.exists(coll) and not args.reuse:
+        raise SystemExit(f"{coll} exists; remove it to measure ingest from empty (or --reuse it)")
+    if args.reuse and not os.path.exists(coll):
+        raise SystemExit(f"--reuse: no collection {coll} to reuse")
 
     start = time.perf_counter()
     folders = photo_folders(photos, sizes[-1], args.workers)
@@ -262,7 +266,7 @@ def main() -> None:
           "folders already made by an earlier run)")
 
     steps, done = [], 0
-    for size in sizes:
+    for size in [] if args.reuse else sizes:
         new = folders[done // FOLDER:size // FOLDER]
         seconds, peak, _ = timed(nearsight("index", *new, "-c", coll, "--encoders", "tiny", "--no-index",
                                            "--quiet", "--workers", str(args.workers)))
