@@ -35,6 +35,9 @@ main()
 # Signal the whole process group (as Ctrl-C in a terminal does) once the first flush is committed.
 SIGNAL_AFTER_FIRST_FLUSH = """
 import nearsight.indexer.ingest as ingest
+# a test runner started in the background (`cmd &` without job control) passes SIGINT on ignored, and Python
+# then installs no KeyboardInterrupt handler; Ctrl-C at a terminal reaches a process with the default one
+signal.signal(signal.SIGINT, signal.default_int_handler)
 _flush = ingest._Run._flush
 def flush(self, batch):
     _flush(self, batch)
