@@ -173,7 +173,7 @@ def measure(folder: str, sources, encoder: str, workers: int, repeat: int, decod
     encode, best_batch = encode_limit(arrays, encoder, repeat)
     base = n / min(baseline(folder, encoder, workers) for _ in range(repeat))
     runs = [nearsight_index(folder, encoder, workers) for _ in range(repeat)]
-    seconds, peak, summary = min(runs)
+    seconds, peak, summary = min(runs, key=lambda run: run[0])
     ingest = n / seconds
     shared = 1.0 / (1.0 / decode + 1.0 / encode)
     row = {
@@ -185,7 +185,7 @@ def measure(folder: str, sources, encoder: str, workers: int, repeat: int, decod
         "ingest_to_baseline": round(ingest / base, 2),
         "ingest_to_min_limit": round(ingest / min(decode, encode), 2),
         "ingest_to_shared_bound": round(ingest / shared, 2),
-        "ingest_peak_rss_mb": round(peak / 2**20, 1),
+        "ingest_peak_rss_mb": round(peak["rss"] / 2**20, 1), "ingest_peak_anonymous_mb": round(peak["anonymous"] / 2**20, 1),
         "ingest_summary": summary,
     }
     if encoder == "cnn" and os.environ.get(RUNTIME_ENV) != "onnx":

@@ -7,6 +7,8 @@ device in the main process, loading their model lazily on first use.
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -84,10 +86,19 @@ class Encoder:
         return self.encode_images(np.stack([self.preprocess(im) for im in images]))
 
 
+def _gpu_driver_present() -> bool:
+    """Whether this machine has an NVIDIA (or ROCm) driver's device nodes, i.e. torch could see a GPU."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd"))
+
+
 def resolve_device(device: str) -> str:
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
     if device == "cpu":
+        return "cpu"
+    if device == "auto" and "torch" not in sys.modules and not _gpu_driver_present():
+        # "auto" cannot be CUDA without a GPU driver, and importing torch only to ask costs 2-4 s of a small
+        # machine's CPU, on the critical path of every CLI call whose encoders run without it (ONNX Runtime)
         return "cpu"
     import torch
 
