@@ -9,8 +9,8 @@ The model's ``modules.json`` is Transformer -> mean pooling -> L2 normalise; a t
 embeddings equal sentence-transformers' own.
 
 On the CPU the same module (BERT + pooling) runs in ONNX Runtime when it is installed: exported once per
-weights file and cached (``onnx_runtime``). A one-line query then embeds in about 6 ms on one thread against
-13 ms for the torch module (per-op dispatch dominates at ten tokens; measured by ``scripts/bench_train.py``).
+weights file and cached (``onnx_runtime``). A one-line query then embeds in less than half the time of the torch
+module on one thread (per-op dispatch dominates at ten tokens; ``scripts/bench_train.py`` times both).
 ``NEARSIGHT_TEXT_RUNTIME=torch`` keeps torch.
 """
 from __future__ import annotations
