@@ -18,6 +18,7 @@ from ..errors import WeightsUnavailable
 from . import onnx_runtime
 from .base import l2_normalize, register_encoder
 from .netutil import TorchEncoder, crop_uint8, fold_batchnorm, normalized_numpy, run_image_parallel, sub_batches
+from .threads import call_threads
 
 TIMM_ARCH = "tf_efficientnet_lite0"
 RESIZE, CROP = 256, 224
@@ -84,17 +85,6 @@ def load_lite0(weights: str | None = None):
         mapped[dst_key] = tensor
     model.load_state_dict(mapped, strict=True)
     return model.eval()
-
-
-def cpu_threads() -> int:
-    """Threads for a CPU batch: torch's intra-op count when torch is loaded (the query policy sets it to 1 per
-    call, ``encoders.threads``), else the cores this process may use."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return torch.get_num_threads()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def lite0_features_module(model):
@@ -220,7 +210,7 @@ class CnnEncoder(TorchEncoder):
             return np.zeros((0, self.dim), np.float32)
         if self.runtime == "onnx":
             batch = self._check_batch(batch, (3, CROP, CROP))
-            features = self.load()(np.ascontiguousarray(batch, dtype=np.uint8), cpu_threads(), CPU_SUB_BATCH)
+            features = self.load()(np.ascontiguousarray(batch, dtype=np.uint8), call_threads(), CPU_SUB_BATCH)
             return l2_normalize(features)
         return normalized_numpy(self._features(batch, logits=False))
 

