@@ -54,12 +54,17 @@ def fresh():
 # -- plan -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [0, 500, 40_000, 300_000, 2_000_000, 50_000_000, 400_000_000])
-@pytest.mark.parametrize("d", [64, 512, 960])
+@pytest.mark.parametrize("d", [64, 512, 960, 3072])
 @pytest.mark.parametrize("budget", ["256M", "4G", "64G"])
 @pytest.mark.parametrize("mode", ["auto", "speed", "compact"])
 def test_plan_grid(n, d, budget, mode):
-    plan = plan_index(n, d, "ip", budget, mode)
     limit = parse_size(budget)
+    try:
+        plan = plan_index(n, d, "ip", budget, mode)
+    except NearsightError as exc:      # 400M 3072-d vectors in 256M: the error names a budget that works
+        smallest = parse_size(str(exc).rsplit("--max-memory ", 1)[1].rstrip(")"))
+        assert smallest > limit and plan_index(n, d, "ip", smallest, mode).memory_bytes <= smallest
+        return
     assert isinstance(plan, IndexPlan) and plan.reasons
     assert plan.memory_bytes <= limit, plan
     parts = parse_factory(plan.factory)
@@ -67,7 +72,9 @@ def test_plan_grid(n, d, budget, mode):
     if n <= 10_000:
         assert plan.factory == "Flat"
     if plan.kind == "hnsw":
-        assert mode != "compact" and plan.factory.startswith("HNSW32")
+        assert mode != "compact" and (plan.factory.startswith("HNSW32") or plan.factory == "PCA256,HNSW32")
+        if parts.pca:   # wide vectors whose full-width graph would fill over a quarter of the budget
+            assert d >= 1024 and n * (4 * d + 8 * 32) > parse_size(budget) / 4 and plan.rerank
     if plan.kind == "ivf":
         assert plan.rerank and 0 < plan.train_size <= n
         assert n >= 39 * parts.nlist or parts.nlist == 16
@@ -97,6 +104,34 @@ def test_plan_prefers_larger_structures_as_n_grows_and_budget_shrinks():
         plan_index(10, 8, "cosine")
 
 
+def test_wide_vectors_walk_a_pca_graph_once_a_full_width_one_would_fill_the_budget():
+    plan = plan_index(1_000_000, 3072, "ip", "11.8G")       # bench_scale's 1M tiny collection
+    assert plan.factory == "PCA256,HNSW32" and plan.rerank and plan.train_size == 65536
+    assert plan.memory_bytes < 1.5 * 2**30 and "PCA projections" in plan.reasons[0]
+    assert parse_factory("PCA256,HNSW32").pca == 256 and parse_factory("PCA256,HNSW32").hnsw_m == 32
+    assert plan_index(1_000_000, 1280, "ip", "11.8G").factory == "PCA256,HNSW32"     # cnn at 1M
+    for n, d in ((100_000, 1280), (1_000_000, 512), (1_000_000, 960)):   # small, or too narrow to reduce
+        assert plan_index(n, d, "ip", "11.8G").factory == "HNSW32"
+
+
+def test_padding_of_a_pca_graph_never_ranks_first():
+    """An L2 walk re-ranked by inner product: slots the graph leaves empty (k * k_factor over the live vectors)
+    must not rank first with the walk's +FLT_MAX padding read as the best inner product."""
+    x = clustered(40, 32)
+    ids = np.arange(40, dtype=np.int64)
+    index = build_index(x, ids, "ip", plan_from_factory("PCA8,HNSW16", 40, 32, "ip"), source=ArraySource(x, ids))
+    truth = exact_knn(x[30:40], x, ids, 15, "ip")[1]
+    for params in (None, SearchParams(efSearch=16, k_factor=8)):     # 15 x 4 or 15 x 8 candidates of 40
+        for q, want in ((x[30:40], truth), (x[35:36], truth[5:6])):
+            I = index.search(q, 15, params=params)[1]
+            # no -1 (40 live vectors) and the true top 10 (a graph of 40 may miss one of the 40 further down)
+            assert (I >= 0).all() and (I[:, :10] == want[:, :10]).all()
+    index.remove(ids[:30])
+    D, I = index.search(x[30:40], 15)
+    assert (I[:, :9] >= 30).all() and (np.diff(D[:, :9], axis=1) <= 1e-6).all()
+    assert all((row[list(row).index(-1):] == -1).all() for row in I if -1 in row)    # -1 only at the end
+
+
 def test_parse_size():
     assert parse_size("2G") == 2 << 30
     assert parse_size("512M") == 512 << 20
@@ -108,7 +143,7 @@ def test_parse_size():
             parse_size(bad)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "LSHr"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "LSHr", "PCA16,HNSW16"])
 def test_size_estimate_is_close_to_the_real_size(factory, data):
     x, ids, source = data
     index = build_index(x, ids, "ip", plan_from_factory(factory, len(x), x.shape[1], "ip"), source=source)
@@ -120,7 +155,7 @@ def test_size_estimate_is_close_to_the_real_size(factory, data):
 # -- recall of every kind -------------------------------------------------------------------------
 
 KINDS = [("Flat", 1.0), ("HNSW32", 0.9), ("IVF32,PQ8x6", 0.9), ("IVF32,PQ16x4fs", 0.9),
-         ("OPQ8,IVF32,PQ8x4fs", 0.9), ("LSHr", 0.9), ("HNSW16,SQ8", 0.9)]
+         ("OPQ8,IVF32,PQ8x4fs", 0.9), ("LSHr", 0.9), ("HNSW16,SQ8", 0.9), ("PCA16,HNSW16", 0.9)]
 
 
 @pytest.mark.parametrize("factory,target", KINDS)
@@ -597,6 +632,14 @@ def test_degree_is_chosen_by_measurement(data):
                          max_build_seconds=0.0) is tight
 
 
+def test_degree_of_a_pca_graph_keeps_its_projection():
+    from nearsight.retrieval.index.degree import choose_degree
+    x = clustered(6000, 64)
+    ids = np.arange(6000, dtype=np.int64)
+    chosen = choose_degree(plan_from_factory("PCA16,HNSW32", 6000, 64, "ip"), x, ids, target_recall=0.9)
+    assert chosen.factory in ("PCA16,HNSW16", "PCA16,HNSW32") and "PCA16,HNSW16 efConstruction" in chosen.reasons[-1]
+
+
 def test_degree_ties_go_to_the_smaller_degree_then_the_wider_build():
     from nearsight.retrieval.index.degree import degree_plan
     plan = plan_index(60_000, 784, "l2", "4G", "speed")
@@ -609,7 +652,7 @@ def test_degree_ties_go_to_the_smaller_degree_then_the_wider_build():
     assert degree_plan(plan, costs, 0.99).ef_construction == 40
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "HNSW16,SQ8", "LSHr"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,PQ8x4fs", "HNSW16,SQ8", "LSHr", "PCA16,HNSW16"])
 def test_default_search_path_matches_the_general_one(factory, data, fresh):
     x, ids, source = data
     index = build_index(x, ids, "ip", plan_from_factory(factory, len(x), 32, "ip"), source=source)

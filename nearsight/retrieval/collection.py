@@ -311,6 +311,8 @@ class Collection:
         with write_lock(self.dir):
             pca = fit_pca(self.embedding_matrix(name).vectors, dim)
             pca.save(os.path.join(self.dir, "embeddings", name, PCA_FILE))
+            with self.store.write():
+                pass        # a new generation: readers drop their projections (see _version)
         with self._lock:
             self._matrices.pop("pca/" + name, None)
         return pca
@@ -343,12 +345,17 @@ class Collection:
         return True
 
     def _version(self):
-        index_dir = os.path.join(self.dir, "indexes")
-        index_mtimes = tuple(sorted((f, os.stat(os.path.join(index_dir, f)).st_mtime_ns)
-                                    for f in os.listdir(index_dir))) if os.path.isdir(index_dir) else ()
-        pca_mtimes = tuple(os.stat(p).st_mtime_ns for p in (os.path.join(self.dir, "embeddings", n, PCA_FILE)
-                                                              for n in self.encoder_names) if os.path.exists(p))
-        return self.store.generation(), os.stat(os.path.join(self.dir, MANIFEST)).st_mtime_ns, index_mtimes, pca_mtimes
+        """What another process's commit changes: the store's generation (ingest and fit-pca bump it), the
+        manifest, and which files the indexes are. Every writer renames a new file over the old one, so an
+        index file's inode says whether it changed, and the directory listing gives the inodes without a stat a
+        file (this runs on every search)."""
+        try:
+            with os.scandir(os.path.join(self.dir, "indexes")) as entries:
+                indexes = tuple(sorted((e.name, e.inode()) for e in entries))
+        except FileNotFoundError:
+            indexes = ()
+        manifest = os.stat(os.path.join(self.dir, MANIFEST))
+        return self.store.generation(), manifest.st_ino, manifest.st_mtime_ns, indexes
 
     # -- queries --------------------------------------------------------------------------
     def query_vector(self, encoder: str, image=None, text=None, id=None, vector=None, query=None) -> np.ndarray:

@@ -42,8 +42,11 @@ def make_index(factory: str, d: int, metric: str, ef_construction: int | None = 
     LSH ranks by Hamming distance whatever the metric (faiss only builds it as an L2 index); the exact metric
     comes back with re-ranking.
     """
-    kind = parse_factory(factory).kind
-    index = faiss.index_factory(d, factory, faiss.METRIC_L2 if kind == "lsh" else faiss_metric(metric))
+    parts = parse_factory(factory)
+    # a PCA-reduced graph walks by L2: faiss's PCA centres the vectors, which keeps L2 distances (and so the
+    # inner-product order of unit vectors) but not inner products; re-ranking restores the metric's own scores
+    l2 = parts.kind == "lsh" or parts.pca
+    index = faiss.index_factory(d, factory, faiss.METRIC_L2 if l2 else faiss_metric(metric))
     hnsw = _hnsw_of(index)
     if hnsw is not None and ef_construction:
         hnsw.hnsw.efConstruction = int(ef_construction)
@@ -70,8 +73,9 @@ def make_index(factory: str, d: int, metric: str, ef_construction: int | None = 
 
 def _hnsw_of(index):
     index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexIDMap):
-        index = faiss.downcast_index(index.index)
+    for wrapper in (faiss.IndexIDMap, faiss.IndexPreTransform):
+        if isinstance(index, wrapper):
+            index = faiss.downcast_index(index.index)
     return index if hasattr(index, "hnsw") else None
 
 

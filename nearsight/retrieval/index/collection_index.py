@@ -19,7 +19,7 @@ from ..errors import IndexFilesChanged, NearsightError
 from . import backend
 from .build import build_index
 from .degree import choose_degree
-from .plan import parse_size, plan_from_factory, plan_index
+from .plan import parse_factory, parse_size, plan_from_factory, plan_index
 from .storage import index_dir, load_index, read_meta, sync_with_source
 from .tuning import tune
 
@@ -40,6 +40,28 @@ def _metric_of(collection_dir: str, encoder: str, source) -> str:
     if isinstance(entry, dict) and entry.get("metric") in ("ip", "l2"):
         return entry["metric"]
     raise NearsightError(f"metric of encoder {encoder!r} unknown: pass metric= ('ip' or 'l2')")
+
+
+def _replaced(meta: dict, factory, auto, n, d, metric, budget, mode) -> str | None:
+    """Why the saved index (its JSON ``meta``) must be built afresh rather than updated, or None."""
+    if meta.get("metric") != metric or meta.get("dim") != d:
+        return f"the index is {meta.get('metric')}/{meta.get('dim')}-d, the embeddings {metric}/{d}-d"
+    old = meta.get("factory")
+    if factory:
+        return f"factory changed from {old!r} to {factory!r}" if factory != old else None
+    if auto and (mode != "auto" or meta.get("auto", True)):
+        want = plan_index(n, d, metric, budget, mode).factory
+        if _shape(want) != _shape(old):
+            return (f"{mode} mode asks for {want!r}" if mode != "auto" else
+                    f"the automatic choice for {n} vectors is now {want!r}") + f" (was {old!r})"
+    return None
+
+
+def _shape(factory: str) -> tuple:
+    """What makes an automatic choice a different index (a degree chosen by measurement does not): the kind,
+    and whether the graph walks PCA projections."""
+    parts = parse_factory(factory)
+    return parts.kind, bool(parts.pca)
 
 
 def build_collection_index(collection_dir: str, encoder: str, source, factory: str | None = None,
@@ -72,7 +94,8 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
 
     meta = read_meta(collection_dir, encoder)
     existing, broken = None, None
-    if meta is not None:
+    if meta is not None and not rebuild and not _replaced(meta, factory, auto, n, d, metric, budget, mode):
+        # only an index that may be kept is loaded: at 1M wide vectors one is many GB
         try:
             existing = load_index(collection_dir, encoder, source=source, mmap=bool(meta.get("on_disk")), sync=False)
         except IndexFilesChanged as exc:
@@ -92,17 +115,9 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     elif broken:
         reason = broken
     elif existing is None:
-        reason = "no index yet"
-    elif existing.metric != metric or existing.dim != d:
-        reason = f"the index is {existing.metric}/{existing.dim}-d, the embeddings {metric}/{d}-d"
-    elif factory and factory != existing.factory:
-        reason = f"factory changed from {existing.factory!r} to {factory!r}"
+        reason = "no index yet" if meta is None else _replaced(meta, factory, auto, n, d, metric, budget, mode)
     elif existing.needs_rebuild:
         reason = existing.rebuild_reason
-    elif want is not None and not factory and mode != "auto" and want.kind != existing.kind:
-        reason = f"{mode} mode asks for {want.factory!r} (was {existing.factory!r})"
-    elif want is not None and not factory and existing.info.get("auto", True) and want.kind != existing.kind:
-        reason = f"the automatic choice for {n} vectors is now {want.factory!r} (was {existing.factory!r})"
 
     added = removed = 0
     rng = np.random.default_rng(seed)
@@ -118,7 +133,7 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
                             max_file_bytes=max_file_bytes, seed=seed, progress=progress, skip_ids=holdout,
                             ondisk_prefix=os.path.join(index_dir(collection_dir), encoder))
         index.update_info(auto=factory is None, built_reason=reason)
-        action = "built" if existing is None and not broken else "rebuilt"
+        action = "built" if meta is None else "rebuilt"
         added = n
     else:
         index = existing

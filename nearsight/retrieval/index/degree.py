@@ -25,7 +25,7 @@ import time
 import faiss
 import numpy as np
 
-from .plan import IndexPlan, estimate_size, parse_factory
+from .plan import IndexPlan, estimate_size, parse_factory, with_degree
 
 LOG = logging.getLogger(__name__)
 
@@ -66,11 +66,10 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
     n, d = len(ids), plan.dim
     if plan.kind != "hnsw" or not parts.hnsw_m or n < 10 * QUERIES:
         return {}
-    suffix = plan.factory[len(f"HNSW{parts.hnsw_m}"):]
     budget = max_memory_bytes if max_memory_bytes is not None else plan.memory_bytes
     fits = []
     for m in DEGREES:
-        bpv, fixed = estimate_size(f"HNSW{m}{suffix}", d)
+        bpv, fixed = estimate_size(with_degree(plan.factory, m), d)
         if m == parts.hnsw_m or n * bpv + fixed <= budget:
             fits.append(m)
     rng = np.random.default_rng(seed)
@@ -88,7 +87,7 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
     for m in fits:
         for efc in EF_CONSTRUCTIONS:
             t0 = time.perf_counter()
-            candidate = plan_from_factory(f"HNSW{m}{suffix}", size, d, plan.metric, plan.mode)
+            candidate = plan_from_factory(with_degree(plan.factory, m), size, d, plan.metric, plan.mode)
             candidate = dataclasses.replace(candidate, ef_construction=efc)
             index = build_index(x, sample_ids, plan.metric, candidate, source=source, skip_ids=held, use_gpu=False)
             builds[m, efc] = (time.perf_counter() - t0) * scale
@@ -112,13 +111,11 @@ def degree_plan(plan: IndexPlan, costs: dict, target_recall: float, k: int = 10)
     measurements go into its reasons."""
     if not costs:
         return plan
-    parts = parse_factory(plan.factory)
-    suffix = plan.factory[len(f"HNSW{parts.hnsw_m}"):]
     best = min(costs, key=lambda key: costs[key][0])
     chosen = min((key for key in costs if costs[key][0] <= costs[best][0] * (1 + TIE)),
                  key=lambda key: (key[0], -key[1]), default=best)
-    factory = f"HNSW{chosen[0]}{suffix}"
-    measured = "; ".join(f"HNSW{m}{suffix} efConstruction {efc}: {c:.0f} distances a query at {p} (recall {r:.3f}), "
+    factory = with_degree(plan.factory, chosen[0])
+    measured = "; ".join(f"{with_degree(plan.factory, m)} efConstruction {efc}: {c:.0f} distances a query at {p} (recall {r:.3f}), "
                          f"whole build about {b:.0f} s" for (m, efc), (c, p, r, b) in sorted(costs.items()))
     reason = (f"degree and efConstruction by measurement on {SAMPLE}-vector sample (or all) tuned to recall@{k} "
               f"{target_recall:g} on {QUERIES} held out: {measured} -> {factory} efConstruction {chosen[1]}"

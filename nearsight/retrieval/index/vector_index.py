@@ -381,14 +381,31 @@ class VectorIndex:
             if s.selector is None and isinstance(outer, faiss.IndexIDMap):
                 return self._plain_positions(outer, fp)
         search_c, ptr = target.search_c, faiss.swig_ptr
+        mixed = self.rerank and self._mixed_metric(seg)
 
         def plain(q: np.ndarray, k: int, _keep=(target, fp)):
             n = len(q)
             D = np.empty((n, k), np.float32)
             I = np.empty((n, k), np.int64)
             search_c(n, ptr(q), k, ptr(D), ptr(I), fp)
-            return D, I
+            return self._repair_padded(s, seg, q, D, I, s.params) if mixed else (D, I)
         return plain
+
+    def _mixed_metric(self, seg: Segment) -> bool:
+        """Whether the segment's index ranks in another order than the metric (a PCA graph walks by L2)."""
+        return backend.raw_ascending(seg.index) != (self.metric != "ip")
+
+    def _repair_padded(self, s: _State, seg: Segment, q: np.ndarray, D: np.ndarray, I: np.ndarray,
+                       p: SearchParams) -> tuple[np.ndarray, np.ndarray]:
+        """IndexRefine over a base of the other order keeps the slots the base could not fill (fewer live
+        vectors than k * k_factor, tombstones) with the base's padding distance, +FLT_MAX, which an inner-product
+        order ranks above every real candidate. Rows with such a slot are re-ranked exactly here instead."""
+        bad = (I < 0).any(axis=1)
+        if bad.any():
+            _, candidates = seg.index.search(q[bad], I.shape[1] * max(1, int(p.k_factor)),
+                                             params=self._faiss_params(s, p))
+            D[bad], I[bad] = exact_rerank(q[bad], candidates, I.shape[1], s.store, self.metric)
+        return D, I
 
     @staticmethod
     def _plain_positions(outer, fp):
@@ -448,6 +465,8 @@ class VectorIndex:
                     rp.referenced_base = base          # keep the base parameters alive with it
                 s.params_cache[key] = rp
             D, I = seg.refiner.search(q, kq, params=rp)
+            if self.kind != "lsh" and self._mixed_metric(seg):
+                D, I = self._repair_padded(s, seg, q, D, I, p)
             if kq < k:
                 D = np.pad(D, ((0, 0), (0, k - kq)), constant_values=worst(False))
                 I = np.pad(I, ((0, 0), (0, k - kq)), constant_values=-1)
