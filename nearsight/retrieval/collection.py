@@ -72,6 +72,7 @@ class Collection:
         self._encoders: dict[str, Encoder] = {}
         self._matrices: dict[str, object] = {}  # embedding matrices, and "pca/<name>" projections
         self._indexes: dict[str, object] = {}
+        self._pca_paths_of: tuple = ((), ())      # (encoder names, their PCA files), for _version
         self._seen = self._version()
         self._lock = threading.RLock()
 
@@ -311,8 +312,6 @@ class Collection:
         with write_lock(self.dir):
             pca = fit_pca(self.embedding_matrix(name).vectors, dim)
             pca.save(os.path.join(self.dir, "embeddings", name, PCA_FILE))
-            with self.store.write():
-                pass        # a new generation: readers drop their projections (see _version)
         with self._lock:
             self._matrices.pop("pca/" + name, None)
         return pca
@@ -345,17 +344,29 @@ class Collection:
         return True
 
     def _version(self):
-        """What another process's commit changes: the store's generation (ingest and fit-pca bump it), the
-        manifest, and which files the indexes are. Every writer renames a new file over the old one, so an
-        index file's inode says whether it changed, and the directory listing gives the inodes without a stat a
-        file (this runs on every search)."""
+        """What another process's commit changes: the store's generation, the manifest, and which files the
+        indexes and fitted PCAs are. Every writer renames a new file over the old one, so a file's inode says
+        whether it changed; the index directory's inodes come with its listing, without a stat a file (this
+        runs on every search)."""
         try:
             with os.scandir(os.path.join(self.dir, "indexes")) as entries:
                 indexes = tuple(sorted((e.name, e.inode()) for e in entries))
         except FileNotFoundError:
             indexes = ()
+        pcas = []
+        for path in self._pca_paths():
+            try:
+                pcas.append(os.stat(path).st_ino)
+            except FileNotFoundError:
+                pcas.append(0)
         manifest = os.stat(os.path.join(self.dir, MANIFEST))
-        return self.store.generation(), manifest.st_ino, manifest.st_mtime_ns, indexes
+        return self.store.generation(), manifest.st_ino, manifest.st_mtime_ns, indexes, tuple(pcas)
+
+    def _pca_paths(self) -> tuple[str, ...]:
+        names = tuple(self.encoder_names)
+        if self._pca_paths_of[0] != names:
+            self._pca_paths_of = (names, tuple(os.path.join(self.dir, "embeddings", n, PCA_FILE) for n in names))
+        return self._pca_paths_of[1]
 
     # -- queries --------------------------------------------------------------------------
     def query_vector(self, encoder: str, image=None, text=None, id=None, vector=None, query=None) -> np.ndarray:

@@ -76,7 +76,9 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
     size = min(n, SAMPLE)
     rows = np.sort(rng.choice(n, size, replace=False)) if size < n else np.arange(n)
     x = np.ascontiguousarray(vectors[rows], dtype=np.float32)
-    sample_ids = np.asarray(ids, dtype=np.int64)[rows]
+    # the sample under ids 0..size-1: a re-ranked candidate keeps float16 rows by id, and the collection's own
+    # ids (up to n) would make each candidate's store n rows long (6 GB at 1M x 3072)
+    sample_ids = np.arange(size, dtype=np.int64)
     held = np.sort(rng.choice(sample_ids, QUERIES, replace=False))
     source = ArraySource(x, sample_ids)
     queries = source.reconstruct(held)
