@@ -640,6 +640,21 @@ def test_degree_of_a_pca_graph_keeps_its_projection():
     assert chosen.factory in ("PCA16,HNSW16", "PCA16,HNSW32") and "PCA16,HNSW16 efConstruction" in chosen.reasons[-1]
 
 
+def test_degree_candidates_keep_no_store_as_long_as_the_collection(monkeypatch):
+    """A re-ranked candidate stores float16 rows by id: built under the collection's ids (up to 1M) each
+    candidate held a 1M-row store (6 GB at 3072-d, an OOM kill); the sample is built under its own row numbers."""
+    from nearsight.retrieval.index import build as build_module
+    from nearsight.retrieval.index.degree import measure_degrees
+    seen = []
+    real = build_module.build_index
+    monkeypatch.setattr(build_module, "build_index", lambda x, ids, *a, **kw: seen.append(int(np.max(ids))) or
+                        real(x, ids, *a, **kw))
+    x = clustered(4000, 64)
+    ids = np.arange(4000, dtype=np.int64) * 250          # up to ~1M
+    measure_degrees(plan_from_factory("PCA16,HNSW32", 4000, 64, "ip"), x, ids, (0.9,))
+    assert seen and max(seen) < 4000
+
+
 def test_degree_ties_go_to_the_smaller_degree_then_the_wider_build():
     from nearsight.retrieval.index.degree import degree_plan
     plan = plan_index(60_000, 784, "l2", "4G", "speed")
