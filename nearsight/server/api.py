@@ -90,17 +90,24 @@ def search():
     queries = [_decode_images(q, coll.encoder(encoder).draft_size) for q in queries]
     batches = coll.search_batch(queries, encoder=encoder, k=k, offset=offset, prefilter=prefilter, **options)
     answer = {"took_ms": round((time.perf_counter() - start) * 1000, 3), "encoder": encoder}
+    thumbnail_url = _thumbnail_urls()
     if "batch" in body:
-        answer["batch"] = [{"results": [_result_json(r) for r in results]} for results in batches]
+        answer["batch"] = [{"results": [_result_json(r, thumbnail_url) for r in results]} for results in batches]
     else:
-        answer["results"] = [_result_json(r) for r in batches[0]]
+        answer["results"] = [_result_json(r, thumbnail_url) for r in batches[0]]
     return jsonify(answer)
 
 
-def _result_json(r) -> dict:
+def _thumbnail_urls():
+    """item id -> its thumbnail URL, from one url_for a request (a call costs ~11 us; a search makes k)."""
+    head, tail = url_for("api.thumbnail", item_id=0).rsplit("/0/", 1)
+    return lambda item_id: f"{head}/{item_id}/{tail}"
+
+
+def _result_json(r, thumbnail_url) -> dict:
     return {"id": r.id, "score": r.score, "similarity": r.similarity, "caption": r.caption, "width": r.width,
             "height": r.height, "sha256": r.sha256, "group_size": r.group_size,
-            "thumbnail_url": url_for("api.thumbnail", item_id=r.id)}
+            "thumbnail_url": thumbnail_url(r.id)}
 
 
 def _batch_queries(body: dict) -> list[dict]:
