@@ -15,6 +15,8 @@
 3. ``nearsight serve`` on loopback; ``--queries`` searches (k=10) at concurrency ``--concurrency`` by id, then
    by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0).
 4. ``--gist-slice N``: the first N photos indexed again with ``gist`` into a second collection (images/s).
+5. ``--baseline-index FOLDER``: single searches in one process through the collection's index and another
+   saved index of the same vectors (``FOLDER/indexes/``), interleaved, with their recall against exact search.
 
 The baseline measured in the same run is the first step's ingest rate: later steps are reported as its ratio.
 
@@ -233,6 +235,42 @@ def gist_slice(args, folders: list[str]) -> dict:
 
 
 # -- main --------------------------------------------------------------------------------------------------------
+def index_vs_baseline(coll: str, baseline_dir: str, queries: int = 1000, truth_queries: int = 200,
+                      rounds: int = 3) -> dict:
+    """Single searches by random items' vectors through the collection's index and a baseline index of the
+    same vectors, interleaved in rounds (the first round of each reads its files cold), one thread; recall@10
+    against exact search on the first ``truth_queries``."""
+    import faiss
+    from nearsight.retrieval.collection import Collection
+    from nearsight.retrieval.index import load_index
+    from nearsight.retrieval.index.tuning import exact_knn, recall_at_k
+
+    c = Collection.open(coll)
+    matrix = c.embedding_matrix("tiny")
+    indexes = {"index": load_index(coll, "tiny", matrix, metric="ip"),
+               "baseline": load_index(baseline_dir, "tiny", matrix, metric="ip")}
+    ids = np.random.default_rng(1).integers(0, len(matrix), queries)
+    q = matrix.reconstruct(matrix.ids[ids]).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    truth = exact_knn(q[:truth_queries], matrix.vectors, matrix.ids, 10, "ip")[1]
+    faiss.omp_set_num_threads(1)
+    out = {name: {"factory": index.factory, "ms": []} for name, index in indexes.items()}
+    for _ in range(rounds):
+        for name, index in indexes.items():
+            start = time.perf_counter()
+            found = np.concatenate([index.search(q[i:i + 1], 10)[1] for i in range(queries)])
+            out[name]["ms"].append(round((time.perf_counter() - start) / queries * 1000, 3))
+            out[name]["recall_at_10"] = round(recall_at_k(found[:truth_queries], truth, 10), 3)
+    for name, r in out.items():
+        print(f"{name} {r['factory']}: single search {r['ms']} ms per round (first cold), "
+              f"recall@10 {r['recall_at_10']}")
+    warm = lambda name: float(np.median(out[name]["ms"][1:] or out[name]["ms"]))
+    out["baseline_over_index_warm"] = round(warm("baseline") / warm("index"), 2)
+    print(f"baseline / index, warm rounds: {out['baseline_over_index_warm']}x")
+    c.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="work folder: photos/ (kept for reruns) and the collections")
@@ -244,6 +282,9 @@ def main() -> None:
     ap.add_argument("--gist-only", action="store_true", help="only the gist slice (its photos made if missing)")
     ap.add_argument("--reuse", action="store_true",
                     help="measure from the index build on, over the collection an earlier run ingested")
+    ap.add_argument("--baseline-index", default="",
+                    help="a folder holding indexes/ with another saved index of the same collection (hard links "
+                         "of the files before a rebuild): single searches through both, interleaved, in one process")
     args = ap.parse_args()
     if args.gist_only:
         if not args.gist_slice or args.gist_slice % FOLDER:
@@ -317,6 +358,8 @@ def main() -> None:
 
     if args.gist_slice:
         result["gist_slice"] = gist_slice(args, folders)
+    if args.baseline_index:
+        result["index_vs_baseline"] = index_vs_baseline(coll, args.baseline_index)
     result["load_average_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
 

@@ -10,9 +10,9 @@ The grid, from small to large collections:
 - ``PCA256,HNSW32`` (the graph walks 256-d PCA projections; candidates re-ranked exactly from float16 rows) for
   wide vectors (d >= 1024, so a walk reads at least 4x fewer bytes a row) whose full-width graph would take over
   a quarter of the budget. That graph holds a float32 copy of rows the collection already keeps in float16: at
-  1M x 3072 (tiny) 12.3 GB beside 6 GB of rows, which left a 24 GB machine paging while it served (by-id
-  searches 13-16 ms in one process, where the same graph measured 1 ms when built). Projected, the graph takes
-  1.3 GB, and re-ranking restores what PCA loses (recall@10 0.994 at 4x re-rank depth on 200k of those vectors).
+  1M x 3072 (tiny) 12.4 GB beside 6 GB of rows, which left a 24 GB machine paging while it served. Projected,
+  it takes 1.2 GB and a warm single search 0.41 ms against 0.92 ms, at the same recall@10 (0.97; re-ranking
+  restores what PCA loses; scripts/bench_scale.py --baseline-index).
 - ``OPQm,IVFk,PQmx4fs`` (OPQ rotation, 4-bit fast-scan PQ), candidates re-ranked exactly from float16 rows;
   ``compact`` mode keeps codes, ids and the fixed parts (quantizer, rotation) at <= 64 bytes a vector. OPQ pays
   at these compressions (>= 4 dimensions a sub-quantizer): on GIST-like data (energy uneven over dimensions)
