@@ -321,7 +321,8 @@ def plan_index(n: int, d: int, metric: str, max_memory_bytes=None, mode: str = "
         if n > HNSW_MAX_N and mode == "auto":
             reasons.append(f"{n} vectors: more than {HNSW_MAX_N} make an HNSW build too slow")
         else:
-            full = n * estimate_size(f"HNSW{HNSW_M}", d)[0] + estimate_size(f"HNSW{HNSW_M}", d)[1]
+            full_bpv, full_fixed = estimate_size(f"HNSW{HNSW_M}", d)
+            full = n * full_bpv + full_fixed
             factory = f"PCA{PCA_DIM},HNSW{HNSW_M}"
             bpv, fixed = estimate_size(factory, d)
             if d >= 4 * PCA_DIM and full > PCA_SHARE * budget and n * bpv + fixed <= budget:
