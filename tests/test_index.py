@@ -114,12 +114,13 @@ def test_wide_vectors_walk_a_pca_graph_once_a_full_width_one_would_fill_the_budg
         assert plan_index(n, d, "ip", "11.8G").factory == "HNSW32"
 
 
-def test_padding_of_a_pca_graph_never_ranks_first():
-    """An L2 walk re-ranked by inner product: slots the graph leaves empty (k * k_factor over the live vectors)
-    must not rank first with the walk's +FLT_MAX padding read as the best inner product."""
+@pytest.mark.parametrize("factory", ["PCA8,HNSW16", "LSHr"])
+def test_padding_of_an_l2_base_never_ranks_first(factory):
+    """An L2 walk (or Hamming scan) re-ranked by inner product: slots the base leaves empty (k * k_factor over the
+    live vectors) must not rank first with the base's +FLT_MAX padding read as the best inner product."""
     x = clustered(40, 32)
     ids = np.arange(40, dtype=np.int64)
-    index = build_index(x, ids, "ip", plan_from_factory("PCA8,HNSW16", 40, 32, "ip"), source=ArraySource(x, ids))
+    index = build_index(x, ids, "ip", plan_from_factory(factory, 40, 32, "ip"), source=ArraySource(x, ids))
     truth = exact_knn(x[30:40], x, ids, 15, "ip")[1]
     for params in (None, SearchParams(efSearch=16, k_factor=8)):     # 15 x 4 or 15 x 8 candidates of 40
         for q, want in ((x[30:40], truth), (x[35:36], truth[5:6])):

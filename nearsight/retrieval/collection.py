@@ -72,7 +72,6 @@ class Collection:
         self._encoders: dict[str, Encoder] = {}
         self._matrices: dict[str, object] = {}  # embedding matrices, and "pca/<name>" projections
         self._indexes: dict[str, object] = {}
-        self._pca_paths_of: tuple = ((), ())      # (encoder names, their PCA files), for _version
         self._seen = self._version()
         self._lock = threading.RLock()
 
@@ -354,19 +353,13 @@ class Collection:
         except FileNotFoundError:
             indexes = ()
         pcas = []
-        for path in self._pca_paths():
+        for name in self.encoder_names:
             try:
-                pcas.append(os.stat(path).st_ino)
+                pcas.append(os.stat(os.path.join(self.dir, "embeddings", name, PCA_FILE)).st_ino)
             except FileNotFoundError:
                 pcas.append(0)
         manifest = os.stat(os.path.join(self.dir, MANIFEST))
         return self.store.generation(), manifest.st_ino, manifest.st_mtime_ns, indexes, tuple(pcas)
-
-    def _pca_paths(self) -> tuple[str, ...]:
-        names = tuple(self.encoder_names)
-        if self._pca_paths_of[0] != names:
-            self._pca_paths_of = (names, tuple(os.path.join(self.dir, "embeddings", n, PCA_FILE) for n in names))
-        return self._pca_paths_of[1]
 
     # -- queries --------------------------------------------------------------------------
     def query_vector(self, encoder: str, image=None, text=None, id=None, vector=None, query=None) -> np.ndarray:

@@ -94,7 +94,8 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
 
     meta = read_meta(collection_dir, encoder)
     existing, broken = None, None
-    if meta is not None and not rebuild and not _replaced(meta, factory, auto, n, d, metric, budget, mode):
+    replaced = _replaced(meta, factory, auto, n, d, metric, budget, mode) if meta is not None else None
+    if meta is not None and not rebuild and not replaced:
         # only an index that may be kept is loaded: at 1M wide vectors one is many GB
         try:
             existing = load_index(collection_dir, encoder, source=source, mmap=bool(meta.get("on_disk")), sync=False)
@@ -115,7 +116,7 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     elif broken:
         reason = broken
     elif existing is None:
-        reason = "no index yet" if meta is None else _replaced(meta, factory, auto, n, d, metric, budget, mode)
+        reason = replaced or "no index yet"
     elif existing.needs_rebuild:
         reason = existing.rebuild_reason
 

@@ -364,8 +364,8 @@ class VectorIndex:
             return None
         seg = s.segments[0]
         if self.rerank:
-            if s.store is None or self.kind == "lsh":
-                return None       # numpy re-ranking, or LSH's padding rule (_search_refined)
+            if s.store is None:
+                return None       # numpy re-ranking
             if seg.refiner is None or seg.refiner_for is not s.store.index:
                 seg.refiner, seg.refiner_for = s.store.refiner(seg.index, self.metric), s.store.index
             target = seg.refiner
@@ -397,9 +397,10 @@ class VectorIndex:
 
     def _repair_padded(self, s: _State, seg: Segment, q: np.ndarray, D: np.ndarray, I: np.ndarray,
                        p: SearchParams) -> tuple[np.ndarray, np.ndarray]:
-        """IndexRefine over a base of the other order keeps the slots the base could not fill (fewer live
-        vectors than k * k_factor, tombstones) with the base's padding distance, +FLT_MAX, which an inner-product
-        order ranks above every real candidate. Rows with such a slot are re-ranked exactly here instead."""
+        """IndexRefine over a base of the other order (an L2 PCA walk or Hamming LSH, inner-product scores) keeps
+        the slots the base could not fill (fewer live vectors than k * k_factor, tombstones) with the base's
+        padding distance, +FLT_MAX, which an inner-product order ranks above every real candidate. Rows with such
+        a slot are re-ranked exactly here instead."""
         bad = (I < 0).any(axis=1)
         if bad.any():
             _, candidates = seg.index.search(q[bad], I.shape[1] * max(1, int(p.k_factor)),
@@ -443,17 +444,7 @@ class VectorIndex:
                 continue
             if seg.refiner is None or seg.refiner_for is not s.store.index:
                 seg.refiner, seg.refiner_for = s.store.refiner(seg.index, self.metric), s.store.index
-            kq, kf = k, float(max(1, int(p.k_factor)))
-            if self.kind == "lsh" and self.metric == "ip":
-                # IndexRefine leaves padded slots with the base's distance: +FLT_MAX from a Hamming (L2) base,
-                # which an inner-product heap would rank first. LSH is exhaustive, so asking for no more than
-                # the segment's live vectors means no padding.
-                live = seg.ntotal - len(s.tombstones)
-                if live <= 0:
-                    continue
-                kb = min(k * int(kf), live)
-                kq = min(k, kb)
-                kf = kb / kq
+            kf = float(max(1, int(p.k_factor)))
             key = ("refine", p, kf)
             rp = s.params_cache.get(key)
             if rp is None:
@@ -464,12 +455,9 @@ class VectorIndex:
                     rp.base_index_params = base
                     rp.referenced_base = base          # keep the base parameters alive with it
                 s.params_cache[key] = rp
-            D, I = seg.refiner.search(q, kq, params=rp)
-            if self.kind != "lsh" and self._mixed_metric(seg):
+            D, I = seg.refiner.search(q, k, params=rp)
+            if self._mixed_metric(seg):
                 D, I = self._repair_padded(s, seg, q, D, I, p)
-            if kq < k:
-                D = np.pad(D, ((0, 0), (0, k - kq)), constant_values=worst(False))
-                I = np.pad(I, ((0, 0), (0, k - kq)), constant_values=-1)
             Ds.append(D)
             Is.append(I)
         if not Ds:
@@ -478,7 +466,6 @@ class VectorIndex:
         return merge_results(Ds, Is, k, self.metric != "ip")
 
     def _search_segments(self, s: _State, q: np.ndarray, kk: int, p: SearchParams):
-        ascending = None
         Ds, Is = [], []
         for seg in s.segments:
             if seg.on_gpu:
