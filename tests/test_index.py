@@ -199,6 +199,25 @@ def test_search_validates_and_pads(data):
         index.search(np.full((1, 32), np.nan), 1)
 
 
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat", "IVF16,SQ8", "IVF16,PQ8x4fs",
+                                     "OPQ8,IVF16,PQ8x4fs", "PCA16,HNSW16", "LSHr"])
+def test_default_search_refuses_nan_and_inf_queries_of_every_index_type(data, factory, metric):
+    """The default path checks a query's values only when its answer looks like one (no item or a non-finite
+    distance first): every index type must answer a NaN or inf query that way, or it would slip through."""
+    x, ids, source = data
+    index = build_index(x, ids, metric, plan_from_factory(factory, len(x), 32, metric), source=source)
+    assert index._plain(index._s) is not None               # the path under test
+    for value in (np.nan, np.inf, -np.inf):
+        for cols in (slice(3, 4), slice(None)):
+            q = x[:3].copy()
+            q[1, cols] = value
+            for queries in (q[1:2], q):                     # alone, and one bad row in a batch
+                with pytest.raises(InvalidQuery, match="NaN or infinite"):
+                    index.search(queries, 5)
+    assert (index.search(x[:3], 5)[1][:, 0] >= 0).all()
+
 def test_exact_index_matches_faiss_flat(data):
     x, ids, source = data
     index = ExactIndex(source, "ip")

@@ -44,36 +44,33 @@ _GENERATIONS = itertools.count()
 
 class _RWLock:
     """Many readers or one writer, cheap for readers (a search must not pay more than a microsecond or so).
-    A writer takes ``_write`` first, so new readers queue behind it, then waits for readers in flight."""
+
+    A reader in flight is one entry in ``_readers``: it appends, then looks for a writer; a writer raises
+    ``_writer``, then waits for ``_readers`` to empty. Under the GIL list.append / pop are atomic and the
+    interpreter's order is sequential, so either the writer sees the reader's entry or the reader sees the
+    writer's flag (then steps back and queues on ``_write``): two C calls a search instead of four lock
+    round trips (0.15 vs 0.7 us)."""
 
     def __init__(self):
-        self._mutex = threading.Lock()     # guards _readers and _writer
-        self._write = threading.Lock()
-        self._readers = 0
+        self._write = threading.Lock()     # held by the writer; readers that met its flag queue here
+        self._readers: list = []
         self._writer = False
         # changes whenever a writer leaves: what readers cached (VectorIndex._plain) is stale once it does.
         # One counter for all locks, so a state moved to another index (replace_with) never matches by chance.
         self.generation = next(_GENERATIONS)
 
     def acquire_shared(self) -> None:
-        # one lock round trip when no writer is waiting (the common case); a waiting writer holds _write,
-        # so a reader that sees it backs off and queues there
-        mutex = self._mutex
+        readers = self._readers
         while True:
-            mutex.acquire()
+            readers.append(None)
             if not self._writer:
-                self._readers += 1
-                mutex.release()
                 return
-            mutex.release()
+            readers.pop()
             with self._write:
                 pass
 
     def release_shared(self) -> None:
-        mutex = self._mutex
-        mutex.acquire()
-        self._readers -= 1
-        mutex.release()
+        self._readers.pop()
 
     @contextmanager
     def shared(self):
@@ -87,18 +84,13 @@ class _RWLock:
     def exclusive(self):
         self._write.acquire()
         try:
-            with self._mutex:
-                self._writer = True        # new readers now queue on _write
-            while True:
-                with self._mutex:
-                    if self._readers == 0:
-                        break
+            self._writer = True            # new readers now queue on _write
+            while self._readers:
                 time.sleep(0.0002)
             yield
         finally:
-            with self._mutex:
-                self.generation = next(_GENERATIONS)
-                self._writer = False
+            self.generation = next(_GENERATIONS)
+            self._writer = False
             self._write.release()
 
 
@@ -135,13 +127,10 @@ class _State:
 
 
 def as_queries(queries, dim: int) -> np.ndarray:
-    """Validate queries: (nq, d) or (d,) of any float dtype -> (nq, d) float32 C-contiguous."""
+    """Queries (nq, d) or (d,) of any numeric dtype -> (nq, d) float32 C-contiguous; finiteness is checked by
+    ``check_finite`` (or, on the default search path, after it: see ``_maybe_not_finite``)."""
     if type(queries) is np.ndarray and queries.dtype == np.float32 and queries.ndim == 2 \
             and queries.shape[1] == dim and queries.flags.c_contiguous:
-        # one BLAS dot instead of an isfinite pass (a third of a single query's overhead): NaN and inf
-        # propagate into it; a finite overflow (|x| ~ 1e19) falls back to the exact check
-        if not math.isfinite(np.vdot(queries, queries)) and not np.isfinite(queries).all():
-            raise InvalidQuery("queries contain NaN or infinite values")
         return queries          # the common case, without copies
     q = np.asarray(queries)
     if q.ndim == 1:
@@ -150,10 +139,25 @@ def as_queries(queries, dim: int) -> np.ndarray:
         raise InvalidQuery(f"queries must be (nq, {dim}), got shape {np.shape(queries)}")
     if not np.issubdtype(q.dtype, np.number):
         raise InvalidQuery(f"queries must be numbers, got dtype {q.dtype}")
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    if not np.isfinite(q).all():
+    return np.ascontiguousarray(q, dtype=np.float32)
+
+
+def check_finite(q: np.ndarray) -> None:
+    # one BLAS dot instead of an isfinite pass: NaN and inf propagate into it; a finite overflow (|x| ~ 1e19)
+    # falls back to the exact check. The method on a flat view costs half of np.vdot's call.
+    flat = q.ravel()
+    if not math.isfinite(flat.dot(flat)) and not np.isfinite(q).all():
         raise InvalidQuery("queries contain NaN or infinite values")
-    return q
+
+
+def _maybe_not_finite(D: np.ndarray, I: np.ndarray) -> bool:
+    """Whether a default search's answer could come from a query with NaN or inf in it. Every index type
+    answers such a query with no item (-1) or a non-finite distance first (tested for each), so only those
+    answers have their queries checked: a single query then pays two scalar reads, not a pass over it
+    (which, cold between searches, cost 3-4 us of a 6 us wrapper)."""
+    if len(I) == 1:
+        return I[0, 0] < 0 or not math.isfinite(D[0, 0])
+    return not (np.isfinite(D[:, 0]).all() and (I[:, 0] >= 0).all())
 
 
 def _check_k(k) -> int:
@@ -336,7 +340,11 @@ class VectorIndex:
                 if plain is None or plain[0] != lock.generation:
                     plain = s.plain = (lock.generation, self._plain(s))
                 if plain[1] is not None:
-                    return plain[1](q, k)
+                    D, I = plain[1](q, k)
+                    if _maybe_not_finite(D, I):
+                        check_finite(q)
+                    return D, I
+            check_finite(q)
             p = params or s.params
             do_rerank = self.rerank if rerank is None else bool(rerank)
             if do_rerank and s.store is not None and not self._gpu:
