@@ -461,6 +461,34 @@ def test_build_collection_index_lifecycle(data, tmp_path):
         build_collection_index(str(tmp_path / "other"), "tiny", grown)
 
 
+
+def test_an_unchanged_index_is_kept_mapped_and_an_updated_one_stays_one_segment(data, tmp_path, monkeypatch):
+    """A re-run with nothing to add maps the saved index (at 1M wide vectors, copying it took 29 s and 7 GB);
+    one with additions reads it into memory, so that they go into its one segment."""
+    from nearsight.retrieval.index import collection_index
+
+    x, ids, source = data
+    d = str(tmp_path)
+    build_collection_index(d, "e", ArraySource(x[:3000].astype(np.float16), ids[:3000]), factory="HNSW16,SQ8",
+                           metric="ip", n_queries=50)
+    loaded = []
+    monkeypatch.setattr(collection_index, "load_index", lambda *a, **kw: loaded.append(load_index(*a, **kw))
+                        or loaded[-1])
+    files = [tmp_path / "indexes" / name for name in ("e.faiss", "e.vectors.faiss")]
+    inodes = [f.stat().st_ino for f in files]
+    again = build_collection_index(d, "e", ArraySource(x[:3000].astype(np.float16), ids[:3000]), metric="ip",
+                                   factory="HNSW16,SQ8")
+    assert again["action"] == "unchanged" and len(loaded) == 1
+    assert loaded[0]._s.store.mapped and not loaded[0].segments[0].writable
+    assert [f.stat().st_ino for f in files] == inodes                   # nothing rewritten
+    loaded.clear()
+    grown = build_collection_index(d, "e", ArraySource(x.astype(np.float16), ids), metric="ip",
+                                   factory="HNSW16,SQ8", n_queries=50)
+    assert grown["action"] == "updated" and grown["added"] == len(x) - 3000
+    assert len(loaded) == 2 and loaded[-1].segments[0].writable and grown["files"] == ["e.faiss"]
+    _, I = load_index(d, "e", source=source).search(x[3000:3010], 1)
+    assert (I[:, 0] == ids[3000:3010]).all()
+
 def test_collection_answers_while_its_index_is_rebuilt(data, tmp_path):
     x, ids, source = data
     d = str(tmp_path)

@@ -104,7 +104,7 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
     t0 = time.perf_counter()
 
     first = backend.make_index(plan.factory, d, metric, plan.ef_construction)
-    pending, rest, trained_on = [], None, 0
+    pending, rest, trained_on, train_seconds = [], None, 0, 0.0
     if not first.is_trained:
         size = plan.train_size or min(n, 65536)
         sample, pending, rest = training_sample(vectors, ids, size, seed)
@@ -118,7 +118,8 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
         ivf = faiss.try_extract_index_ivf(first)
         if ivf is not None:
             ivf.clustering_index = None
-        LOG.info("trained %s on %d vectors in %.1f s", plan.factory, trained_on, time.perf_counter() - t_train)
+        train_seconds = time.perf_counter() - t_train
+        LOG.info("trained %s on %d vectors in %.1f s", plan.factory, trained_on, train_seconds)
         del sample
     template = backend.serialize(first) if parse_factory(plan.factory).needs_training else None
     if plan.on_disk and ondisk_prefix is not None and plan.budget_bytes and template is not None:
@@ -127,7 +128,8 @@ def build_index(vectors, ids, metric: str, plan: IndexPlan, *, source=None, use_
     capacity = segment_capacity(plan.factory, d, len(template if template is not None else backend.serialize(first)),
                                 limit)
 
-    info = {"plan": plan.to_dict(), "trained_on": trained_on, "trained_ntotal": n, "mode": plan.mode,
+    info = {"plan": plan.to_dict(), "trained_on": trained_on, "train_seconds": round(train_seconds, 3),
+            "trained_ntotal": n, "mode": plan.mode,
             "on_disk": plan.on_disk, "ef_construction": plan.ef_construction, "gpu": gpu, "max_id": -1,
             "built_at": time.time()}
     if limit:
@@ -180,7 +182,8 @@ def _build_on_disk(vectors, ids, metric, plan, template, trained_on, pending, re
         os.remove(path)
         raise InvalidQuery(f"got {figures['ondisk_read']} vectors for {n} ids")
     kept = ids if skip is None or not len(skip) else ids[~np.isin(ids, skip)]    # held-out ids come later
-    info = {"plan": plan.to_dict(), "trained_on": trained_on, "trained_ntotal": n, "mode": plan.mode,
+    info = {"plan": plan.to_dict(), "trained_on": trained_on, "train_seconds": round(train_seconds, 3),
+            "trained_ntotal": n, "mode": plan.mode,
             "on_disk": True, "ef_construction": plan.ef_construction, "gpu": False,
             "max_id": int(kept.max()) if len(kept) else -1, "built_at": time.time(), **figures}
     segment = Segment(merged, writable=False, dirty=True, ivfdata=os.path.basename(path))

@@ -16,11 +16,10 @@ import time
 import numpy as np
 
 from ..errors import IndexFilesChanged, NearsightError
-from . import backend
 from .build import build_index
 from .degree import choose_degree
 from .plan import parse_factory, parse_size, plan_from_factory, plan_index
-from .storage import index_dir, load_index, read_meta, sync_with_source
+from .storage import differences, index_dir, load_index, read_meta, sync_with_source
 from .tuning import tune
 
 LOG = logging.getLogger(__name__)
@@ -96,9 +95,13 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     existing, broken = None, None
     replaced = _replaced(meta, factory, auto, n, d, metric, budget, mode) if meta is not None else None
     if meta is not None and not rebuild and not replaced:
-        # only an index that may be kept is loaded: at 1M wide vectors one is many GB
+        # only an index that may be kept is loaded, and mapped: at 1M wide vectors one is many GB, which an
+        # unchanged re-run need not copy. One that is to take additions or removals is read into memory
+        # instead (a mapped segment takes no additions; a second segment would slow every search).
         try:
-            existing = load_index(collection_dir, encoder, source=source, mmap=bool(meta.get("on_disk")), sync=False)
+            existing = load_index(collection_dir, encoder, source=source, mmap=True, sync=False)
+            if not meta.get("on_disk") and any(len(change) for change in differences(existing, source)):
+                existing = load_index(collection_dir, encoder, source=source, mmap=False, sync=False)
         except IndexFilesChanged as exc:
             # the one writer (callers hold the write lock) finds files no save is renaming: a killed save's
             broken = f"the saved index files disagree with {encoder}.json (a save was interrupted)"
@@ -139,8 +142,7 @@ def build_collection_index(collection_dir: str, encoder: str, source, factory: s
     else:
         index = existing
         # new items are held-out queries for free: tune before they go in, when there are enough of them
-        new = np.setdiff1d(ids, np.concatenate([backend.indexed_ids(s.index) for s in index.segments]
-                                               or [np.zeros(0, np.int64)]))
+        new = differences(index, source)[0]
         holdout = rng.choice(new, min(n_queries, len(new)), replace=False) if len(new) >= 50 else None
         changes = sync_with_source(index, source, hold=holdout)
         added, removed = changes["added"] + (len(holdout) if holdout is not None else 0), changes["removed"]

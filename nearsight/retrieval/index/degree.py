@@ -82,8 +82,10 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
     held = np.sort(rng.choice(sample_ids, QUERIES, replace=False))
     source = ArraySource(x, sample_ids)
     queries = source.reconstruct(held)
-    # an HNSW build costs about n log n insertions: the sample's time scaled to the whole collection
+    # an HNSW build costs about n log n insertions: the sample's time of adding scaled to the whole collection;
+    # a trained part (a PCA) by the training sample's size, which is capped, not n
     scale = (n / size) * np.log(max(n, 2)) / np.log(max(size, 2))
+    whole_train = min(n, plan.train_size or n)
     out: dict = {t: {} for t in targets}
     builds = {}
     for m in fits:
@@ -92,7 +94,9 @@ def measure_degrees(plan: IndexPlan, vectors, ids: np.ndarray, targets=(0.95,), 
             candidate = plan_from_factory(with_degree(plan.factory, m), size, d, plan.metric, plan.mode)
             candidate = dataclasses.replace(candidate, ef_construction=efc)
             index = build_index(x, sample_ids, plan.metric, candidate, source=source, skip_ids=held, use_gpu=False)
-            builds[m, efc] = (time.perf_counter() - t0) * scale
+            train = index.info.get("train_seconds", 0.0)
+            builds[m, efc] = (time.perf_counter() - t0 - train) * scale \
+                + train * whole_train / max(index.info.get("trained_on", 0), 1)
             for t in targets:
                 tuned = tune(index, source, target_recall=t, k=k, holdout_ids=held, repeats=1)
                 out[t][m, efc] = (hnsw_search_cost(index, queries, k), tuned["search_params"], tuned["recall_at_k"],

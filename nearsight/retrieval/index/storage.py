@@ -343,18 +343,22 @@ def _open(collection_dir: str, encoder: str, meta: dict, source, mmap: bool) -> 
                        store=store)
 
 
+def differences(index: VectorIndex, source) -> tuple[np.ndarray, np.ndarray]:
+    """(ids the source holds that the index lacks, ids the index holds that the source no longer has)."""
+    src = np.unique(np.asarray(source.ids, dtype=np.int64))
+    held = np.concatenate([backend.indexed_ids(s.index) for s in index.segments] or [np.zeros(0, np.int64)])
+    held = np.setdiff1d(held, index.tombstones)
+    return np.setdiff1d(src, held, assume_unique=True), np.setdiff1d(held, src)
+
+
 def sync_with_source(index: VectorIndex, source, block: int = 65536, hold=None) -> dict:
     """Add the source's vectors the index lacks and remove ids the source no longer holds; ids in ``hold``
     are not added yet (held out for tuning). Returns ``{"added": n, "removed": m, "new": ids not yet indexed}``
     where ``new`` lists every id the index lacked before this call."""
-    src = np.unique(np.asarray(source.ids, dtype=np.int64))
-    held = np.concatenate([backend.indexed_ids(s.index) for s in index.segments] or [np.zeros(0, np.int64)])
-    held = np.setdiff1d(held, index.tombstones)
-    new = np.setdiff1d(src, held, assume_unique=True)
+    new, gone = differences(index, source)
     missing = new
     if hold is not None and len(hold):
         new = np.setdiff1d(new, np.asarray(hold, dtype=np.int64))
-    gone = np.setdiff1d(held, src)
     removed = index.remove(gone) if len(gone) else 0
     added = 0
     for start in range(0, len(new), block):
