@@ -12,8 +12,9 @@
    pressure, not memory the ingest holds.
 2. At the largest size: disk bytes per item, ``nearsight build-index --encoder tiny`` time and peak RSS, the
    time of ``nearsight info`` and of opening the collection (a fresh process each).
-3. ``nearsight serve`` on loopback; ``--queries`` searches (k=10) at concurrency ``--concurrency`` by id, then
-   by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0).
+3. ``nearsight serve`` on loopback, once for each of ``--server-processes`` (default 1 and one per core, the same
+   requests to each: the baseline is the single process); ``--queries`` searches (k=10) at concurrency
+   ``--concurrency`` by id, then by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0).
 4. ``--gist-slice N``: the first N photos indexed again with ``gist`` into a second collection (images/s).
 5. ``--baseline-index FOLDER``: single searches in one process through the collection's index and another
    saved index of the same vectors (``FOLDER/indexes/``), interleaved, with their recall against exact search.
@@ -166,8 +167,9 @@ def dir_bytes(path: str) -> int:
 
 
 # -- HTTP --------------------------------------------------------------------------------------------------------
-def start_server(collection: str):
-    proc = subprocess.Popen(nearsight("serve", "-c", collection, "--port", "0", "--threads", "16"),
+def start_server(collection: str, processes: int = 1):
+    proc = subprocess.Popen(nearsight("serve", "-c", collection, "--port", "0", "--threads", "16",
+                                      "--processes", str(processes)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     for line in proc.stdout:
         m = re.search(r"http://([^/]+):(\d+)/", line)
@@ -278,6 +280,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--server-processes", default=f"1,{os.cpu_count()}",
+                    help="serve --processes values to measure, each with the same requests")
     ap.add_argument("--gist-slice", type=int, default=0)
     ap.add_argument("--gist-only", action="store_true", help="only the gist slice (its photos made if missing)")
     ap.add_argument("--reuse", action="store_true",
@@ -334,27 +338,38 @@ def main() -> None:
           f"(anonymous {peak['anonymous'] / 2**20:.0f} MB); "
           f"info {result['info_seconds']} s; open {result['open_seconds']} s (fresh processes)")
 
-    server, host, port = start_server(coll)
-    try:
-        rng = np.random.default_rng(0)
-        by_id = [("/api/search", json.dumps({"id": int(i), "k": 10, "encoder": "tiny"}).encode(), "application/json")
-                 for i in rng.integers(0, n, args.queries)]
-        by_image = []
-        for seed in rng.integers(n, 10**9, args.queries):     # items the collection does not hold
-            out = io.BytesIO()
-            make_photo(int(seed)).save(out, format="JPEG", quality=85)
-            body, ctype = multipart(out.getvalue(), {"k": "10", "encoder": "tiny"})
-            by_image.append(("/api/search", body, ctype))
-        load(host, port, by_id[:50], args.concurrency)  # warm the index and the encoder
-        result["search_by_id"] = load(host, port, by_id, args.concurrency)
-        result["search_by_image"] = load(host, port, by_image, args.concurrency)
-    finally:
-        server.terminate()
-        server.wait()
-    for kind in ("search_by_id", "search_by_image"):
-        r = result[kind]
-        print(f"{kind} over HTTP, concurrency {args.concurrency}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-              f"{r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}")
+    rng = np.random.default_rng(0)
+    by_id = [("/api/search", json.dumps({"id": int(i), "k": 10, "encoder": "tiny"}).encode(), "application/json")
+             for i in rng.integers(0, n, args.queries)]
+    by_image = []
+    for seed in rng.integers(n, 10**9, args.queries):     # items the collection does not hold
+        out = io.BytesIO()
+        make_photo(int(seed)).save(out, format="JPEG", quality=85)
+        body, ctype = multipart(out.getvalue(), {"k": "10", "encoder": "tiny"})
+        by_image.append(("/api/search", body, ctype))
+    result["http"] = []
+    for processes in sorted({int(p) for p in args.server_processes.split(",")}):
+        server, host, port = start_server(coll, processes)
+        try:
+            # one unmeasured pass of the same requests first: every process's index and encoder loaded, and the
+            # rows they touch in the page cache for each configuration alike (the first one otherwise pays it)
+            load(host, port, by_id, args.concurrency)
+            load(host, port, by_image, args.concurrency)
+            entry = {"processes": processes, "search_by_id": load(host, port, by_id, args.concurrency),
+                     "search_by_image": load(host, port, by_image, args.concurrency)}
+        finally:
+            server.terminate()
+            server.wait()
+        result["http"].append(entry)
+        for kind in ("search_by_id", "search_by_image"):
+            r = entry[kind]
+            print(f"{kind} over HTTP, {processes} server process(es), concurrency {args.concurrency}: p50 "
+                  f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}")
+    base = result["http"][0]
+    for entry in result["http"][1:]:
+        entry["vs_first"] = {kind: round(entry[kind]["queries_per_s"] / base[kind]["queries_per_s"], 2)
+                             for kind in ("search_by_id", "search_by_image")}
+        print(f"{entry['processes']} processes vs {base['processes']}: {entry['vs_first']} (queries/s)")
 
     if args.gist_slice:
         result["gist_slice"] = gist_slice(args, folders)

@@ -141,6 +141,15 @@ class ItemStore:
             raise UnknownItem(f"no item with id {item_id}")
         return Item.from_json(value)
 
+    def items(self, item_ids) -> list[Item]:
+        """Several items from one read transaction (a search's results: one LMDB round, not k)."""
+        with self.env.begin(db=self.db["items"]) as txn:
+            values = [txn.get(id_key(int(i))) for i in item_ids]
+        missing = [int(i) for i, v in zip(item_ids, values) if v is None]
+        if missing:
+            raise UnknownItem(f"no item with id {missing[0]}")
+        return [Item.from_json(bytes(v)) for v in values]
+
     def thumbnail(self, item_id: int) -> bytes:
         value = self._get("thumbs", id_key(item_id))
         if value is None:

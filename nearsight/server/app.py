@@ -1,9 +1,9 @@
 """The Flask app behind ``nearsight serve``: ``create_app(ServerConfig) -> Flask``.
 
 One process holds one opened collection (LMDB read-only), its encoders and indexes, shared by the
-server's threads. What a running ``nearsight index`` adds becomes visible without a restart: every
-search first calls ``Collection.refresh()`` (a read of the LMDB generation counter and two stats,
-microseconds), which drops cached embeddings and indexes when another process committed; item and
+server's threads. What a running ``nearsight index`` adds becomes visible without a restart: a request
+first calls ``Collection.refresh`` (a read of the LMDB generation counter and a few stats, at most every
+``CHECK_INTERVAL_S``, 50 ms), which drops cached embeddings and indexes when another process committed; item and
 thumbnail reads go to LMDB directly and always see the latest commit. SIGHUP (``install_reload_signal``)
 reopens the collection from scratch, for changes refresh cannot see (a collection rebuilt in place).
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from flask import Flask, current_app, has_app_context, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from ..retrieval.collection import Collection
+from ..retrieval.collection import CHECK_INTERVAL_S, Collection
 from ..retrieval.errors import (CollectionBusy, ImageError, ImageTooLarge, InvalidFilter, InvalidMask, InvalidQuery,
                                 NearsightError, UnknownEncoder, UnknownItem, UnsupportedModality, WeightsUnavailable)
 from ..retrieval.images import DEFAULT_MAX_PIXELS
@@ -68,6 +68,9 @@ class ServerConfig:
     # Host names answered besides the loopback ones ("*": any); see guard.py on DNS rebinding.
     allowed_hosts: tuple[str, ...] = ()
     feedback: bool = False  # record which result of a text search was opened (POST /api/feedback)
+    # serve --processes: this process's index and every process's private loopback port (see workers.py)
+    process: int | None = None
+    peers: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.max_upload_bytes < 1 or self.max_pixels < 1:
@@ -103,7 +106,7 @@ class CollectionHolder:
     def fresh(self) -> Collection:
         """The collection, after picking up what other processes committed since the last call."""
         coll = self._collection
-        coll.refresh()
+        coll.refresh(CHECK_INTERVAL_S)
         return coll
 
     def reload(self) -> None:

@@ -527,7 +527,12 @@ def remove_encoder_command(name, collection):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; 0.0.0.0 opens the server to the network (set a token then).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
-@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Request threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Request threads (of each process).")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server processes on the one port: one answers one request at a time (Python's GIL), so more "
+                   "processes use more cores. Each opens the collection and maps the same index files; image jobs "
+                   "(--heavy-workers, --job-queue) are per process.")
 @click.option("--token", envvar="NEARSIGHT_TOKEN",
               help="Bearer token required on the API [env NEARSIGHT_TOKEN]. On the command line it shows in `ps`: "
                    "prefer the variable or --token-file.")
@@ -556,8 +561,8 @@ def remove_encoder_command(name, collection):
                    "the others; shared: workers run niced on every core (searches first, jobs may starve).")
 @click.option("--feedback", is_flag=True, help="Record which result of a text search users open (and the ones above "
               "it they pass over) in the collection, for `nearsight train`.")
-def serve(collection, host, port, threads, token, token_file, allowed_hosts, max_upload_mb, max_pixels, device,
-          blas_threads, heavy_workers, job_queue, job_ttl, job_max_side, job_cores, feedback):
+def serve(collection, host, port, threads, processes, token, token_file, allowed_hosts, max_upload_mb, max_pixels,
+          device, blas_threads, heavy_workers, job_queue, job_ttl, job_max_side, job_cores, feedback):
     """Serve the web page and the JSON API (waitress). New items appear without a restart; SIGHUP reloads."""
     import os
 
@@ -583,27 +588,30 @@ def serve(collection, host, port, threads, token, token_file, allowed_hosts, max
     config = ServerConfig(collection, token=token or None, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                           max_pixels=max_pixels, device=device, jobs=jobs, allowed_hosts=tuple(allowed_hosts) + bound,
                           feedback=feedback)
-    app = create_app(config)
-    install_reload_signal(app)
-    # A synchronous image request holds its thread while its job waits or runs: one more thread per worker
-    # and queue slot keeps --threads free for searches. The lookahead lets waitress see a client that
-    # went away, so its job is cancelled.
-    try:
-        server = create_server(app, host=host, port=port, threads=threads + jobs.workers + jobs.queue,
-                               ident="nearsight", max_request_body_size=config.max_request_bytes,
-                               channel_request_lookahead=1)
-    except OSError as exc:  # port in use, no such interface, a port below 1024 without the right
-        app.extensions["nearsight.jobs"].close()
-        raise NearsightError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    use_json_errors(server)
     if not bound and not allowed_hosts:
         click.echo(f"note: serving on {host}; requests must name localhost unless you add --allowed-host NAME "
                    "(the name clients use)", err=True)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host} with no token; anyone who can reach it can search", err=True)
-    url_host = f"[{server.effective_host}]" if ":" in str(server.effective_host) else server.effective_host
+    # A synchronous image request holds its thread while its job waits or runs: one more thread per worker
+    # and queue slot keeps --threads free for searches. The lookahead lets waitress see a client that
+    # went away, so its job is cancelled.
+    server_options = dict(threads=threads + jobs.workers + jobs.queue, ident="nearsight",
+                          max_request_body_size=config.max_request_bytes, channel_request_lookahead=1)
+    if processes > 1:
+        _serve_processes(config, processes, host, port, server_options)
+        return
+    app = create_app(config)
+    install_reload_signal(app)
+    try:
+        server = create_server(app, host=host, port=port, **server_options)
+    except OSError as exc:  # port in use, no such interface, a port below 1024 without the right
+        app.extensions["nearsight.jobs"].close()
+        raise NearsightError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    use_json_errors(server)
     count = app.extensions["nearsight"].holder.collection.count
-    click.echo(f"serving {count} items of {collection} at http://{url_host}:{server.effective_port}/ (Ctrl-C stops)")
+    click.echo(f"serving {count} items of {collection} at {_url(server.effective_host, server.effective_port)} "
+               "(Ctrl-C stops)")
     try:
         server.run()
     except KeyboardInterrupt:
@@ -611,6 +619,44 @@ def serve(collection, host, port, threads, token, token_file, allowed_hosts, max
     finally:
         server.close()
         app.extensions["nearsight.jobs"].close()
+
+
+def _url(host, port) -> str:
+    return f"http://{f'[{host}]' if ':' in str(host) else host}:{port}/"
+
+
+def _serve_processes(config, processes: int, host: str, port: int, server_options: dict) -> None:
+    """``serve --processes N``: the port bound here, N forked server processes answering on it (workers.py)."""
+    import dataclasses
+    import signal
+
+    from waitress import create_server
+
+    from .app import create_app, install_reload_signal
+    from .guard import use_json_errors
+    from .workers import Supervisor, listen
+
+    public = listen(host, port)
+    supervisor = Supervisor(processes)
+
+    def run(index: int, ready) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)         # until this process's own reload handler is in
+        app = create_app(dataclasses.replace(config, process=index, peers=tuple(supervisor.private_ports)))
+        install_reload_signal(app)
+        server = create_server(app, sockets=[public, supervisor.private_socket(index)], **server_options)
+        use_json_errors(server)
+        ready(app.extensions["nearsight"].holder.collection.count)
+        try:
+            server.run()
+        finally:
+            server.close()
+            app.extensions["nearsight.jobs"].close()
+
+    count = supervisor.start(run)
+    effective_host, effective_port = public.getsockname()[:2]
+    click.echo(f"serving {count} items of {config.collection} at {_url(effective_host, effective_port)} "
+               f"({processes} processes; Ctrl-C stops)")
+    supervisor.wait()
 
 
 def _read_token(path: str) -> str:

@@ -36,8 +36,10 @@ def executor() -> JobExecutor:
 
 
 def install(app, config) -> None:
-    """Give ``app`` its executor (workers start with the first job)."""
-    app.extensions[EXTENSION] = JobExecutor(config.jobs, config.collection, device=config.device)
+    """Give ``app`` its executor (workers start with the first job). Under ``serve --processes`` its job ids
+    start with ``p<process index>.``: the process that owns the job."""
+    prefix = f"p{config.process}." if config.process is not None else ""
+    app.extensions[EXTENSION] = JobExecutor(config.jobs, config.collection, device=config.device, id_prefix=prefix)
 
 
 def run_job(method: str, inputs: dict, started: float | None = None):
@@ -95,11 +97,44 @@ def _job_error(job):
 
 
 def _job(job_id: str):
+    """(job, None), or (None, the answer): 404, or the owner's answer for a job of another server process."""
+    owner = _owner(job_id)
+    if owner is not None and owner != state().config.process:
+        return None, _forward(owner)
     job = executor().get(job_id)
     if job is None:
         return None, error_response(404, "unknown_job", f"no job {job_id!r}: it never existed, or it finished "
                                                         f"more than {executor().config.ttl:g} s ago and was forgotten")
     return job, None
+
+
+def _owner(job_id: str) -> int | None:
+    """The server process a job id names (``p2.xyz`` -> 2), or None; only under ``serve --processes``."""
+    head, dot, _ = job_id.partition(".")
+    if not dot or not state().config.peers or head[:1] != "p" or not head[1:].isdigit():
+        return None
+    index = int(head[1:])
+    return index if index < len(state().config.peers) else None
+
+
+def _forward(owner: int):
+    """This request, answered by the server process that owns its job (on its private loopback port)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", state().config.peers[owner], timeout=60)
+    headers = {name: value for name, value in request.headers.items()
+               if name.lower() in ("host", "authorization", "content-type", "accept")}
+    try:
+        conn.request(request.method, request.full_path.rstrip("?"), body=request.get_data() or None,
+                     headers=headers)
+        answer = conn.getresponse()
+        body = answer.read()
+    except OSError:
+        return error_response(404, "unknown_job", f"the server process that ran job {request.view_args['job_id']!r} "
+                                                  "restarted; its jobs are gone")
+    finally:
+        conn.close()
+    return current_app.response_class(body, status=answer.status, content_type=answer.getheader("Content-Type"))
 
 
 @bp.post("")

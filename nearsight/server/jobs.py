@@ -100,8 +100,8 @@ class WorkerDied(NearsightError):
 class Job:
     """One job. Mutable fields change under the executor's lock; read them through ``JobExecutor.status``."""
 
-    def __init__(self, method: str, inputs: dict, now: float):
-        self.id = secrets.token_urlsafe(12)  # not guessable: every token holder shares one job space
+    def __init__(self, method: str, inputs: dict, now: float, prefix: str = ""):
+        self.id = prefix + secrets.token_urlsafe(12)  # not guessable: every token holder shares one job space
         self.method = method
         self.inputs: dict | None = inputs  # dropped once the worker has them
         self.state = QUEUED
@@ -123,8 +123,9 @@ class JobExecutor:
     ``run(collection, method, inputs, progress) -> dict`` (JSON-ready)."""
 
     def __init__(self, config: JobConfig, collection: str, device: str = "auto", runner: str = DEFAULT_RUNNER,
-                 clock=time.monotonic):
+                 clock=time.monotonic, id_prefix: str = ""):
         self.config, self.collection, self.device, self.runner = config, collection, device, runner
+        self.id_prefix = id_prefix      # names the server process that owns a job (serve --processes)
         self._clock = clock
         self._lock = threading.Condition()
         self._queue: deque[Job] = deque()
@@ -147,7 +148,7 @@ class JobExecutor:
             if len(self._queue) >= self.config.queue + max(0, self.config.workers - running):
                 raise QueueFull(f"{running} image jobs are running and {len(self._queue)} are waiting, the most "
                                 f"this server queues; try again later", retry_after=self._retry_after())
-            job = Job(method, inputs, self._clock())
+            job = Job(method, inputs, self._clock(), self.id_prefix)
             self._jobs[job.id] = job
             self._queue.append(job)
             if not self._slots:
