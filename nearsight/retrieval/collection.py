@@ -22,7 +22,7 @@ import numpy as np
 from .embeddings import EmbeddingMatrix, load_matrix
 from .encoders import IMAGE, TEXT, Encoder, create_encoder
 from .encoders.threads import QUERY_THREADS, intra_op_threads
-from .errors import ImageError, InvalidQuery, NotACollection, UnknownEncoder, UnsupportedModality
+from .errors import ImageError, InvalidQuery, NotACollection, UnknownEncoder, UnknownItem, UnsupportedModality
 from .filters import ItemTable, SearchFilter, allowed_ids, parse_filter
 from .images import DEFAULT_MAX_PIXELS, decode_image, load_image
 from .pca import PCA, PCA_FILE, fit_pca, prefiltered_search
@@ -390,8 +390,11 @@ class Collection:
         elif kind == "id":
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise InvalidQuery(f"id must be an integer, got {value!r}")
-            self.item(value)  # UnknownItem for an id the collection never had
-            v = self.embedding_matrix(encoder).reconstruct([value])[0]
+            try:
+                v = self.embedding_matrix(encoder).reconstruct([value])[0]
+            except UnknownItem:
+                self.item(value)  # "no item with id" for an id the collection never had
+                raise
         elif kind == "text":
             if not isinstance(value, str) or not value.strip():
                 raise InvalidQuery("text must be a non-empty string")

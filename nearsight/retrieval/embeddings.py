@@ -139,7 +139,10 @@ class EmbeddingMatrix:
 
     def reconstruct(self, ids) -> np.ndarray:
         """Item ids (m,) -> their embeddings (m, d) float32."""
-        return self.vectors[self.rows(ids)].astype(np.float32)
+        rows = self.rows(ids)
+        # through a plain ndarray view: np.memmap's own indexing costs more than the read, on every query by id
+        vectors = self.vectors.view(np.ndarray) if isinstance(self.vectors, np.memmap) else self.vectors
+        return vectors[rows].astype(np.float32)
 
 
 def load_ids(directory: str, records: list[dict]) -> set[int]:
