@@ -182,8 +182,7 @@ def _build_on_disk(vectors, ids, metric, plan, template, trained_on, pending, re
         os.remove(path)
         raise InvalidQuery(f"got {figures['ondisk_read']} vectors for {n} ids")
     kept = ids if skip is None or not len(skip) else ids[~np.isin(ids, skip)]    # held-out ids come later
-    info = {"plan": plan.to_dict(), "trained_on": trained_on, "train_seconds": round(train_seconds, 3),
-            "trained_ntotal": n, "mode": plan.mode,
+    info = {"plan": plan.to_dict(), "trained_on": trained_on, "trained_ntotal": n, "mode": plan.mode,
             "on_disk": True, "ef_construction": plan.ef_construction, "gpu": False,
             "max_id": int(kept.max()) if len(kept) else -1, "built_at": time.time(), **figures}
     segment = Segment(merged, writable=False, dirty=True, ivfdata=os.path.basename(path))
