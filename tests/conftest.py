@@ -27,6 +27,20 @@ def make_photo(seed: int, size=(96, 72)) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+@pytest.fixture(scope="module")
+def coll_dir(tmp_path_factory):
+    """Eight small photos indexed with tiny-gray (enough for colorize and recolor jobs)."""
+    from nearsight.indexer.ingest import IngestConfig, index_paths
+
+    root = tmp_path_factory.mktemp("gray")
+    (root / "photos").mkdir()
+    for i in range(8):
+        make_photo(i, (96, 72)).save(root / "photos" / f"p{i}.png")
+    index_paths(str(root / "coll"), [str(root / "photos")],
+                IngestConfig(encoders=("tiny-gray",), workers=0, progress=False))
+    return str(root / "coll")
+
+
 @pytest.fixture
 def photo_dir(tmp_path):
     """A folder of 12 distinct JPEG photos, one PNG with a sidecar caption, in a nested subfolder too."""

@@ -45,22 +45,6 @@ def _release(gate, name):
     (gate / str(name)).touch()
 
 
-@pytest.fixture(scope="module")
-def coll_dir(tmp_path_factory):
-    """Eight small photos indexed with tiny-gray (enough for colorize and recolor)."""
-    from conftest import make_photo
-
-    from nearsight.indexer.ingest import IngestConfig, index_paths
-
-    root = tmp_path_factory.mktemp("jobs")
-    (root / "photos").mkdir()
-    for i in range(8):
-        make_photo(i, (96, 72)).save(root / "photos" / f"p{i}.png")
-    index_paths(str(root / "coll"), [str(root / "photos")],
-                IngestConfig(encoders=("tiny-gray",), workers=0, progress=False))
-    return str(root / "coll")
-
-
 @pytest.fixture
 def gate(tmp_path, monkeypatch):
     folder = tmp_path / "gate"

@@ -15,26 +15,9 @@ import time
 import urllib.error
 import urllib.request
 
-import pytest
 from click.testing import CliRunner
 
 from nearsight.server.cli import main
-
-
-@pytest.fixture(scope="module")
-def coll_dir(tmp_path_factory):
-    """Eight small photos indexed with tiny-gray (enough for recolor)."""
-    from conftest import make_photo
-
-    from nearsight.indexer.ingest import IngestConfig, index_paths
-
-    root = tmp_path_factory.mktemp("processes")
-    (root / "photos").mkdir()
-    for i in range(8):
-        make_photo(i, (96, 72)).save(root / "photos" / f"p{i}.png")
-    index_paths(str(root / "coll"), [str(root / "photos")],
-                IngestConfig(encoders=("tiny-gray",), workers=0, progress=False))
-    return str(root / "coll")
 
 
 class Served:
