@@ -16,8 +16,8 @@ Configurations, each built once and measured at every target:
   HNSW degree chosen by ``measure_degrees`` for each target), ``build_index`` with 500 vectors held out, ``tune``
   on them, the held-out vectors added back, saved, loaded memory-mapped.
 - ``raw-faiss-speed`` / ``raw-faiss-compact``: the very faiss objects ours searches, called directly with the
-  same parameters: our wrapper's overhead, as rate ratios and as ``call_overhead_us`` (``call_overhead_us``:
-  per single-query call, the fastest of interleaved calls of each).
+  same parameters: our wrapper's overhead, as rate ratios and as ``call_overhead_us`` (per single-query call:
+  the fastest of several interleaved calls of each, compared).
 - peers ``faiss-HNSW32``, ``hnswlib-M16``, ``hnswlib-M32`` (efConstruction 80) and, for the compact mode, the
   like-for-like ``faiss-IVFPQfs-RFlat`` (faiss's own recipe ``IVFk,PQmx4fs,RFlat``: the same nlist and code
   size as our compact plan, re-ranked from float32 rows in RAM).
