@@ -703,15 +703,53 @@ def test_degree_candidates_keep_no_store_as_long_as_the_collection(monkeypatch):
     assert seen and max(seen) < 4000
 
 
+def test_degree_cost_is_projected_to_the_collections_size(monkeypatch):
+    """Measured on 1M CLIP-like vectors: HNSW16 and HNSW32 tie on a 30k sample at recall 0.90, HNSW16's cost grows
+    faster with size, and at 1M it needed twice HNSW32's efSearch. A sample smaller than the collection is
+    measured at two sizes and each candidate's cost projected by the power it grows with."""
+    from nearsight.retrieval.index import degree
+    monkeypatch.setattr(degree, "SAMPLE", 20_000)
+    monkeypatch.setattr(degree, "QUERIES", 100)
+    monkeypatch.setattr(degree, "EF_CONSTRUCTIONS", (80,))
+    sizes = []
+
+    def fake_costs(plan, x, held, targets, k):        # the growth measured on the CLIP-like vectors
+        sizes.append((len(x), len(held)))
+        m = degree.parse_factory(plan.factory).hnsw_m
+        grows = {16: 1038 / 520, 32: 1007 / 528}[m] if len(x) < 20_000 else 1.0
+        cost = {16: 1038.0, 32: 1007.0}[m] / grows
+        return {t: (cost, {"efSearch": 40}, 0.91) for t in targets}, 1.0, 0.0, 0
+    monkeypatch.setattr(degree, "_tuned_costs", fake_costs)
+    n = 660_000                                         # 33x the sample, as 1M is of 30k
+    costs = degree.measure_degrees(plan_index(n, 32, "ip", "64G", "speed"), np.zeros((n, 32), np.float32),
+                                   np.arange(n, dtype=np.int64), (0.9,))[0.9]
+    assert sorted(set(sizes)) == [(5000, 100), (20_000, 100)]       # the nested quarter keeps the same queries
+    c16, c32 = costs[16, 80], costs[32, 80]
+    assert (c16.sample_cost, c32.sample_cost) == (1038.0, 1007.0)
+    scale = n / (20_000 - 100)
+    power16 = np.log(1038 / 520) / np.log(19_900 / 4900)
+    assert c16.cost == pytest.approx(1038 * scale ** power16)
+    assert c32.cost < c16.cost / 1.05                   # past the tie: the larger degree at full size
+    assert degree.degree_plan(plan_index(n, 32, "ip", "64G", "speed"), costs, 0.9).factory == "HNSW32"
+    # projected, a tie goes to the larger degree: the projection flatters the smaller one
+    tied = {(16, 80): costs[32, 80]._replace(cost=c32.cost * 0.97), (32, 80): c32}
+    chosen = degree.degree_plan(plan_index(n, 32, "ip", "64G", "speed"), tied, 0.9)
+    assert chosen.factory == "HNSW32" and "the larger degree" in chosen.reasons[-1]
+    # the whole collection sampled: no projection
+    costs = degree.measure_degrees(plan_index(20_000, 32, "ip", "64G", "speed"), np.zeros((20_000, 32), np.float32),
+                                   np.arange(20_000, dtype=np.int64), (0.9,))[0.9]
+    assert costs[16, 80].sample_cost is None and costs[16, 80].cost == 1038.0
+
+
 def test_degree_ties_go_to_the_smaller_degree_then_the_wider_build():
-    from nearsight.retrieval.index.degree import degree_plan
+    from nearsight.retrieval.index.degree import Candidate, degree_plan
     plan = plan_index(60_000, 784, "l2", "4G", "speed")
     p = {"efSearch": 40, "k_factor": 1}
-    costs = {(16, 40): (329.0, p, 0.992, 6.0), (16, 80): (333.0, p, 0.992, 14.0), (16, 160): (346.0, p, 0.993, 21.0),
-             (32, 80): (400.0, p, 0.992, 13.0)}
+    costs = {(16, 40): Candidate(329.0, p, 0.992, 6.0), (16, 80): Candidate(333.0, p, 0.992, 14.0),
+             (16, 160): Candidate(346.0, p, 0.993, 21.0), (32, 80): Candidate(400.0, p, 0.992, 13.0)}
     chosen = degree_plan(plan, costs, 0.99)
     assert (chosen.factory, chosen.ef_construction) == ("HNSW16", 80)   # 160 is past the 5% tie
-    costs[(16, 80)] = (360.0, p, 0.992, 14.0)                           # a real difference wins
+    costs[(16, 80)] = Candidate(360.0, p, 0.992, 14.0)                  # a real difference wins
     assert degree_plan(plan, costs, 0.99).ef_construction == 40
 
 
