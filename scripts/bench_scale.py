@@ -14,7 +14,9 @@
    time of ``nearsight info`` and of opening the collection (a fresh process each).
 3. ``nearsight serve`` on loopback, once for each of ``--server-processes`` (default 1 and one per core, the same
    requests to each: the baseline is the single process); ``--queries`` searches (k=10) at concurrency
-   ``--concurrency`` by id, then by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0).
+   ``--concurrency`` by id, then by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0);
+   from the Python client below, then the same requests for ``--wrk-seconds`` from wrk, a C client whose own
+   CPU takes less from the two shared cores.
 4. ``--gist-slice N``: the first N photos indexed again with ``gist`` into a second collection (images/s).
 5. ``--baseline-index FOLDER``: single searches in one process through the collection's index and another
    saved index of the same vectors (``FOLDER/indexes/``), interleaved, with their recall against exact search.
@@ -215,6 +217,74 @@ def load(host: str, port: int, requests: list[tuple[str, bytes, str]], concurren
             "queries_per_s": round(len(ms) / wall, 1), "errors": errors[0], "n": len(ms)}
 
 
+# wrk (C, epoll): a load client that costs the shared cores ~10x less CPU a request than the Python one above
+# (~0.5 ms a request, with its own GIL waits inside the measured latency). Both run on the same requests.
+WRK_SCRIPT = r"""
+local bodies, types, i = {}, {}, 0
+local dir, count, threads = "%s", %d, 0
+setup = function(thread) thread:set("offset", threads); threads = threads + 1 end
+init = function(args)
+  for k = 1, count do
+    local f = io.open(string.format("%%s/%%06d", dir, k - 1), "rb")
+    types[k] = f:read("*l"); bodies[k] = f:read("*a"); f:close()
+  end
+  i = (offset or 0) * math.floor(count / 2)
+end
+request = function()
+  i = i %% count + 1
+  return wrk.format("POST", "/api/search", {["Content-Type"] = types[i]}, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"p50_us": %%d, "p99_us": %%d, "requests": %%d, "duration_us": %%d, "errors": %%d}\n',
+    latency:percentile(50), latency:percentile(99), summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+
+
+def wrk_binary(data_dir: str) -> list[str]:
+    """The command prefix of wrk: on PATH, or Debian's package (with LuaJIT) fetched into ``data_dir`` with
+    ``apt-get download`` and unpacked with ``dpkg -x``, no system install."""
+    import glob
+    import shutil
+
+    if shutil.which("wrk"):
+        return ["wrk"]
+    root = os.path.join(data_dir, "root")
+    exe = os.path.join(root, "usr", "bin", "wrk")
+    if not os.path.exists(exe):
+        os.makedirs(data_dir, exist_ok=True)
+        subprocess.run(["apt-get", "download", "wrk", "libluajit-5.1-2"], cwd=data_dir, check=True)
+        for deb in glob.glob(os.path.join(data_dir, "*.deb")):
+            subprocess.run(["dpkg", "-x", deb, root], check=True)
+    return ["env", f"LD_LIBRARY_PATH={os.path.join(root, 'usr', 'lib', 'x86_64-linux-gnu')}", exe]
+
+
+def load_wrk(wrk: list[str], host: str, port: int, requests: list[tuple[str, bytes, str]], concurrency: int,
+             seconds: float, work: str) -> dict:
+    """The same requests (in turn, each wrk thread from its own point) for ``seconds`` through wrk's
+    ``concurrency`` connections on one thread a core: the same fields as ``load``."""
+    bodies = os.path.join(work, "wrk-bodies")
+    os.makedirs(bodies, exist_ok=True)
+    for i, (path, body, ctype) in enumerate(requests):
+        assert path == "/api/search"
+        with open(os.path.join(bodies, f"{i:06d}"), "wb") as f:
+            f.write(ctype.encode() + b"\n" + body)
+    script = os.path.join(work, "wrk-search.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT % (bodies, len(requests)))
+    threads = min(os.cpu_count(), concurrency)
+    out = subprocess.run([*wrk, "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "60s",
+                          "-s", script, f"http://{host}:{port}/"], capture_output=True, text=True, check=True).stdout
+    r = json.loads(out.split("WRK ", 1)[1].splitlines()[0])
+    if not r["requests"]:
+        raise SystemExit(f"wrk completed no request in {seconds:g} s")
+    return {"p50_ms": round(r["p50_us"] / 1000, 1), "p99_ms": round(r["p99_us"] / 1000, 1),
+            "queries_per_s": round(r["requests"] / (r["duration_us"] / 1e6), 1), "errors": r["errors"],
+            "n": r["requests"], "client": "wrk"}
+
+
 def multipart(image: bytes, fields: dict) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
@@ -282,6 +352,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--server-processes", default=f"1,{os.cpu_count()}",
                     help="serve --processes values to measure, each with the same requests")
+    ap.add_argument("--wrk-seconds", type=float, default=10.0,
+                    help="also load each server with wrk (Debian's, fetched if missing) for this long; 0: not")
     ap.add_argument("--gist-slice", type=int, default=0)
     ap.add_argument("--gist-only", action="store_true", help="only the gist slice (its photos made if missing)")
     ap.add_argument("--reuse", action="store_true",
@@ -348,6 +420,7 @@ def main() -> None:
         body, ctype = multipart(out.getvalue(), {"k": "10", "encoder": "tiny"})
         by_image.append(("/api/search", body, ctype))
     result["http"] = []
+    wrk = wrk_binary(os.path.join(ROOT, "data", "wrk")) if args.wrk_seconds else None
     for processes in sorted({int(p) for p in args.server_processes.split(",")}):
         server, host, port = start_server(coll, processes)
         try:
@@ -357,11 +430,17 @@ def main() -> None:
             load(host, port, by_image, args.concurrency)
             entry = {"processes": processes, "search_by_id": load(host, port, by_id, args.concurrency),
                      "search_by_image": load(host, port, by_image, args.concurrency)}
+            if wrk:
+                entry["wrk_search_by_id"] = load_wrk(wrk, host, port, by_id, args.concurrency, args.wrk_seconds,
+                                                     args.out)
+                entry["wrk_search_by_image"] = load_wrk(wrk, host, port, by_image, args.concurrency,
+                                                        args.wrk_seconds, args.out)
         finally:
             server.terminate()
             server.wait()
         result["http"].append(entry)
-        for kind in ("search_by_id", "search_by_image"):
+        for kind in [k for k in ("search_by_id", "search_by_image", "wrk_search_by_id", "wrk_search_by_image")
+                     if k in entry]:
             r = entry[kind]
             print(f"{kind} over HTTP, {processes} server process(es), concurrency {args.concurrency}: p50 "
                   f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}")
