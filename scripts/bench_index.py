@@ -320,7 +320,7 @@ def bench_dataset(name: str, vectors: np.ndarray, queries: np.ndarray, peer_tuni
         t0 = time.perf_counter()
         costs = measure_degrees(speed, source.vectors, ids, TARGETS, K, seed=args.seed)
         emit(rows, **common, config="degree-measurement", seconds=time.perf_counter() - t0,
-             costs={str(t): {str(m): c[:3] for m, c in v.items()} for t, v in costs.items()})
+             costs={str(t): {str(m): (*c[:3], c.sample_cost) for m, c in v.items()} for t, v in costs.items()})
         by_factory: dict = {}
         for t in TARGETS:
             plan = degree_plan(speed, costs.get(t, {}), t, K)
