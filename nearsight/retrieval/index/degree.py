@@ -7,9 +7,10 @@ applies to the real index), and its search cost at that setting is counted: the 
 makes (faiss's own counter), plus the exact re-rank distances when the graph holds lossy codes. Counts, unlike
 timings on a shared machine, come out the same from run to run, and at the dimensions where an ANN index pays
 they are what a graph search spends its time on. Measured on the whole collection, within 5% the smaller degree
-wins (less memory), then the larger efConstruction: a graph built with a narrow insertion search degrades more as it grows than a sample shows
-(Fashion-MNIST: efConstruction 40 tied 80 on a 30k sample at recall 0.99, 329 vs 333 distances a query, then needed
-efSearch 56 instead of 44 on all 60k), and the build-time budget already bounds what the wider one costs.
+wins (less memory), then the larger efConstruction: a graph built with a narrow insertion search degrades more as
+it grows than a sample shows (Fashion-MNIST: efConstruction 40 tied 80 on a 30k sample at recall 0.99, 329 vs 333
+distances a query, then needed efSearch 56 instead of 44 on all 60k), and the build-time budget already bounds what
+the wider one costs.
 
 A sample smaller than the collection understates what a graph costs at full size, and not by the same factor for
 each degree: on 1M CLIP-like vectors (512-d) HNSW16 and HNSW32 tied on a 30k sample at recall@10 0.90 (1,038 vs
