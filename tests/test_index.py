@@ -735,6 +735,14 @@ def test_degree_cost_is_projected_to_the_collections_size(monkeypatch):
     tied = {(16, 80): costs[32, 80]._replace(cost=c32.cost * 0.97), (32, 80): c32}
     chosen = degree.degree_plan(plan_index(n, 32, "ip", "64G", "speed"), tied, 0.9)
     assert chosen.factory == "HNSW32" and "the larger degree" in chosen.reasons[-1]
+    # projected, each degree is built its widest: at 1M the efConstruction 80 graph, 5% cheaper on the sample and
+    # 9% projected, needed 2.4x the efSearch of the 160 one; a narrow build clearly cheaper on the sample stays
+    wide = {(32, 80): c32._replace(cost=8398.0, sample_cost=1490.0), (32, 160): c32._replace(cost=9163.0,
+                                                                                             sample_cost=1560.0)}
+    chosen = degree.degree_plan(plan_index(n, 32, "ip", "64G", "speed"), wide, 0.95)
+    assert chosen.ef_construction == 160 and "widest build" in chosen.reasons[-1]
+    wide[32, 80] = wide[32, 80]._replace(sample_cost=1560.0 / 1.13)
+    assert degree.degree_plan(plan_index(n, 32, "ip", "64G", "speed"), wide, 0.95).ef_construction == 80
     # the whole collection sampled: no projection
     costs = degree.measure_degrees(plan_index(20_000, 32, "ip", "64G", "speed"), np.zeros((20_000, 32), np.float32),
                                    np.arange(20_000, dtype=np.int64), (0.9,))[0.9]
