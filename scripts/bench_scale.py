@@ -12,11 +12,12 @@
    pressure, not memory the ingest holds.
 2. At the largest size: disk bytes per item, ``nearsight build-index --encoder tiny`` time and peak RSS, the
    time of ``nearsight info`` and of opening the collection (a fresh process each).
-3. ``nearsight serve`` on loopback, once for each of ``--server-processes`` (default 1 and one per core, the same
-   requests to each: the baseline is the single process); ``--queries`` searches (k=10) at concurrency
-   ``--concurrency`` by id, then by uploaded image: p50 / p99 latency and queries/s, errors counted (must be 0);
+3. ``nearsight serve`` on loopback, once for each of ``--http`` (waitress, granian) and ``--server-processes``
+   (default 1 and one per core), the same requests to each: the baseline is waitress in one process;
+   ``--queries`` searches (k=10) at concurrency ``--concurrency`` by id, then by uploaded image: p50 / p99
+   latency and queries/s, errors counted (must be 0);
    from the Python client below, then the same requests for ``--wrk-seconds`` from wrk, a C client whose own
-   CPU takes less from the two shared cores.
+   CPU takes less from the two shared cores, with the server's CPU time a request.
 4. ``--gist-slice N``: the first N photos indexed again with ``gist`` into a second collection (images/s).
 5. ``--baseline-index FOLDER``: single searches in one process through the collection's index and another
    saved index of the same vectors (``FOLDER/indexes/``), interleaved, with their recall against exact search.
@@ -169,9 +170,9 @@ def dir_bytes(path: str) -> int:
 
 
 # -- HTTP --------------------------------------------------------------------------------------------------------
-def start_server(collection: str, processes: int = 1):
+def start_server(collection: str, processes: int = 1, http: str = "waitress"):
     proc = subprocess.Popen(nearsight("serve", "-c", collection, "--port", "0", "--threads", "16",
-                                      "--processes", str(processes)),
+                                      "--processes", str(processes), "--http", http),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     for line in proc.stdout:
         m = re.search(r"http://([^/]+):(\d+)/", line)
@@ -179,6 +180,13 @@ def start_server(collection: str, processes: int = 1):
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
             return proc, m.group(1).strip("[]"), int(m.group(2))
     raise SystemExit(f"serve did not start: {proc.wait()}")
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a server and its processes so far."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def load(host: str, port: int, requests: list[tuple[str, bytes, str]], concurrency: int) -> dict:
@@ -352,6 +360,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--server-processes", default=f"1,{os.cpu_count()}",
                     help="serve --processes values to measure, each with the same requests")
+    ap.add_argument("--http", default="waitress,granian", help="serve --http servers to measure, each with each "
+                    "--server-processes value (the first pair is the baseline)")
     ap.add_argument("--wrk-seconds", type=float, default=10.0,
                     help="also load each server with wrk (Debian's, fetched if missing) for this long; 0: not")
     ap.add_argument("--gist-slice", type=int, default=0)
@@ -421,20 +431,24 @@ def main() -> None:
         by_image.append(("/api/search", body, ctype))
     result["http"] = []
     wrk = wrk_binary(os.path.join(ROOT, "data", "wrk")) if args.wrk_seconds else None
-    for processes in sorted({int(p) for p in args.server_processes.split(",")}):
-        server, host, port = start_server(coll, processes)
+    servers = [(front, processes) for front in args.http.split(",")
+               for processes in sorted({int(p) for p in args.server_processes.split(",")})]
+    for front, processes in servers:
+        server, host, port = start_server(coll, processes, front)
         try:
             # one unmeasured pass of the same requests first: every process's index and encoder loaded, and the
             # rows they touch in the page cache for each configuration alike (the first one otherwise pays it)
             load(host, port, by_id, args.concurrency)
             load(host, port, by_image, args.concurrency)
-            entry = {"processes": processes, "search_by_id": load(host, port, by_id, args.concurrency),
+            entry = {"http": front, "processes": processes,
+                     "search_by_id": load(host, port, by_id, args.concurrency),
                      "search_by_image": load(host, port, by_image, args.concurrency)}
             if wrk:
-                entry["wrk_search_by_id"] = load_wrk(wrk, host, port, by_id, args.concurrency, args.wrk_seconds,
-                                                     args.out)
-                entry["wrk_search_by_image"] = load_wrk(wrk, host, port, by_image, args.concurrency,
-                                                        args.wrk_seconds, args.out)
+                for kind, requests in (("wrk_search_by_id", by_id), ("wrk_search_by_image", by_image)):
+                    cpu = server_cpu_seconds(server.pid)
+                    entry[kind] = load_wrk(wrk, host, port, requests, args.concurrency, args.wrk_seconds, args.out)
+                    entry[kind]["server_cpu_ms"] = round((server_cpu_seconds(server.pid) - cpu)
+                                                         / entry[kind]["n"] * 1000, 2)
         finally:
             server.terminate()
             server.wait()
@@ -442,13 +456,16 @@ def main() -> None:
         for kind in [k for k in ("search_by_id", "search_by_image", "wrk_search_by_id", "wrk_search_by_image")
                      if k in entry]:
             r = entry[kind]
-            print(f"{kind} over HTTP, {processes} server process(es), concurrency {args.concurrency}: p50 "
-                  f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}")
+            print(f"{kind} over HTTP, {front}, {processes} server process(es), concurrency {args.concurrency}: p50 "
+                  f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['queries_per_s']} q/s, {r['errors']} errors of {r['n']}"
+                  + (f", server {r['server_cpu_ms']} CPU-ms a request" if "server_cpu_ms" in r else ""))
     base = result["http"][0]
+    kinds = [k for k in ("search_by_id", "search_by_image", "wrk_search_by_id", "wrk_search_by_image") if k in base]
     for entry in result["http"][1:]:
         entry["vs_first"] = {kind: round(entry[kind]["queries_per_s"] / base[kind]["queries_per_s"], 2)
-                             for kind in ("search_by_id", "search_by_image")}
-        print(f"{entry['processes']} processes vs {base['processes']}: {entry['vs_first']} (queries/s)")
+                             for kind in kinds}
+        print(f"{entry['http']} x{entry['processes']} vs {base['http']} x{base['processes']}: {entry['vs_first']} "
+              "(queries/s)")
 
     if args.gist_slice:
         result["gist_slice"] = gist_slice(args, folders)

@@ -13,7 +13,7 @@ if ! $PY -c "import torch, torchvision" 2>/dev/null; then
   $PY -m pip install -q --upgrade pip
   $PY -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-$PY -m pip install -q -e ".[test,bench,ray]"
+$PY -m pip install -q -e ".[test,bench,ray,fast]"
 
 # Browser tests drive Debian's chromium (never a downloaded browser).
 if [ "${NEARSIGHT_NO_BROWSER:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then

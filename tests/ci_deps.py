@@ -15,7 +15,7 @@ import pytest
 ENV = "NEARSIGHT_REQUIRE_TEST_DEPS"
 CHROMIUM = "/usr/bin/chromium"
 
-# import name -> what installs it (scripts/setup.sh installs the extras [test,bench,ray])
+# import name -> what installs it (scripts/setup.sh installs the extras [test,bench,ray,fast])
 MODULES = {
     "torch": "torch (a dependency)",
     "open_clip": "open-clip-torch (a dependency)",
@@ -27,6 +27,7 @@ MODULES = {
     "psutil": "psutil (extra [test])",
     "sentence_transformers": "sentence-transformers (extra [test])",
     "ray": "ray[data] (extra [ray])",
+    "granian": "granian (extra [fast])",
 }
 
 

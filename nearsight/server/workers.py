@@ -119,6 +119,8 @@ class Supervisor:
         except _Stop:
             pass
         finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C while stopping: stop() is under way
+                signal.signal(signum, signal.SIG_IGN)
             self.stop()
 
     def _signal_all(self, signum: int) -> None:
