@@ -515,7 +515,9 @@ def test_collection_answers_while_its_index_is_rebuilt(data, tmp_path):
         report = build_collection_index(d, "e", source, factory="IVF16,PQ8x4fs", metric="ip", live=live,
                                         target_recall=0.9, n_queries=50)
         t1 = time.perf_counter()
-        time.sleep(0.05)
+        deadline = t1 + 60          # a few searches after the swap (on a loaded machine they may take a while)
+        while sum(a[0] > t1 for a in answers) < 2 and time.perf_counter() < deadline and not errors:
+            time.sleep(0.01)
     finally:
         stop.set()
         thread.join()
