@@ -20,6 +20,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 
 import lmdb
+import orjson
 
 from .errors import CollectionBusy, UnknownItem
 
@@ -65,7 +66,7 @@ class Item:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Item":
-        return cls(**json.loads(data))
+        return cls(**orjson.loads(data))  # a search reads k items: ~5x the stdlib's speed
 
 
 # LMDB allows one environment per file per process: stores opened twice in a process share it (refcounted).

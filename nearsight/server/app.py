@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from flask import Flask, current_app, has_app_context, jsonify, request, send_from_directory
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from ..retrieval.collection import CHECK_INTERVAL_S, Collection
@@ -137,14 +138,35 @@ def state() -> State:
     return current_app.extensions["nearsight"]
 
 
+class OrjsonProvider(DefaultJSONProvider):
+    """Answers serialised by orjson: a search's answer in a fifth of the stdlib's time (a by-id search at 1M items
+    costs ~3 CPU-ms, ~0.15 of it json), keys in insertion order, NaN and inf as null (valid JSON, where the stdlib
+    writes NaN). Requests are still parsed by the stdlib: orjson reads an integer past 64 bits as a float, and an
+    id must stay an integer to be refused as an unknown item."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return self._bytes(obj).decode()
+
+    def response(self, *args, **kwargs):
+        body = self._bytes(self._prepare_response_obj(args, kwargs)) + b"\n"
+        return self._app.response_class(body, mimetype=self.mimetype)
+
+    def _bytes(self, obj) -> bytes:
+        import orjson
+
+        try:
+            return orjson.dumps(obj, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # what orjson cannot write (an integer past 64 bits): the stdlib, as Flask would
+            return super().dumps(obj).encode()
+
+
 def create_app(config: ServerConfig) -> Flask:
     """The app: the JSON API under ``/api``, ``/openapi.json``, the web page at ``/`` and its static files."""
     from . import api, job_routes, openapi
 
     app = Flask(__name__, static_folder=STATIC_DIR, static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
-    app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False
+    app.json = OrjsonProvider(app)
     app.extensions["nearsight"] = State(config, CollectionHolder(config.collection, config.device))
     app.register_blueprint(api.bp)
     app.register_blueprint(job_routes.bp)
