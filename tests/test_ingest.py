@@ -191,3 +191,26 @@ def test_kill_9_mid_write_then_rerun(tmp_path):
     assert len(check_consistent(coll)) == total
     assert {i.path for i in coll.store.iter_items()} == {str(p) for p in photos.iterdir()}
     assert coll.store.count("paths") == total
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_and_searchable(tmp_path, ingest):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    make_photo(1).save(folder / "plain.jpg")
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")  # Latin-1 bytes: not UTF-8
+    make_photo(2).save(raw, format="JPEG")
+    s = ingest(tmp_path / "c", [folder])
+    assert (s.added, s.failed) == (2, 0)
+    coll = Collection.open(tmp_path / "c")
+    try:
+        odd = [i for i in coll.store.iter_items() if i.path.endswith("caf\udce9.jpg")]
+        assert len(odd) == 1 and os.fsencode(odd[0].path) == raw
+        results = coll.search(id=odd[0].id, k=2)  # a search reads its results' items back
+        assert results[0].id == odd[0].id and results[0].path == odd[0].path
+    finally:
+        coll.close()
+    from nearsight.server.app import ServerConfig, create_app
+
+    client = create_app(ServerConfig(str(tmp_path / "c"))).test_client()
+    answer = client.get(f"/api/items/{odd[0].id}", headers={"Host": "localhost"})
+    assert answer.status_code == 200 and answer.get_json()["filename"] == "caf\udce9.jpg"

@@ -26,6 +26,7 @@ import shutil
 
 import numpy as np
 
+from ..retrieval.store import source_key
 from .decode import DecodeTask, Decoded, Failed
 from .sources import Source
 
@@ -38,7 +39,7 @@ def plan_shards(jobs: list[tuple[Source, int]], size: int) -> list[list[tuple[So
     shards: list[list[tuple[Source, int]]] = []
     current: list[tuple[Source, int]] = []
     for job in jobs:
-        cut = int.from_bytes(hashlib.sha1(job[0].key.encode()).digest()[:8], "big") % size == 0
+        cut = int.from_bytes(hashlib.sha1(source_key(job[0].key)).digest()[:8], "big") % size == 0
         if current and (cut or len(current) >= 4 * size):
             shards.append(current)
             current = []

@@ -41,6 +41,12 @@ def key_id(key: bytes) -> int:
     return int.from_bytes(key, "big", signed=False)
 
 
+def source_key(source: str) -> bytes:
+    """A source's LMDB key: its UTF-8 bytes, and a file name's own bytes where it is not UTF-8 (Python holds those
+    as lone surrogates, which UTF-8 cannot encode)."""
+    return source.encode("utf-8", "surrogateescape")
+
+
 def _unpack_path(value: bytes) -> tuple[int, int, int]:
     return tuple(int.from_bytes(value[i:i + 8], "big", signed=True) for i in (0, 8, 16))
 
@@ -66,7 +72,10 @@ class Item:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Item":
-        return cls(**orjson.loads(data))  # a search reads k items: ~5x the stdlib's speed
+        try:
+            return cls(**orjson.loads(data))  # a search reads k items: ~5x the stdlib's speed
+        except orjson.JSONDecodeError:  # a path from a non-UTF-8 file name (a lone surrogate): only json reads it
+            return cls(**json.loads(data))
 
 
 # LMDB allows one environment per file per process: stores opened twice in a process share it (refcounted).
@@ -159,7 +168,7 @@ class ItemStore:
 
     def path_entry(self, source: str) -> tuple[int, int, int] | None:
         """(item id, size, mtime_ns) recorded for a source key, or None."""
-        value = self._get("paths", source.encode())
+        value = self._get("paths", source_key(source))
         return _unpack_path(value) if value is not None else None
 
     def id_for_hash(self, sha256: str) -> int | None:
@@ -189,7 +198,7 @@ class ItemStore:
 
     def failures(self) -> list[tuple[str, str]]:
         with self.env.begin(db=self.db["failures"]) as txn:
-            return [(bytes(k).decode(), json.loads(bytes(v))["reason"]) for k, v in txn.cursor()]
+            return [(bytes(k).decode("utf-8", "surrogateescape"), json.loads(bytes(v))["reason"]) for k, v in txn.cursor()]
 
     def count(self, db: str) -> int:
         with self.env.begin() as txn:
@@ -242,11 +251,11 @@ class StoreWriter:
 
     def put_path(self, source: str, item_id: int, size: int, mtime_ns: int) -> None:
         value = b"".join(int(x).to_bytes(8, "big", signed=True) for x in (item_id, size, mtime_ns))
-        self.txn.put(source.encode(), value, db=self._db("paths"))
-        self.txn.delete(source.encode(), db=self._db("failures"))
+        self.txn.put(source_key(source), value, db=self._db("paths"))
+        self.txn.delete(source_key(source), db=self._db("failures"))
 
     def get_path(self, source: str) -> tuple[int, int, int] | None:
-        value = self.txn.get(source.encode(), db=self._db("paths"))
+        value = self.txn.get(source_key(source), db=self._db("paths"))
         return _unpack_path(bytes(value)) if value is not None else None
 
     def get_hash(self, sha256: str) -> int | None:
@@ -257,7 +266,7 @@ class StoreWriter:
         self.txn.put(sha256.encode(), id_key(item_id), db=self._db("hashes"))
 
     def put_failure(self, source: str, reason: str, when: float) -> None:
-        self.txn.put(source.encode(), json.dumps({"reason": reason, "time": when}).encode(), db=self._db("failures"))
+        self.txn.put(source_key(source), json.dumps({"reason": reason, "time": when}).encode(), db=self._db("failures"))
 
     def mark_deleted(self, item_id: int, replaced_by: int | None = None) -> None:
         item = self.get_item(item_id)

@@ -144,6 +144,8 @@ class OrjsonProvider(DefaultJSONProvider):
     writes NaN). Requests are still parsed by the stdlib: orjson reads an integer past 64 bits as a float, and an
     id must stay an integer to be refused as an unknown item."""
 
+    sort_keys = False  # also where the stdlib writes (below)
+
     def dumps(self, obj, **kwargs) -> str:
         return self._bytes(obj).decode()
 
