@@ -562,7 +562,7 @@ def remove_encoder_command(name, collection):
 @click.option("--feedback", is_flag=True, help="Record which result of a text search users open (and the ones above "
               "it they pass over) in the collection, for `nearsight train`.")
 @click.option("--http", type=click.Choice(["waitress", "granian"]), default="waitress", show_default=True,
-              help="HTTP server: granian (pip install 'nearsight[fast]') parses HTTP in Rust and costs ~0.4 ms less "
+              help="HTTP server: granian (pip install 'nearsight[fast]') parses HTTP in Rust and costs ~0.5 ms less "
                    "CPU a request, for search-heavy serving; its own errors (unparsable HTTP) are plain text, and a "
                    "client that goes away does not cancel its image job.")
 def serve(collection, host, port, threads, processes, token, token_file, allowed_hosts, max_upload_mb, max_pixels,

@@ -1,9 +1,9 @@
 """``nearsight serve --http granian``: the WSGI app served by granian's Rust HTTP stack on a socket we bound.
 
-Why: a search by id costs the server 3.1-3.5 CPU-ms a request at 1M items under waitress, ~0.9 ms of it
-waitress's own Python (its asyncore loop, the hand-over to a request thread and back); granian parses and writes
-HTTP in Rust and calls the app from its own Python threads: 2.7-2.9 ms on the same app and requests. At
-concurrency 16 on two cores the searches a second were 1.16-1.36x waitress's (``scripts/bench_scale.py``).
+Why: a search by id costs the server 2.7 CPU-ms a request at 1M items under waitress, part of it waitress's own
+Python (its asyncore loop, the hand-over to a request thread and back); granian parses and writes HTTP in Rust and
+calls the app from its own Python threads: 2.1 ms on the same app and requests. At concurrency 16 on two cores the
+searches a second were 1.18-1.28x waitress's (``scripts/bench_scale.py``).
 
 Granian's public server binds its own socket and spawns its own worker processes, while ``serve --processes``
 forks onto one socket it bound (workers.py) and each process needs its own private port for image jobs. So a
