@@ -104,6 +104,8 @@ def test_searches_and_jobs_are_answered_whichever_process_takes_the_connection(c
             assert status == 404 and answer["error"]["code"] == "unknown_job"
     finally:
         assert served.stop() == 0
+    output = served.proc.stdout.read()
+    assert "leaked" not in output and "Traceback" not in output, output  # a stop after image jobs is quiet
 
 
 @HTTP

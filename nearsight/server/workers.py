@@ -83,7 +83,7 @@ class Supervisor:
             except BaseException as exc:
                 _send(write, str(exc) if isinstance(exc, NearsightError) else traceback.format_exc(limit=3))
                 code = 1
-            os._exit(code)
+            _exit(code)
         os.close(write)
         self._pids[pid] = index
         word, _, items = _receive(read).partition(" ")
@@ -155,6 +155,17 @@ def _stop(signum, frame):
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _exit(code: int) -> None:
+    """End a forked server process. os._exit skips the interpreter's exit hooks (right for a fork: the parent's
+    are not ours), and with them multiprocessing's, which unlinks the semaphores this process made (its image job
+    slots' cancel events); the resource tracker then warned of "leaked semaphore objects" at every stop after an
+    image job. So that one hook runs first (a private function of multiprocessing, hence the getattr)."""
+    from multiprocessing import util
+
+    getattr(util, "_exit_function", lambda: None)()
+    os._exit(code)
 
 
 def _send(fd: int, message: str) -> None:
