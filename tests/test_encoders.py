@@ -251,3 +251,28 @@ def test_clip_pickles_without_its_model(tiny_clip):
     clone = pickle.loads(pickle.dumps(enc))
     assert clone._model is None and clone.describe() == enc.describe()
     np.testing.assert_array_equal(clone.encode_text(["x"]), enc.encode_text(["x"]))
+
+
+def test_the_query_thread_policy_waits_for_a_torch_import_in_another_thread():
+    """While one thread imports torch, sys.modules holds it half-initialised: the thread policy must wait for the
+    import instead of failing (a server's first text search answered 500 beside another first load)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "from nearsight.retrieval.encoders.threads import call_threads, intra_op_threads\n"
+        "importer = threading.Thread(target=lambda: __import__('torch'))\n"
+        "importer.start()\n"
+        "calls = 0\n"
+        "while importer.is_alive():\n"
+        "    assert isinstance(call_threads(), int)\n"
+        "    with intra_op_threads(1):\n"
+        "        pass\n"
+        "    calls += 1\n"
+        "importer.join()\n"
+        "print('calls', calls, 'during the import:', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "calls" in out.stdout

@@ -16,6 +16,17 @@ import sys
 QUERY_THREADS = 1
 
 
+def _loaded_torch():
+    """torch if this process has imported it, else None. While another thread is still importing it, sys.modules
+    already holds the half-initialised module (no get_num_threads yet: a server's first text search failed with
+    a 500 beside a first image search, or beside the text warm-up); ``import`` waits for that import to end."""
+    if "torch" not in sys.modules:
+        return None
+    import torch
+
+    return torch
+
+
 @contextlib.contextmanager
 def intra_op_threads(n: int | None):
     """torch's intra-op thread count set to ``n`` for the block, then put back; nothing when torch is not
@@ -24,7 +35,7 @@ def intra_op_threads(n: int | None):
     torch keeps the count per process, so a block in one thread changes it for blocks that start in other
     threads meanwhile; every query path sets the same ``n``, so they agree.
     """
-    torch = sys.modules.get("torch")
+    torch = _loaded_torch()
     if torch is None or n is None or torch.get_num_threads() == n:
         yield
         return
@@ -40,7 +51,7 @@ def call_threads() -> int:
     """Threads a CPU encoder call may use outside torch (ONNX Runtime sessions side by side): torch's intra-op
     count when torch is loaded, so the query policy above (1 per call) and ``serve --blas-threads`` apply to it
     too; else the cores this process may use."""
-    torch = sys.modules.get("torch")
+    torch = _loaded_torch()
     if torch is not None:
         return torch.get_num_threads()
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
