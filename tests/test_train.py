@@ -197,6 +197,23 @@ def test_text_search_cli_and_api(trained):
     assert len(answer.get_json()["results"]) == 4
 
 
+def test_a_server_loads_its_text_model_before_the_first_text_search(trained, shapes_collection):
+    from nearsight.retrieval.encoders.sentence import sentence_encoder
+    from nearsight.server.app import ServerConfig, create_app, warm_text_search
+
+    sentence_encoder.cache_clear()  # the tower this test checks is loaded by the warm-up, not by an earlier test
+    app = create_app(ServerConfig(collection=str(trained[0])))
+    thread = warm_text_search(app)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert app.extensions["nearsight"].holder.collection.encoder("text")._heads is not None
+    assert sentence_encoder("cpu")._forward is not None
+    app.extensions["nearsight.jobs"].close()
+    images_only = create_app(ServerConfig(collection=str(shapes_collection / "coll")))
+    assert warm_text_search(images_only) is None  # no text encoder: nothing to load, no error
+    images_only.extensions["nearsight.jobs"].close()
+
+
 def test_new_items_embedded_by_later_index(trained, tmp_path):
     import shutil
 

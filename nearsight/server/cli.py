@@ -579,7 +579,7 @@ def serve(collection, host, port, threads, processes, token, token_file, allowed
 
     from waitress import create_server
 
-    from .app import ServerConfig, create_app, install_reload_signal
+    from .app import ServerConfig, create_app, install_reload_signal, warm_text_search
     from .jobs import JobConfig
 
     jobs = JobConfig(queue=job_queue, ttl=job_ttl, max_side=job_max_side, partition=job_cores == "partition",
@@ -611,6 +611,7 @@ def serve(collection, host, port, threads, processes, token, token_file, allowed
         return
     app = create_app(config)
     install_reload_signal(app)
+    warm_text_search(app)
     try:
         server = create_server(app, host=host, port=port, **server_options)
     except OSError as exc:  # port in use, no such interface, a port below 1024 without the right
@@ -642,7 +643,7 @@ def _serve_processes(config, processes: int, host: str, port: int, server_option
 
     from waitress import create_server
 
-    from .app import create_app, install_reload_signal
+    from .app import create_app, install_reload_signal, warm_text_search
     from .guard import use_json_errors
     from .workers import Supervisor, listen
 
@@ -653,6 +654,7 @@ def _serve_processes(config, processes: int, host: str, port: int, server_option
         signal.signal(signal.SIGHUP, signal.SIG_IGN)         # until this process's own reload handler is in
         app = create_app(dataclasses.replace(config, process=index, peers=tuple(supervisor.private_ports)))
         install_reload_signal(app)
+        warm_text_search(app)
         # under granian, waitress still answers the private port: image job requests passed on by other processes
         sockets = [supervisor.private_socket(index)] + ([public] if http == "waitress" else [])
         server = create_server(app, sockets=sockets, **server_options)
