@@ -214,6 +214,26 @@ def test_a_server_loads_its_text_model_before_the_first_text_search(trained, sha
     images_only.extensions["nearsight.jobs"].close()
 
 
+def test_a_damaged_model_file_is_a_clear_503_not_a_crash(trained, tmp_path):
+    import shutil
+
+    from nearsight.server.app import ServerConfig, create_app
+
+    coll_dir = tmp_path / "coll"
+    shutil.copytree(trained[0], coll_dir)
+    for weights in coll_dir.glob("models/**/heads.safetensors"):
+        weights.write_bytes(b"garbage")
+    app = create_app(ServerConfig(collection=str(coll_dir)))
+    try:
+        answer = app.test_client().post("/api/search", json={"text": "a red circle", "k": 2})
+        assert answer.status_code == 503, answer.get_json()
+        assert answer.get_json()["error"]["code"] == "weights_unavailable"
+        assert "cannot load the trained model" in answer.get_json()["error"]["message"]
+        assert app.test_client().post("/api/search", json={"id": 1, "k": 2, "encoder": "tiny"}).status_code == 200
+    finally:
+        app.extensions["nearsight.jobs"].close()
+
+
 def test_new_items_embedded_by_later_index(trained, tmp_path):
     import shutil
 

@@ -123,6 +123,7 @@ def save_model(directory: str, heads, meta: dict, report: dict) -> None:
 
 def load_heads(directory: str, device: str = "cpu"):
     """(heads in eval mode on ``device``, model.json dict) from a model folder; WeightsUnavailable if unreadable."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
@@ -131,7 +132,7 @@ def load_heads(directory: str, device: str = "cpu"):
         state = load_file(os.path.join(directory, WEIGHTS_FILE), device="cpu")
         heads = build_heads(meta["base_dim"], meta["dim"], meta["hidden"], bool(meta.get("bridge")))
         heads.load_state_dict(state, strict=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # SafetensorError: a damaged file
         raise WeightsUnavailable(f"cannot load the trained model in {directory}: {e}") from e
     return heads.eval().to(device), meta
 
