@@ -95,7 +95,7 @@ def build_timing(collection: str, extra: int = 8000) -> None:
 
 
 def time_training(collection: str, epochs: int) -> dict:
-    """One `nearsight train` (hardest negatives, all defaults) on every caption and label pair of a collection
+    """One `nearsight train` (all defaults) on every caption and label pair of a collection
     of more than 10k pairs: the wall time of training itself, as the CLI runs it before installing."""
     if not os.path.exists(os.path.join(collection, "collection.json")):
         build_timing(collection)
@@ -108,6 +108,7 @@ def time_training(collection: str, epochs: int) -> dict:
     finally:
         coll.close()
     return {"pairs": len(pairs), "train_pairs": result.report["train_pairs"], "seconds": round(seconds, 1),
+            "negatives": result.report["config"]["negatives"],
             "epochs": len(result.report["history"]), "load_average": round(os.getloadavg()[0], 1)}
 
 
