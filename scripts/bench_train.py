@@ -303,9 +303,9 @@ def main() -> None:
     timing = None
     if args.timing_collection:
         timing = time_training(args.timing_collection, args.epochs)
-        print(f"training on {timing['pairs']} pairs ({timing['train_pairs']} trained, the rest validation), hardest "
-              f"negatives: {timing['seconds']:.0f} s for {timing['epochs']} epochs on {os.cpu_count()} cores at load "
-              f"{timing['load_average']} (target <= 180 s for 10k pairs)", flush=True)
+        print(f"training on {timing['pairs']} pairs ({timing['train_pairs']} trained, the rest validation), "
+              f"{timing['negatives']} negatives: {timing['seconds']:.0f} s for {timing['epochs']} epochs on "
+              f"{os.cpu_count()} cores at load {timing['load_average']} (target <= 180 s for 10k pairs)", flush=True)
     copy_detection = None
     if args.copy_items:
         config = TrainConfig(pairs=("augment",), copies=3, copy_items=args.copy_items, epochs=args.epochs,
