@@ -47,6 +47,11 @@ def source_key(source: str) -> bytes:
     return source.encode("utf-8", "surrogateescape")
 
 
+def key_source(key: bytes) -> str:
+    """The source of an LMDB key written by ``source_key``."""
+    return key.decode("utf-8", "surrogateescape")
+
+
 def _unpack_path(value: bytes) -> tuple[int, int, int]:
     return tuple(int.from_bytes(value[i:i + 8], "big", signed=True) for i in (0, 8, 16))
 
@@ -198,7 +203,7 @@ class ItemStore:
 
     def failures(self) -> list[tuple[str, str]]:
         with self.env.begin(db=self.db["failures"]) as txn:
-            return [(bytes(k).decode("utf-8", "surrogateescape"), json.loads(bytes(v))["reason"]) for k, v in txn.cursor()]
+            return [(key_source(bytes(k)), json.loads(bytes(v))["reason"]) for k, v in txn.cursor()]
 
     def count(self, db: str) -> int:
         with self.env.begin() as txn:

@@ -326,7 +326,8 @@ def fit_pca_command(collection, encoder, dim, shortlist):
               help="At most this many (training stops early when validation recall stalls).")
 @click.option("--patience", type=click.IntRange(min=1), default=4, show_default=True,
               help="Stop after this many epochs without a better validation mAP.")
-@click.option("--negatives", type=click.Choice(["hardest", "semihard", "random"]), default="semihard", show_default=True,
+@click.option("--negatives", type=click.Choice(["hardest", "semihard", "random"]), default="semihard",
+              show_default=True,
               help="Which in-batch and collection-mined negatives (semihard measured best: scripts/bench_train.py).")
 @click.option("--margin", type=click.FloatRange(0, 2, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True)
